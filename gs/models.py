@@ -30,9 +30,7 @@ def locate_gguf(package: str, filename: str) -> Path:
     """Path of ``filename`` inside the installed package ``package`` (not imported)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise InputError(
-            f"model package {package!r} is not installed (README: install command installs it)"
-        )
+        raise InputError(f"model package {package!r} is not installed (README: install command installs it)")
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
         raise InputError(f"{path}: GGUF file not found in package {package!r}")

@@ -1,0 +1,22 @@
+# gradientspace-bench: GradientSpace (arXiv 2512.06678) and ClusterUCB (arXiv 2506.10288).
+# Embedded default: `snakemake --cores all`. Paper scale: `--configfile config/paper.yaml`.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/model.smk"
+
+
+rule all:
+    input:
+        "results/data/summary.csv",
+        model_dir(),

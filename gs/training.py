@@ -1,0 +1,199 @@
+"""One LoRA training loop for every stage: the warm-up adapter, the experts, the multi-task LoRA
+and the ClusterUCB fine-tunes.
+
+Plain PyTorch with peft (AdamW, linear schedule with warm-up ratio, as LESS's warm-up:
+``../shared/papers.md``), so that the loop is small, seeded and deterministic on CPU, and so that
+the Adam moments LESS needs for its preconditioned gradients can be saved per checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from gs.io import InputError, atomic_path, write_json
+from gs.prompting import collate, encode_example
+
+ADAPTER_NAME = "default"
+
+
+@dataclass
+class LoraSpec:
+    """LoRA hyper-parameters (peft ``LoraConfig``)."""
+
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> LoraSpec:
+        return cls(
+            rank=int(cfg["rank"]),
+            alpha=int(cfg["alpha"]),
+            dropout=float(cfg["dropout"]),
+            target_modules=list(cfg["target_modules"]),
+        )
+
+
+@dataclass
+class TrainSpec:
+    """Optimisation settings. ``max_steps`` (if set) caps the steps, for smoke tests."""
+
+    epochs: float = 1.0
+    learning_rate: float = 2e-4
+    batch_size: int = 8
+    max_length: int = 256
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    loss_on: str = "response"
+    max_steps: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> TrainSpec:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in cfg.items() if k in known})
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def attach_lora(model: Any, spec: LoraSpec, seed: int) -> Any:
+    """Wrap ``model`` with a fresh, seeded LoRA adapter (A random, B zero, as peft initialises)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=spec.rank,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=spec.target_modules,
+    )
+    return get_peft_model(model, config)
+
+
+def load_adapter(model: Any, adapter_dir: str | os.PathLike, trainable: bool = False) -> Any:
+    """Wrap ``model`` with a saved peft adapter; a missing folder is an :class:`InputError`."""
+    from peft import PeftModel
+
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise InputError(f"{adapter_dir}: no peft adapter here (adapter_config.json missing)")
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+
+
+def trainable_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
+    """The trainable (LoRA) parameters in ``named_parameters`` order: the order of every flat vector."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def adam_moments(model: Any, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Adam's first and second moments, flattened (d,) in :func:`trainable_parameters` order."""
+    avg, avg_sq = [], []
+    for _, p in trainable_parameters(model):
+        state = optimizer.state.get(p, {})
+        avg.append(state["exp_avg"].flatten() if "exp_avg" in state else torch.zeros(p.numel()))
+        avg_sq.append(state["exp_avg_sq"].flatten() if "exp_avg_sq" in state else torch.zeros(p.numel()))
+    return {"exp_avg": torch.cat(avg).float().cpu(), "exp_avg_sq": torch.cat(avg_sq).float().cpu()}
+
+
+def train_lora(
+    model: Any,
+    tokenizer: Any,
+    records: list[dict[str, Any]],
+    lora: LoraSpec,
+    train: TrainSpec,
+    out_dir: str | os.PathLike,
+    *,
+    seed: int,
+    checkpoints: bool = False,
+    desc: str = "LoRA training",
+) -> dict[str, Any]:
+    """Train a fresh LoRA adapter on ``records`` and save it to ``out_dir`` (peft format).
+
+    With ``checkpoints=True`` the adapter and Adam moments are also saved after every epoch under
+    ``out_dir/checkpoint-<epoch>/`` with the epoch's mean learning rate (LESS weights checkpoints
+    by it). Everything is written atomically: ``out_dir`` appears only when training finished.
+
+    Returns the training summary written to ``out_dir/training.json`` (steps, losses, seconds).
+    """
+    if not records:
+        raise InputError(f"{out_dir}: no training samples")
+    seed_everything(seed)
+    encoded = [encode_example(tokenizer, r, train.max_length, train.loss_on) for r in records]
+    peft_model = attach_lora(model, lora, seed)
+    params = [p for _, p in trainable_parameters(peft_model)]
+    optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay)
+    steps_per_epoch = math.ceil(len(encoded) / train.batch_size)
+    total = max(1, math.ceil(steps_per_epoch * train.epochs))
+    if train.max_steps:
+        total = min(total, train.max_steps)
+    warmup = int(round(train.warmup_ratio * total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)),
+    )
+    generator = torch.Generator().manual_seed(seed)
+    device = next(peft_model.parameters()).device
+    peft_model.train()
+    losses: list[float] = []
+    epoch_lrs: list[float] = []
+    step = 0
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        bar = tqdm(total=total, desc=desc, mininterval=2.0)
+        epoch = 0
+        while step < total:
+            order = torch.randperm(len(encoded), generator=generator).tolist()
+            for start in range(0, len(order), train.batch_size):
+                if step >= total:
+                    break
+                batch = collate([encoded[i] for i in order[start : start + train.batch_size]], tokenizer.pad_token_id)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                loss = peft_model(**batch).loss
+                if not torch.isfinite(loss):
+                    raise InputError(f"{out_dir}: training loss became {loss.item()} at step {step}")
+                loss.backward()
+                epoch_lrs.append(scheduler.get_last_lr()[0])
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(float(loss.item()))
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            epoch += 1
+            if checkpoints:
+                ckpt = Path(tmp) / f"checkpoint-{epoch}"
+                peft_model.save_pretrained(ckpt)
+                torch.save(adam_moments(peft_model, optimizer), ckpt / "adam_moments.pt")
+                write_json(ckpt / "checkpoint.json", {"epoch": epoch, "mean_lr": float(np.mean(epoch_lrs))})
+                epoch_lrs = []
+        bar.close()
+        peft_model.save_pretrained(tmp)
+        summary = {
+            "samples": len(records),
+            "steps": step,
+            "epochs": epoch,
+            "first_loss": losses[0],
+            "last_loss": losses[-1],
+            "mean_loss_last_epoch": float(np.mean(losses[-steps_per_epoch:])),
+            "lora": lora.__dict__,
+            "train": train.__dict__,
+            "seed": seed,
+        }
+        write_json(Path(tmp) / "training.json", summary)
+    # Leave the caller's base model unwrapped so it can be reused for the next adapter.
+    peft_model.unload()
+    return summary

@@ -1,0 +1,168 @@
+"""Data stage: sources, splits, validation errors, determinism, disjointness, config schema."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gs.data import SPLITS, build_domain, load_records, pool_splits, write_domain
+from gs.io import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {
+    "math": {
+        "train": {"source": "gsm_symbolic", "n": 6},
+        "validation": {"source": "gsm_symbolic", "n": 2},
+        "test": {"source": "gsm_symbolic", "n": 2},
+    },
+    "code": {
+        "train": {"source": "codeio", "n": 6},
+        "validation": {"source": "codeio", "n": 2},
+        "test": {"source": "humaneval", "n": 2},
+    },
+    "finance": {
+        "train": {"source": "finance", "n": 6},
+        "validation": {"source": "finance", "n": 2},
+        "test": {"source": "finance", "n": 2},
+    },
+    "writing": {
+        "train": {"source": "verne_passages", "n": 6},
+        "validation": {"source": "verne_passages", "n": 2},
+        "test": {"source": "tot_writing", "n": 2},
+    },
+}
+
+
+def _run_data_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gs.data", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("domain", list(SMALL))
+def test_splits_are_disjoint_deterministic_and_well_formed(domain):
+    a = build_domain(domain, SMALL[domain], seed=7)
+    b = build_domain(domain, SMALL[domain], seed=7)
+    assert a == b
+    c = build_domain(domain, SMALL[domain], seed=8)
+    assert [(r["instruction"], r["input"]) for r in c["train"]] != [(r["instruction"], r["input"]) for r in a["train"]]
+    keys = [{(r["instruction"], r["input"]) for r in a[s]} for s in SPLITS]
+    assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
+    for split in SPLITS:
+        assert len(a[split]) == SMALL[domain][split]["n"]
+        for r in a[split]:
+            assert r["domain"] == domain and r["id"].startswith(f"{domain}-{split}-")
+            assert r["instruction"].strip()
+    # What the metrics need travels with the test split.
+    meta_key = {"math": "answer", "finance": "answer", "code": "test", "writing": "end_sentences"}[domain]
+    assert all(meta_key in r["meta"] for r in a["test"])
+
+
+def test_finance_answers_are_computed_not_typed():
+    from gs.finance import generate
+
+    items = generate(50, seed=3)
+    for p in items:
+        if p["template"] == "simple_interest":
+            nums = [float(x.replace(",", "")) for x in __import__("re").findall(r"\d[\d,]*(?:\.\d+)?", p["question"])]
+            principal, rate, years = nums[0], nums[1], nums[2]
+            assert float(p["answer"]) == pytest.approx(principal * rate * years / 100, abs=0.005)
+        assert p["solution"].endswith(f"#### {p['answer']}")
+
+
+def _write(tmp_path: Path, rows: list, name: str = "rows.jsonl") -> Path:
+    path = tmp_path / name
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+GOOD = {"instruction": "Add 1 and 2.", "input": "", "output": "3"}
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "expected"),
+    [
+        ('{"instruction": "x", "input": ""', "not valid JSON"),
+        ({"instruction": "x", "input": ""}, "field 'output' missing"),
+        ({"instruction": "x", "input": 3, "output": "y"}, "field 'input' must be a string"),
+        ({"instruction": " ", "input": "", "output": "y"}, "field 'instruction' is empty"),
+        ({**GOOD, "domain": "poetry"}, "unknown domain 'poetry'"),
+    ],
+)
+def test_malformed_row_fails_with_one_line_naming_file_row_and_field(tmp_path, bad_row, expected):
+    good = [{**GOOD, "instruction": f"Add {i} and 2."} for i in range(3)]
+    src = _write(tmp_path, [good[0], bad_row, good[1], good[2]])
+    spec = {s: {"source": "jsonl", "n": 1, "options": {"path": str(src), "shuffle": False}} for s in SPLITS}
+    out = tmp_path / "out"
+    result = _run_data_cli(
+        "domain", "--domain", "math", "--params", json.dumps(spec), "--seed", "0", "--out-dir", str(out)
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert expected in lines[0]
+    assert f"{src}:2" in lines[0]
+    assert not out.exists(), "no partial output may be left behind"
+
+
+def test_unknown_domain_source_and_empty_split(tmp_path):
+    with pytest.raises(InputError, match="unknown domain 'poetry'"):
+        build_domain("poetry", SMALL["math"], seed=0)
+    bad_source = {**SMALL["math"], "test": {"source": "mbpp", "n": 2}}
+    with pytest.raises(InputError, match="unknown data source 'mbpp'"):
+        build_domain("math", bad_source, seed=0)
+    empty = _write(tmp_path, [], "empty.jsonl")
+    with pytest.raises(InputError, match="empty split"):
+        load_records(empty)
+    too_few = {s: {"source": "jsonl", "n": 2, "options": {"path": str(_write(tmp_path, [GOOD]))}} for s in SPLITS}
+    with pytest.raises(InputError, match="1 distinct items, 6 needed"):
+        build_domain("math", too_few, seed=0)
+
+
+def test_pool_mixes_domains_and_keeps_labels(tmp_path):
+    dirs = []
+    for domain in ("math", "finance"):
+        d = tmp_path / domain
+        write_domain(build_domain(domain, SMALL[domain], seed=1), d)
+        dirs.append(d)
+    pooled = pool_splits(dirs, "train", seed=1)
+    assert len(pooled) == 12
+    assert {r["domain"] for r in pooled} == {"math", "finance"}
+    assert pooled == pool_splits(dirs, "train", seed=1)
+    assert len({r["domain"] for r in pooled[:6]}) > 1, "the pool is shuffled, not concatenated"
+
+
+def _validate(cfg: dict) -> None:
+    from snakemake.utils import validate
+
+    validate(cfg, str(ROOT / "config" / "schema.yaml"))
+
+
+def test_schema_accepts_shipped_configs():
+    for name in ("config.yaml", "paper.yaml", "test.yaml"):
+        path = ROOT / "config" / name
+        if path.exists():
+            _validate(yaml.safe_load(path.read_text()))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda c: c["model"].update(source="ollama"),
+        lambda c: c["model"].pop("gguf_file"),
+        lambda c: c["data"]["domains"].update(poetry=c["data"]["domains"]["math"]),
+        lambda c: c["data"]["domains"]["math"]["train"].update(n=0),
+        lambda c: c["data"]["domains"]["math"]["train"].update(source="mbpp"),
+        lambda c: c.pop("seed"),
+    ],
+)
+def test_schema_rejects_bad_config(mutate):
+    from snakemake.exceptions import WorkflowError
+
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    mutate(cfg)
+    with pytest.raises(WorkflowError):
+        _validate(cfg)
