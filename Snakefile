@@ -14,9 +14,16 @@ validate(config, "config/schema.yaml")
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/model.smk"
+include: "rules/gradients.smk"
+include: "rules/cluster.smk"
+include: "rules/experts.smk"
+include: "rules/router.smk"
 
 
 rule all:
     input:
         "results/data/summary.csv",
         model_dir(),
+        "results/clusters/quality.csv",
+        expand("results/router/{method}", method=METHODS),
+        "results/experts/multitask",

@@ -12,3 +12,8 @@ def as_json(section):
 
 def model_dir():
     return f"resources/models/{config['model']['name']}"
+
+# The clustering methods compared (wildcard {method}) and the projection-size ablation (rp<p>).
+METHODS = list(config["cluster"]["methods"])
+ABLATION_METHODS = [f"rp{p}" for p in config["cluster"].get("ablation_dims", [])]
+QUALITY_METHODS = METHODS + ABLATION_METHODS

@@ -1,0 +1,50 @@
+rule train_experts:
+    input:
+        model=model_dir(),
+        train="results/data/pool/train.jsonl",
+        assignments="results/clusters/{method}/assignments.csv",
+    output:
+        directory("results/experts/{method}"),
+    params:
+        cfg=as_json(config["experts"]),
+        seed=config["seed"],
+    wildcard_constraints:
+        method="|".join(METHODS),
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=16000,
+    log:
+        "logs/train_experts/{method}.log",
+    benchmark:
+        "benchmarks/train_experts/{method}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python -m gs.experts --model-dir {input.model} --train {input.train}"
+        " --assignments {input.assignments} --params {params.cfg} --seed {params.seed}"
+        " --method {wildcards.method} --out {output} > {log} 2>&1"
+
+
+rule train_multitask:
+    input:
+        model=model_dir(),
+        train="results/data/pool/train.jsonl",
+    output:
+        directory("results/experts/multitask"),
+    params:
+        cfg=as_json(config["experts"]),
+        seed=config["seed"],
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=16000,
+    log:
+        "logs/train_multitask/multitask.log",
+    benchmark:
+        "benchmarks/train_multitask/multitask.tsv"
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python -m gs.experts --model-dir {input.model} --train {input.train} --multitask"
+        " --params {params.cfg} --seed {params.seed} --out {output} > {log} 2>&1"

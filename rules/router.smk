@@ -1,0 +1,23 @@
+rule train_router:
+    input:
+        model=model_dir(),
+        train="results/data/pool/train.jsonl",
+        experts="results/experts/{method}",
+        assignments="results/clusters/{method}/assignments.csv",
+    output:
+        directory("results/router/{method}"),
+    params:
+        cfg=as_json(config["router"]),
+        seed=config["seed"],
+    wildcard_constraints:
+        method="|".join(METHODS),
+    log:
+        "logs/train_router/{method}.log",
+    benchmark:
+        "benchmarks/train_router/{method}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python -m gs.router --train {input.train} --experts {input.experts}"
+        " --assignments {input.assignments} --params {params.cfg} --model-dir {input.model}"
+        " --seed {params.seed} --out {output} > {log} 2>&1"
