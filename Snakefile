@@ -18,6 +18,7 @@ include: "rules/gradients.smk"
 include: "rules/cluster.smk"
 include: "rules/experts.smk"
 include: "rules/router.smk"
+include: "rules/selection.smk"
 
 
 rule all:
@@ -27,3 +28,4 @@ rule all:
         "results/clusters/quality.csv",
         expand("results/router/{method}", method=METHODS),
         "results/experts/multitask",
+        expand("results/selection/{target}/{selector}_lora", target=TARGETS, selector=SELECTORS),

@@ -107,9 +107,7 @@ def _scores_1d(scores: Any, name: str = "scores") -> np.ndarray:
 def _index_array(idx: Any, name: str, n: int | None = None) -> np.ndarray:
     arr = np.asarray(idx)
     if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
-        raise InputError(
-            f"{name}: expected a 1-D array of integer indices, got shape {arr.shape} dtype {arr.dtype}"
-        )
+        raise InputError(f"{name}: expected a 1-D array of integer indices, got shape {arr.shape} dtype {arr.dtype}")
     arr = arr.astype(np.int64, copy=False)
     if n is not None and arr.size and (arr.min() < 0 or arr.max() >= n):
         raise InputError(f"{name}: indices must lie in [0, {n}), got range [{arr.min()}, {arr.max()}]")
@@ -228,9 +226,7 @@ def _checkpoint_weights(weights: Sequence[float] | None, n_ckpt: int) -> np.ndar
     return w / w.sum()
 
 
-def _target_directions(
-    v: np.ndarray, group_of: np.ndarray, n_groups: int, reduction: str, ckpt: int
-) -> np.ndarray:
+def _target_directions(v: np.ndarray, group_of: np.ndarray, n_groups: int, reduction: str, ckpt: int) -> np.ndarray:
     """(d, G) matrix whose column g, dotted with a unit training feature, gives its group-g score."""
     v = v.astype(np.float64)
     if not np.isfinite(v).all():
@@ -315,9 +311,7 @@ def influence_scores(
         if x.shape[0] != n:
             raise InputError(f"train_features[{c}]: {x.shape[0]} rows, checkpoint 0 has {n}")
         if x.shape[1] != v.shape[1]:
-            raise InputError(
-                f"checkpoint {c}: train_features have d={x.shape[1]} but target_grads d={v.shape[1]}"
-            )
+            raise InputError(f"checkpoint {c}: train_features have d={x.shape[1]} but target_grads d={v.shape[1]}")
         if group_of is None:
             g = np.zeros(v.shape[0], dtype=np.int64)
         elif v.shape[0] != group_of.size:
@@ -568,14 +562,10 @@ def _evaluate(influence_fn: Callable[[np.ndarray], np.ndarray], idx: np.ndarray)
     except (TypeError, ValueError):
         raise InputError(f"influence_fn returned {type(out).__name__}, not an array of numbers") from None
     if vals.shape != idx.shape:
-        raise InputError(
-            f"influence_fn returned shape {vals.shape} for {idx.size} samples; expected ({idx.size},)"
-        )
+        raise InputError(f"influence_fn returned shape {vals.shape} for {idx.size} samples; expected ({idx.size},)")
     bad = np.flatnonzero(~np.isfinite(vals))
     if bad.size:
-        raise InputError(
-            f"influence_fn returned a non-finite influence ({vals[bad[0]]}) for sample {idx[bad[0]]}"
-        )
+        raise InputError(f"influence_fn returned a non-finite influence ({vals[bad[0]]}) for sample {idx[bad[0]]}")
     return vals
 
 
@@ -819,7 +809,131 @@ def mean_influence_ratio(selected: np.ndarray, reference: np.ndarray, scores: np
     denom = float(s[ref].mean())
     if denom <= 0:
         raise InputError(
-            f"mean_influence_ratio: the reference's mean influence is {denom:.6g} (<= 0); "
-            f"the ratio is undefined"
+            f"mean_influence_ratio: the reference's mean influence is {denom:.6g} (<= 0); the ratio is undefined"
         )
     return float(s[sel].mean()) / denom
+
+
+# --------------------------------------------------------------------------- workflow step
+
+
+def select_for_target(
+    scores: np.ndarray,
+    cluster_labels: np.ndarray,
+    params: dict[str, Any],
+    seed: int,
+) -> dict[str, Any]:
+    """ClusterUCB, full (LESS) and random selection for one target at the same selected size.
+
+    ``scores`` (n,) is every sample's influence (from :mod:`gs.influence`); ClusterUCB is charged one
+    computation per sample it reads, full selection ``n``, random none. ``params``: ``keep_fraction``,
+    ``budget_fraction``, ``cold_start``, ``exploration``, ``draw_size``, ``estimator``, and
+    ``budget_sweep`` (fractions for the budget curve). Returns the selected indices per method, the
+    computations spent, and ClusterUCB's recovery of the full top set (overlap, mean-influence ratio).
+    """
+    n = len(scores)
+    keep = count_from_fraction(n, float(params["keep_fraction"]), what="keep_fraction")
+    ucb_kwargs = {
+        "cold_start": params["cold_start"],
+        "exploration": float(params["exploration"]),
+        "draw_size": int(params.get("draw_size", 1)),
+        "estimator": params.get("estimator", "mean_std"),
+        "seed": seed,
+    }
+
+    def run(budget_fraction: float) -> ClusterUCBResult:
+        budget = count_from_fraction(n, budget_fraction, what="budget_fraction")
+        return cluster_ucb(cluster_labels, lambda idx: scores[idx], budget=budget, keep=keep, **ucb_kwargs)
+
+    full = select_full(scores, keep)
+    ucb = run(float(params["budget_fraction"]))
+    rand = select_random(n, keep, seed)
+    sweep = []
+    for fraction in params.get("budget_sweep", []):
+        try:
+            r = run(float(fraction))
+        except InputError as e:  # a budget below the cold start or the kept size is skipped, and said
+            sweep.append({"budget_fraction": float(fraction), "skipped": str(e)})
+            continue
+        sweep.append(
+            {
+                "budget_fraction": float(fraction),
+                "computations": r.n_computations,
+                "overlap_with_full": overlap(r.selected, full),
+                "mean_influence_ratio": mean_influence_ratio(r.selected, full, scores),
+            }
+        )
+    methods = {
+        "clusterucb": {"selected": ucb.selected.tolist(), "computations": ucb.n_computations},
+        "full": {"selected": full.tolist(), "computations": n},
+        "random": {"selected": rand.tolist(), "computations": 0},
+    }
+    for m in methods.values():
+        idx = np.asarray(m["selected"])
+        m["mean_influence"] = float(scores[idx].mean())
+        m["overlap_with_full"] = overlap(idx, full)
+        m["mean_influence_ratio"] = mean_influence_ratio(idx, full, scores)
+        m["computation_ratio_vs_full"] = m["computations"] / n
+    return {
+        "n": n,
+        "keep": keep,
+        "methods": methods,
+        "budget_sweep": sweep,
+        "pulls_per_cluster": np.asarray(ucb.pulls_per_cluster).tolist(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from gs.data import load_records
+    from gs.io import write_json, write_jsonl
+
+    parser = argparse.ArgumentParser(description="ClusterUCB, LESS and random selection for one target.")
+    parser.add_argument("--influence", required=True)
+    parser.add_argument("--assignments", required=True, help="clusters of the pool (id,cluster)")
+    parser.add_argument("--train", required=True)
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--params", required=True, help="the selection config section as JSON")
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--out-dir", required=True)
+    args = parser.parse_args(argv)
+    data = np.load(args.influence)
+    targets = data["targets"].tolist()
+    if args.target not in targets:
+        raise InputError(f"{args.influence}: no influence for target {args.target!r} (has {', '.join(targets)})")
+    ids = data["ids"].astype(str).tolist()
+    scores = data["scores"][targets.index(args.target)]
+    frame = pd.read_csv(args.assignments, dtype={"id": str})
+    by_id = dict(zip(frame["id"], frame["cluster"].astype(int), strict=True))
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise InputError(f"{args.assignments}: sample {missing[0]!r} has no cluster")
+    labels = np.array([by_id[i] for i in ids])
+    result = select_for_target(scores, labels, json.loads(args.params), args.seed)
+    records = {r["id"]: r for r in load_records(args.train)}
+    out = Path(args.out_dir)
+    for name, m in result["methods"].items():
+        write_jsonl(out / f"{name}.jsonl", [records[ids[i]] for i in m["selected"]])
+        m["selected_ids"] = [ids[i] for i in m.pop("selected")]
+    result["target"] = args.target
+    result["influence_computations_per_sample"] = int(data["per_checkpoint"].shape[0])
+    write_json(out / "selection.json", result)
+    print(
+        json.dumps(
+            {
+                k: {kk: v[kk] for kk in ("computations", "overlap_with_full", "mean_influence_ratio")}
+                for k, v in result["methods"].items()
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    from gs.io import run_cli
+
+    run_cli(main)

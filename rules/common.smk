@@ -17,3 +17,7 @@ def model_dir():
 METHODS = list(config["cluster"]["methods"])
 ABLATION_METHODS = [f"rp{p}" for p in config["cluster"].get("ablation_dims", [])]
 QUALITY_METHODS = METHODS + ABLATION_METHODS
+
+# ClusterUCB: the target domains and the selection methods compared at the same selected size.
+TARGETS = list(config["selection"]["targets"])
+SELECTORS = ["clusterucb", "full", "random"]
