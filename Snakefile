@@ -19,13 +19,15 @@ include: "rules/cluster.smk"
 include: "rules/experts.smk"
 include: "rules/router.smk"
 include: "rules/selection.smk"
+include: "rules/evaluation.smk"
+include: "rules/report.smk"
 
 
 rule all:
     input:
         "results/data/summary.csv",
-        model_dir(),
         "results/clusters/quality.csv",
-        expand("results/router/{method}", method=METHODS),
-        "results/experts/multitask",
-        expand("results/selection/{target}/{selector}_lora", target=TARGETS, selector=SELECTORS),
+        "results/tables/main.md",
+        "results/tables/clusterucb.md",
+        "results/figures/latency.png",
+        "results/figures/clusters.png",

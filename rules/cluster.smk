@@ -6,7 +6,7 @@ rule cluster_samples:
         assignments="results/clusters/{method}/assignments.csv",
         info="results/clusters/{method}/cluster_info.json",
     params:
-        cfg=as_json(config["cluster"]),
+        cfg=json_param(config["cluster"]),
         seed=config["seed"],
     wildcard_constraints:
         method="[a-z0-9_]+",
@@ -31,7 +31,7 @@ rule gradient_coherence:
     output:
         "results/clusters/coherence.json",
     params:
-        cfg=as_json(config["gradients"]),
+        cfg=json_param(config["gradients"]),
         dirs=expand("results/clusters/{method}", method=QUALITY_METHODS),
         seed=config["seed"],
     threads: workflow.cores

@@ -5,9 +5,16 @@ import shlex
 DOMAINS = list(config["data"]["domains"])
 
 
-def as_json(section):
+def quote_json(section):
     """A config section as one shell-quoted JSON argument (the gs CLIs take --params JSON)."""
     return shlex.quote(json.dumps(section, sort_keys=True))
+
+
+def json_param(section):
+    """``quote_json`` as a params function: Snakemake does not expand braces in a function's value
+    (hub dataset templates such as ``{question}`` must reach the CLI as they are)."""
+    quoted = quote_json(section)
+    return lambda wildcards: quoted
 
 
 def model_dir():
@@ -21,3 +28,45 @@ QUALITY_METHODS = METHODS + ABLATION_METHODS
 # ClusterUCB: the target domains and the selection methods compared at the same selected size.
 TARGETS = list(config["selection"]["targets"])
 SELECTORS = ["clusterucb", "full", "random"]
+
+# Systems scored by lm-eval (wildcard {system}): the base model, the multitask LoRA, every clustering
+# method under every inference mode, and the LoRAs fine-tuned on each selected subset.
+MODES = list(config["evaluation"]["modes"])
+SYSTEMS = ["base", "multitask"] + [f"{m}-{mode}" for m in METHODS for mode in MODES]
+SELECTION_SYSTEMS = [f"select-{t}-{s}" for t in TARGETS for s in SELECTORS]
+ELREA_DIM = config["gradients"]["projection"]["elrea_dim"]
+
+
+def system_spec(name):
+    """The evaluation system behind a name: its inference mode and the artefacts it loads."""
+    spec = {"name": name, "model_dir": model_dir(), "mode": name}
+    if name == "multitask":
+        spec["experts_dir"] = "results/experts/multitask"
+    elif name.startswith("select-"):
+        _, target, selector = name.split("-")
+        spec.update(mode="multitask", experts_dir=f"results/selection/{target}/{selector}_lora")
+    elif name != "base":
+        method, mode = name.rsplit("-", 1)
+        spec.update(
+            mode=mode,
+            experts_dir=f"results/experts/{method}",
+            router_dir=f"results/router/{method}",
+            warmup_dir="results/gradients/warmup",
+            features_path="results/gradients/features.npz",
+            projector_path=f"results/gradients/projector_{ELREA_DIM}.joblib",
+            assignments_path=f"results/clusters/{method}/assignments.csv",
+        )
+    return spec
+
+
+def system_inputs(wildcards):
+    spec = system_spec(wildcards.system)
+    keys = ("model_dir", "experts_dir", "router_dir", "warmup_dir", "features_path", "projector_path",
+            "assignments_path")
+    return [spec[k] for k in keys if k in spec]
+
+
+def system_tasks(wildcards):
+    if wildcards.system.startswith("select-"):
+        return f"gs_{wildcards.system.split('-')[1]}"
+    return " ".join(f"gs_{d}" for d in DOMAINS)

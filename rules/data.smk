@@ -2,7 +2,7 @@ rule prepare_domain:
     output:
         expand("results/data/{{domain}}/{split}.jsonl", split=["train", "validation", "test"]),
     params:
-        spec=lambda w: as_json(config["data"]["domains"][w.domain]),
+        spec=lambda w: quote_json(config["data"]["domains"][w.domain]),
         seed=config["seed"],
     log:
         "logs/prepare_domain/{domain}.log",
@@ -29,7 +29,7 @@ rule pool_data:
         summary=report("results/data/summary.csv", category="Data"),
     params:
         dirs=expand("results/data/{domain}", domain=DOMAINS),
-        spec=as_json(config["data"]["domains"]),
+        spec=json_param(config["data"]["domains"]),
         seed=config["seed"],
     log:
         "logs/pool_data/pool_data.log",

@@ -6,7 +6,7 @@ rule train_experts:
     output:
         directory("results/experts/{method}"),
     params:
-        cfg=as_json(config["experts"]),
+        cfg=json_param(config["experts"]),
         seed=config["seed"],
     wildcard_constraints:
         method="|".join(METHODS),
@@ -33,7 +33,7 @@ rule train_multitask:
     output:
         directory("results/experts/multitask"),
     params:
-        cfg=as_json(config["experts"]),
+        cfg=json_param(config["experts"]),
         seed=config["seed"],
     threads: workflow.cores
     resources:

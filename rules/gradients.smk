@@ -5,7 +5,7 @@ rule warmup_lora:
     output:
         directory("results/gradients/warmup"),
     params:
-        cfg=as_json(config["gradients"]),
+        cfg=json_param(config["gradients"]),
         seed=config["seed"],
     threads: workflow.cores
     resources:
@@ -39,7 +39,7 @@ rule extract_gradient_features:
             ),
         ),
     params:
-        cfg=as_json(config["gradients"]),
+        cfg=json_param(config["gradients"]),
         seed=config["seed"],
     threads: workflow.cores
     resources:

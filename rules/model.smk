@@ -2,7 +2,7 @@ rule prepare_model:
     output:
         directory(model_dir()),
     params:
-        spec=as_json(config["model"]),
+        spec=json_param(config["model"]),
     log:
         "logs/prepare_model/prepare_model.log",
     benchmark:

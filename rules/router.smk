@@ -7,7 +7,7 @@ rule train_router:
     output:
         directory("results/router/{method}"),
     params:
-        cfg=as_json(config["router"]),
+        cfg=json_param(config["router"]),
         seed=config["seed"],
     wildcard_constraints:
         method="|".join(METHODS),

@@ -7,7 +7,7 @@ rule less_influence:
     output:
         "results/selection/influence.npz",
     params:
-        cfg=as_json(config["gradients"]),
+        cfg=json_param(config["gradients"]),
         targets=" ".join(f"{t}=results/data/{t}/validation.jsonl" for t in TARGETS),
         seed=config["seed"],
     threads: workflow.cores
@@ -36,7 +36,7 @@ rule select_data:
             "results/selection/{{target}}/{selector}.jsonl", selector=SELECTORS
         ),
     params:
-        cfg=as_json(config["selection"]),
+        cfg=json_param(config["selection"]),
         seed=config["seed"],
     log:
         "logs/select_data/{target}.log",
@@ -57,7 +57,7 @@ rule finetune_selected:
     output:
         directory("results/selection/{target}/{selector}_lora"),
     params:
-        cfg=as_json(config["experts"]),
+        cfg=json_param(config["experts"]),
         seed=config["seed"],
     wildcard_constraints:
         selector="|".join(SELECTORS),

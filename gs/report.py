@@ -1,0 +1,258 @@
+"""Every table (CSV + Markdown) and figure (PNG) of the study, from the files the stages wrote.
+
+Nothing here computes a result: it reads ``results/`` and lays the numbers out. Tables:
+
+* ``main``: accuracy per system (rows: base, multitask LoRA, every clustering method with
+  single-expert routing and with the ensembles) and domain (the primary metric of each lm-eval task),
+  plus the mean over domains;
+* ``router``: each router's held-out accuracy against the majority-class baseline, and its latency;
+* ``cluster_quality``: NMI / ARI / purity against the hidden domains and gradient coherence;
+* ``ablation``: full-dimension GradientSpace clustering against random projections of several sizes
+  (the paper's central claim), on the clustering metrics and, where experts exist, accuracy;
+* ``latency``: the latency measurements; ``clusterucb``: selection accuracy and compute;
+* ``compute``: wall time, memory and CPU time of every job (Snakemake ``benchmark:`` files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from gs.io import InputError, atomic_path, run_cli  # noqa: E402
+
+DOMAIN_TASKS = {"math": "gs_math", "code": "gs_code", "finance": "gs_finance", "writing": "gs_writing"}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    return json.loads(path.read_text())
+
+
+def write_table(df: pd.DataFrame, stem: Path, *, title: str, note: str = "") -> None:
+    """``stem.csv`` and ``stem.md`` (a titled Markdown table with a note on where the numbers come from)."""
+    with atomic_path(stem.with_suffix(".csv")) as tmp:
+        df.to_csv(tmp, index=False)
+    md = f"# {title}\n\n{df.to_markdown(index=False, floatfmt='.3f')}\n"
+    if note:
+        md += f"\n{note}\n"
+    with atomic_path(stem.with_suffix(".md")) as tmp:
+        Path(tmp).write_text(md)
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main_table(eval_files: dict[str, Path], domains: list[str]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """One row per system, one column per domain (primary metric) and their mean."""
+    rows, metrics = [], {}
+    for system, path in eval_files.items():
+        report = _read_json(path)
+        row: dict[str, Any] = {"system": system}
+        for d in domains:
+            primary = report["primary"].get(DOMAIN_TASKS[d], {})
+            row[d] = primary.get("value")
+            metrics[d] = primary.get("metric", metrics.get(d, ""))
+        values = [row[d] for d in domains if row[d] is not None]
+        row["average"] = float(np.mean(values)) if values else None
+        n = {d: report["tasks"].get(DOMAIN_TASKS[d], {}).get("n_examples") for d in domains}
+        row["n_test"] = "/".join(str(n[d]) for d in domains)
+        rows.append(row)
+    return pd.DataFrame(rows), metrics
+
+
+def router_table(router_dirs: dict[str, Path]) -> pd.DataFrame:
+    rows = []
+    for method, d in router_dirs.items():
+        info = _read_json(d / "router.json")
+        rows.append(
+            {
+                "method": method,
+                "experts": len(info.get("expert_ids", [])),
+                "encoder": info.get("encoder"),
+                "heldout_accuracy": info.get("heldout_accuracy"),
+                "majority_baseline": info.get("majority_baseline_accuracy"),
+                "n_heldout": info.get("n_heldout"),
+                "train_accuracy": info.get("train_accuracy"),
+                "latency_ms_per_prompt": info.get("latency_ms_per_prompt"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def ablation_table(
+    quality: pd.DataFrame, features_summary: dict[str, Any], elrea_dim: int, main: pd.DataFrame | None
+) -> pd.DataFrame:
+    """Full-dimension clustering vs k-means on random projections of the same gradients."""
+    rows = []
+    for _, q in quality.iterrows():
+        method = q["method"]
+        if method == "gradientspace":
+            dim = features_summary.get("d")
+            label = f"full dimension ({dim:,}) + online SVD" if dim else "full dimension + online SVD"
+        elif method == "elrea":
+            dim, label = elrea_dim, f"random projection to {elrea_dim} (ELREA)"
+        elif method.startswith("rp") and method[2:].isdigit():
+            dim, label = int(method[2:]), f"random projection to {method[2:]}"
+        else:
+            continue
+        row = {
+            "method": method,
+            "gradient space": label,
+            "dimension": dim,
+            **{k: q[k] for k in ("k", "nmi", "ari", "purity", "coherence")},
+        }
+        if main is not None:
+            hit = main[main["system"] == f"{method}-single"]
+            row["accuracy (single expert, mean)"] = float(hit["average"].iloc[0]) if len(hit) else None
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("dimension", ascending=False, key=lambda s: s.astype(float))
+
+
+def plot_ablation(df: pd.DataFrame, path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    proj = df[df["method"] != "gradientspace"].sort_values("dimension")
+    full = df[df["method"] == "gradientspace"]
+    for ax, metric in zip(axes, ("nmi", "coherence"), strict=True):
+        ax.plot(proj["dimension"], proj[metric].astype(float), "o-", label="random projection + k-means")
+        if len(full):
+            ax.axhline(float(full[metric].iloc[0]), color="C3", ls="--", label="full dimension (GradientSpace)")
+        ax.set_xscale("log")
+        ax.set_xlabel("projection dimension")
+        ax.set_ylabel({"nmi": "NMI vs. domains", "coherence": "within-cluster gradient cosine"}[metric])
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Full-dimension vs. random-projection gradient clustering")
+    save_figure(fig, path)
+
+
+def clusterucb_table(selection_dir: Path, targets: list[str], eval_files: dict[str, Path]) -> pd.DataFrame:
+    rows = []
+    for t in targets:
+        sel = _read_json(selection_dir / t / "selection.json")
+        for method, m in sel["methods"].items():
+            system = f"select-{t}-{method}"
+            acc, metric = None, None
+            if system in eval_files:
+                primary = _read_json(eval_files[system])["primary"].get(DOMAIN_TASKS[t], {})
+                acc, metric = primary.get("value"), primary.get("metric")
+            rows.append(
+                {
+                    "target": t,
+                    "method": method,
+                    "accuracy": acc,
+                    "metric": metric,
+                    "selected": len(m["selected_ids"]),
+                    "influence_computations": m["computations"],
+                    "computations_vs_full": m["computation_ratio_vs_full"],
+                    "overlap_with_full_top": m["overlap_with_full"],
+                    "mean_influence_vs_full": m["mean_influence_ratio"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def plot_budget(selection_dir: Path, targets: list[str], path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for t in targets:
+        sweep = [s for s in _read_json(selection_dir / t / "selection.json")["budget_sweep"] if "skipped" not in s]
+        if not sweep:
+            continue
+        x = [s["budget_fraction"] for s in sweep]
+        axes[0].plot(x, [s["overlap_with_full"] for s in sweep], "o-", label=t)
+        axes[1].plot(x, [s["mean_influence_ratio"] for s in sweep], "o-", label=t)
+    axes[0].set_ylabel("overlap with the full-gradient top set")
+    axes[1].set_ylabel("mean influence / full selection's")
+    for ax in axes:
+        ax.set_xlabel("budget (influence computations / pool size)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("ClusterUCB: selection quality against the compute budget")
+    save_figure(fig, path)
+
+
+def compute_table(benchmark_dir: Path) -> pd.DataFrame:
+    """Per job: wall seconds, max RSS, CPU time, from Snakemake's benchmark TSVs."""
+    rows = []
+    for tsv in sorted(benchmark_dir.glob("*/*.tsv")):
+        frame = pd.read_csv(tsv, sep="\t")
+        rows.append(
+            {
+                "rule": tsv.parent.name,
+                "job": tsv.stem,
+                "wall_s": float(frame["s"].mean()),
+                "max_rss_mb": float(pd.to_numeric(frame["max_rss"], errors="coerce").max()),
+                "cpu_time_s": float(pd.to_numeric(frame["cpu_time"], errors="coerce").mean()),
+            }
+        )
+    return pd.DataFrame(rows, columns=["rule", "job", "wall_s", "max_rss_mb", "cpu_time_s"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Tables and figures of the study.")
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--eval", nargs="*", default=[], help="SYSTEM=path.json for the main table")
+    parser.add_argument("--selection-eval", nargs="*", default=[], help="SYSTEM=path.json of ClusterUCB runs")
+    parser.add_argument("--methods", nargs="+", required=True)
+    parser.add_argument("--targets", nargs="*", default=[])
+    parser.add_argument("--domains", nargs="+", required=True)
+    parser.add_argument("--benchmarks", default="benchmarks")
+    parser.add_argument("--tables", default="results/tables")
+    parser.add_argument("--figures", default="results/figures")
+    args = parser.parse_args(argv)
+    res, tables, figures = Path(args.results), Path(args.tables), Path(args.figures)
+
+    def pairs(items: list[str]) -> dict[str, Path]:
+        out = {}
+        for item in items:
+            name, _, path = item.partition("=")
+            if not path:
+                raise InputError(f"expected SYSTEM=path, got {item!r}")
+            out[name] = Path(path)
+        return out
+
+    main_df, metrics = main_table(pairs(args.eval), args.domains)
+    note = "Primary metric per domain: " + "; ".join(f"{d}: {m}" for d, m in metrics.items()) + "."
+    write_table(main_df, tables / "main", title="Accuracy per system and domain", note=note)
+    write_table(
+        router_table({m: res / "router" / m for m in args.methods}),
+        tables / "router",
+        title="Router accuracy (held-out training prompts, cluster ids as labels)",
+    )
+    quality = pd.read_csv(res / "clusters" / "quality.csv")
+    write_table(quality, tables / "cluster_quality", title="Cluster quality against the hidden domain labels")
+    extract = _read_json(res / "gradients" / "extract.json")
+    elrea_dim = int(np.load(res / "gradients" / "features.npz")["elrea_dim"])
+    ablation = ablation_table(quality, extract, elrea_dim, main_df)
+    write_table(ablation, tables / "ablation", title="Full-dimension vs. random-projection clustering")
+    plot_ablation(ablation, figures / "ablation.png")
+    latency = pd.read_csv(res / "latency" / "latency.csv")
+    write_table(latency, tables / "latency", title="Inference latency: single expert vs. ensembles")
+    if args.targets:
+        sel = clusterucb_table(res / "selection", args.targets, pairs(args.selection_eval))
+        write_table(
+            sel,
+            tables / "clusterucb",
+            title="ClusterUCB vs. full gradient selection (LESS) and random",
+            note="Influence computations: per-sample LESS influence evaluations (each over every "
+            "warm-up checkpoint); full selection computes all of them.",
+        )
+        plot_budget(res / "selection", args.targets, figures / "clusterucb_budget.png")
+    write_table(compute_table(Path(args.benchmarks)), tables / "compute", title="Compute per job")
+    print(main_df.to_string(index=False))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,32 @@
+rule evaluate_system:
+    input:
+        system_inputs,
+        data=expand("results/data/{domain}/test.jsonl", domain=DOMAINS),
+    output:
+        "results/eval/{system}.json",
+    params:
+        system=lambda w: quote_json(system_spec(w.system)),
+        tasks=system_tasks,
+        cfg=json_param(config["evaluation"]),
+        limit=(
+            f"--limit {config['evaluation']['limit']}"
+            if config["evaluation"].get("limit")
+            else ""
+        ),
+        seed=config["seed"],
+    wildcard_constraints:
+        system="|".join(SYSTEMS + SELECTION_SYSTEMS),
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=16000,
+    log:
+        "logs/evaluate_system/{system}.log",
+    benchmark:
+        "benchmarks/evaluate_system/{system}.tsv"
+    conda:
+        "../envs/evaluation.yaml"
+    shell:
+        "HF_ALLOW_CODE_EVAL=1 HF_DATASETS_OFFLINE=1 python -m gs.evaluation --system {params.system}"
+        " --data-dir results/data --tasks {params.tasks} {params.limit} --params {params.cfg}"
+        " --seed {params.seed} --out {output} > {log} 2>&1"

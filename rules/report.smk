@@ -1,0 +1,59 @@
+rule latency:
+    input:
+        model=model_dir(),
+    output:
+        csv="results/latency/latency.csv",
+        png=report("results/figures/latency.png", category="Latency"),
+    params:
+        cfg=json_param(config["latency"]),
+        seed=config["seed"],
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=16000,
+    log:
+        "logs/latency/latency.log",
+    benchmark:
+        "benchmarks/latency/latency.tsv"
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python -m gs.latency --model-dir {input.model} --params {params.cfg} --seed {params.seed}"
+        " --out-csv {output.csv} --out-png {output.png} > {log} 2>&1"
+
+
+rule tables_and_figures:
+    input:
+        evals=expand("results/eval/{system}.json", system=SYSTEMS),
+        selection_evals=expand("results/eval/{system}.json", system=SELECTION_SYSTEMS),
+        selections=expand("results/selection/{target}/selection.json", target=TARGETS),
+        routers=expand("results/router/{method}", method=METHODS),
+        quality="results/clusters/quality.csv",
+        latency="results/latency/latency.csv",
+    output:
+        main=report("results/tables/main.md", category="Tables"),
+        main_csv="results/tables/main.csv",
+        router=report("results/tables/router.md", category="Tables"),
+        quality=report("results/tables/cluster_quality.md", category="Tables"),
+        ablation=report("results/tables/ablation.md", category="Tables"),
+        ablation_png=report("results/figures/ablation.png", category="Figures"),
+        latency=report("results/tables/latency.md", category="Tables"),
+        clusterucb=report("results/tables/clusterucb.md", category="Tables"),
+        budget_png=report("results/figures/clusterucb_budget.png", category="Figures"),
+        compute="results/tables/compute.csv",
+    params:
+        evals=" ".join(f"{s}=results/eval/{s}.json" for s in SYSTEMS),
+        selection_evals=" ".join(f"{s}=results/eval/{s}.json" for s in SELECTION_SYSTEMS),
+        methods=" ".join(METHODS),
+        targets=" ".join(TARGETS),
+        domains=" ".join(DOMAINS),
+    log:
+        "logs/tables_and_figures/report.log",
+    benchmark:
+        "benchmarks/tables_and_figures/report.tsv"
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "python -m gs.report --eval {params.evals} --selection-eval {params.selection_evals}"
+        " --methods {params.methods} --targets {params.targets} --domains {params.domains}"
+        " > {log} 2>&1"
