@@ -1,0 +1,357 @@
+"""Evaluation through lm-eval: the gs_* task YAMLs, their ``!function`` hooks, and the ``gs-routed`` model.
+
+The end-to-end tests run ``lm_eval.simple_evaluate`` on the tiny random model with 2 examples per
+domain and 8 new tokens, so their scores are near 0; what they check is that every task runs
+offline and reports its metrics in [0, 1]. Known-correct and wrong completions go through each
+task's ``process_results`` as lm-eval loads it from the YAML.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gs.io import InputError, write_jsonl
+from gs.prompting import user_message
+
+ENDINGS = [
+    "The lighthouse keeper finally slept.",
+    "Nobody noticed the missing spoon.",
+    "Rain fell upward for an hour.",
+    "And that was the end of the parade.",
+]
+CODE_PROMPT = 'def add(a, b):\n    """Return the sum of a and b.\n    >>> add(2, 3)\n    5\n    """\n'
+CODE_TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
+
+
+def _records() -> dict[str, list[dict]]:
+    """Two test records per domain, in the suite's format (:mod:`gs.data`)."""
+    writing_instruction = (
+        "Write a coherent passage of 4 short paragraphs. The end sentence of each paragraph must be, in order:"
+    )
+    return {
+        "math": [
+            {
+                "id": f"math-test-{i:05d}",
+                "domain": "math",
+                "instruction": f"Tom has {n} apples and buys 2 more. How many apples does he have?",
+                "input": "",
+                "output": f"{n} + 2 = {n + 2}\n#### {n + 2}",
+                "meta": {"answer": str(n + 2), "source": "test"},
+            }
+            for i, n in enumerate((40, 7))
+        ],
+        "finance": [
+            {
+                "id": f"finance-test-{i:05d}",
+                "domain": "finance",
+                "instruction": q,
+                "input": "",
+                "output": f"#### {a}",
+                "meta": {"answer": a, "template": "test", "source": "test"},
+            }
+            for i, (q, a) in enumerate(
+                [
+                    ("A share costs $200.00 and pays $2.00 a year. What is its dividend yield, in percent?", "1.00"),
+                    ("$1,000 earns 5% simple interest for 2 years. What is the interest, in dollars?", "100.00"),
+                ]
+            )
+        ],
+        "code": [
+            {
+                "id": f"code-test-{i:05d}",
+                "domain": "code",
+                "instruction": "Complete the following Python function. Answer with the complete function.",
+                "input": prompt,
+                "output": prompt + body,
+                "meta": {"prompt": prompt, "test": test, "entry_point": entry, "task_id": f"Test/{i}"},
+            }
+            for i, (prompt, body, test, entry) in enumerate(
+                [
+                    (CODE_PROMPT, "    return a + b\n", CODE_TEST, "add"),
+                    (
+                        'def neg(x):\n    """Return -x."""\n',
+                        "    return -x\n",
+                        "def check(candidate):\n    assert candidate(3) == -3\n",
+                        "neg",
+                    ),
+                ]
+            )
+        ],
+        "writing": [
+            {
+                "id": f"writing-test-{i:05d}",
+                "domain": "writing",
+                "instruction": writing_instruction,
+                "input": "\n".join(f"{k}. {s}" for k, s in enumerate(endings, 1)),
+                "output": "",
+                "meta": {"end_sentences": endings, "source": "test"},
+            }
+            for i, endings in enumerate([ENDINGS, ENDINGS[::-1]])
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("eval_data")
+    for domain, rows in _records().items():
+        write_jsonl(root / domain / "test.jsonl", rows)
+    return root
+
+
+@pytest.fixture()
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")
+
+
+@pytest.fixture()
+def task_manager(data_dir, tmp_path, offline):
+    from lm_eval.tasks import TaskManager
+
+    from gs.evaluation import write_task_dir
+
+    task_dir = write_task_dir(data_dir, tmp_path / "tasks", max_gen_toks=8)
+    return TaskManager(include_path=str(task_dir), include_defaults=False)
+
+
+def _score(task, doc: dict, completion: str) -> dict[str, float]:
+    return task.process_results(doc, [completion])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Task YAMLs and hooks, as lm-eval loads them
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_tasks_load_with_local_data_and_prompt(task_manager, data_dir):
+    tasks = task_manager.load(["gs_all"])["tasks"]
+    assert sorted(tasks) == ["gs_code", "gs_finance", "gs_math", "gs_writing"]
+    for name, task in tasks.items():
+        docs = list(task.test_docs())
+        assert len(docs) == 2
+        # The prompt is the training user message; the data came from our folder, not results/.
+        assert task.doc_to_text(docs[0]) == user_message(docs[0])
+        assert docs[0]["domain"] == name.removeprefix("gs_")
+        assert task.config.generation_kwargs["max_gen_toks"] == 8
+        assert "\n\n" not in task.config.generation_kwargs["until"]
+        assert task.config.dataset_kwargs["data_files"]["test"] == str(
+            data_dir.resolve() / docs[0]["domain"] / "test.jsonl"
+        )
+
+
+def test_math_and_finance_hooks_score_right_1_and_wrong_0(task_manager):
+    tasks = task_manager.load(["gs_math", "gs_finance"])["tasks"]
+    math_doc = next(iter(tasks["gs_math"].test_docs()))  # gold 42
+    assert _score(tasks["gs_math"], math_doc, "40 + 2 = 42\n#### 42") == {"exact_match": 1.0}
+    assert _score(tasks["gs_math"], math_doc, "#### 41") == {"exact_match": 0.0}
+    assert _score(tasks["gs_math"], math_doc, "") == {"exact_match": 0.0}
+    finance_doc = next(iter(tasks["gs_finance"].test_docs()))  # gold 1.00 (percent)
+    assert _score(tasks["gs_finance"], finance_doc, "Yield = 2 / 200 = 1.005%\n#### 1.005") == {"exact_match_1pct": 1.0}
+    assert _score(tasks["gs_finance"], finance_doc, "#### 1.5") == {"exact_match_1pct": 0.0}
+
+
+def test_code_hook_runs_the_tests(task_manager):
+    task = task_manager.load(["gs_code"])["tasks"]["gs_code"]
+    doc = next(iter(task.test_docs()))
+    canonical = "```python\n" + CODE_PROMPT + "    return a + b\n```"
+    assert _score(task, doc, canonical) == {"pass@1": 1.0}
+    assert _score(task, doc, "    return a + b\n") == {"pass@1": 1.0}  # a continuation of the prompt
+    assert _score(task, doc, "```python\n" + CODE_PROMPT + "    return a - b\n```") == {"pass@1": 0.0}
+
+
+def test_code_hook_refuses_without_opt_in(task_manager, monkeypatch):
+    task = task_manager.load(["gs_code"])["tasks"]["gs_code"]
+    doc = next(iter(task.test_docs()))
+    monkeypatch.delenv("HF_ALLOW_CODE_EVAL")
+    with pytest.raises(InputError, match="HF_ALLOW_CODE_EVAL"):
+        _score(task, doc, "    return a + b\n")
+
+
+def test_writing_hook_checks_the_endings(task_manager):
+    task = task_manager.load(["gs_writing"])["tasks"]["gs_writing"]
+    doc = next(iter(task.test_docs()))
+    passage = "\n\n".join(f"Some opening words about the day. {s}" for s in ENDINGS)
+    assert _score(task, doc, passage) == {"constraint": 1.0, "ending_match": 1.0}
+    three_right = "\n\n".join(f"Words. {s}" for s in [*ENDINGS[:3], "Something else entirely."])
+    assert _score(task, doc, three_right) == {"constraint": 0.0, "ending_match": 0.75}
+    assert _score(task, doc, "One paragraph that ends nowhere.") == {"constraint": 0.0, "ending_match": 0.0}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The gs-routed model through simple_evaluate
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_simple_evaluate_base_mode_on_tiny_model(task_manager, tiny_model_dir):
+    import lm_eval
+
+    import gs.evaluation  # noqa: F401 - registers gs-routed
+
+    results = lm_eval.simple_evaluate(
+        model="gs-routed",
+        model_args={"model_dir": str(tiny_model_dir), "mode": "base", "device": "cpu"},
+        tasks=["gs_math", "gs_code", "gs_finance", "gs_writing"],
+        task_manager=task_manager,
+        limit=2,
+        log_samples=True,
+        confirm_run_unsafe_code=True,
+        random_seed=0,
+        numpy_random_seed=0,
+        torch_random_seed=0,
+    )
+    expected = {
+        "gs_math": ["exact_match"],
+        "gs_code": ["pass@1"],
+        "gs_finance": ["exact_match_1pct"],
+        "gs_writing": ["constraint", "ending_match"],
+    }
+    for task, metrics in expected.items():
+        for metric in metrics:
+            value = results["results"][task][f"{metric},none"]
+            assert 0.0 <= value <= 1.0, (task, metric, value)
+        samples = results["samples"][task]
+        assert len(samples) == 2
+        # The model saw the bare user message (RoutedLM applies the chat template itself).
+        assert samples[0]["arguments"][0][0] == user_message(samples[0]["doc"])
+        assert all(isinstance(s["filtered_resps"][0], str) for s in samples)
+
+
+def test_cli_writes_the_report(data_dir, tiny_model_dir, tmp_path, offline):
+    from gs.evaluation import main
+
+    out = tmp_path / "eval" / "base.json"
+    system = {"name": "base", "mode": "base", "model_dir": str(tiny_model_dir), "device": "cpu"}
+    params = {"max_gen_toks": {"gs_writing": 12, "math": 4, "code": 8, "finance": 8}, "batch_size": 2}
+    argv = ["--system", json.dumps(system), "--data-dir", str(data_dir), "--tasks", "gs_all", "--limit", "1"]
+    main([*argv, "--params", json.dumps(params), "--seed", "3", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["seed"] == 3 and report["limit"] == 1
+    assert set(report["tasks"]) == {"gs_math", "gs_code", "gs_finance", "gs_writing"}
+    for task, entry in report["tasks"].items():
+        assert entry["n_examples"] == 1
+        primary = report["primary"][task]
+        assert entry["metrics"][primary["metric"]] == primary["value"]
+        assert 0.0 <= primary["value"] <= 1.0
+        assert entry["metric_info"][primary["metric"]]["higher_is_better"] is True
+        (sample,) = entry["samples"]
+        assert set(sample) >= {"prompt", "completion", "scores", "routing"}
+        assert sample["routing"] == {"experts": [], "weights": []}  # base mode: no expert
+    assert report["tasks"]["gs_math"]["generation_kwargs"]["max_gen_toks"] == 4
+    writing = report["tasks"]["gs_writing"]
+    assert writing["generation_kwargs"]["max_gen_toks"] == 12
+    ppl = writing["samples"][0]["scores"]["perplexity"]
+    assert ppl is None or ppl > 1.0
+    assert writing["metrics"]["fluency_perplexity"] == ppl
+    assert writing["metric_info"]["fluency_perplexity"]["higher_is_better"] is False
+    assert report["lm_eval"]["version"] == "0.4.13"
+
+
+def test_task_dir_keeps_the_yaml_settings_unless_overridden(data_dir, tmp_path, offline):
+    from lm_eval.tasks import TaskManager
+
+    from gs.evaluation import read_task_yaml, write_task_dir
+
+    task_dir = write_task_dir(data_dir, tmp_path / "tasks")
+    task = TaskManager(include_path=str(task_dir), include_defaults=False).load(["gs_code"])["tasks"]["gs_code"]
+    assert (
+        task.config.generation_kwargs["max_gen_toks"] == read_task_yaml("gs_code")["generation_kwargs"]["max_gen_toks"]
+    )
+    assert task.config.unsafe_code is True
+    with pytest.raises(InputError, match="positive integer"):
+        write_task_dir(data_dir, tmp_path / "bad", max_gen_toks={"code": 0})
+
+
+def test_loglikelihood_is_not_implemented(tiny_model_dir):
+    from gs.evaluation import GSRoutedLM
+
+    lm = GSRoutedLM.create_from_arg_string(f"model_dir={tiny_model_dir},mode=base,device=cpu,batch_size=2")
+    assert lm.batch_size == 2
+    with pytest.raises(NotImplementedError, match="generate_until"):
+        lm.loglikelihood([])
+    with pytest.raises(NotImplementedError, match="generate_until"):
+        lm.loglikelihood_rolling([])
+
+
+# ---------------------------------------------------------------------------------------------------
+# generate_until's bookkeeping, with a stand-in RoutedLM
+# ---------------------------------------------------------------------------------------------------
+
+
+class _FakeRoutedLM:
+    """Records its calls; answers ``<domain>:<prompt> STOP tail`` and routes by domain."""
+
+    calls: list[dict] = []
+
+    def __init__(self, model_dir, **kwargs):
+        self.kwargs = kwargs
+        self.last_routing: list[dict] = []
+        self.last_timing: dict = {}
+        self.tokenizer = None
+
+    def generate(self, prompts, *, max_new_tokens, stop=None, domains=None, batch_size=8):
+        type(self).calls.append({"prompts": list(prompts), "max_new_tokens": max_new_tokens, "stop": stop})
+        self.last_routing = [{"experts": [len(d)], "weights": [1.0], "domain": d} for d in domains]
+        self.last_timing = {"new_tokens": 3 * len(prompts)}
+        return [f"{d}:{p} STOP tail" for p, d in zip(prompts, domains, strict=True)]
+
+
+def test_generate_until_groups_passes_domains_and_cuts(monkeypatch):
+    from lm_eval.api.instance import Instance
+
+    import gs.inference
+    from gs.evaluation import GSRoutedLM
+
+    _FakeRoutedLM.calls = []
+    monkeypatch.setattr(gs.inference, "RoutedLM", _FakeRoutedLM)
+    lm = GSRoutedLM(model_dir="unused", mode="oracle", params='{"temperature": 0.5}')
+    assert lm.routed.kwargs["params"] == {"temperature": 0.5}
+
+    def req(task, doc_id, domain, prompt, **gen):
+        gen_kwargs = {"until": ["STOP"], "max_gen_toks": 5, "do_sample": False, **gen}
+        return Instance("generate_until", {"domain": domain}, (prompt, gen_kwargs), 0, metadata=(task, doc_id, 1))
+
+    requests = [
+        req("gs_math", 0, "math", "a"),
+        req("gs_writing", 0, "writing", "b", max_gen_toks=7),
+        req("gs_math", 1, "math", "ccc"),
+    ]
+    outputs = lm.generate_until(requests)
+    assert outputs == ["math:a ", "writing:b ", "math:ccc "]
+    # One call per (task, settings), longest prompt first; each with its own token limit.
+    assert [c["prompts"] for c in _FakeRoutedLM.calls] == [["ccc", "a"], ["b"]]
+    assert [c["max_new_tokens"] for c in _FakeRoutedLM.calls] == [5, 7]
+    assert lm.routing_log[("gs_math", 1)]["domain"] == "math"
+    assert lm.routing_log[("gs_writing", 0)]["experts"] == [7]
+    assert lm.generated_tokens["gs_math"] == 6
+
+    with pytest.raises(InputError, match="greedily"):
+        lm.generate_until([req("gs_math", 0, "math", "a", do_sample=True)])
+
+
+def test_generation_settings_and_helpers():
+    from gs.evaluation import cut_at_stop, expand_tasks, generation_settings, split_routing
+
+    assert generation_settings({"until": "Q:", "max_new_tokens": 9}, 256) == (["Q:"], 9)
+    assert generation_settings({"until": ["", "x"]}, 256) == (["x"], 256)
+    assert cut_at_stop("abc<|im_end|>def</s>", ["</s>", "<|im_end|>"]) == "abc"
+    assert split_routing([{"e": 1}, {"e": 2}], 2) == [{"e": 1}, {"e": 2}]
+    assert split_routing({"e": [1, 2], "w": [0.5, 0.5]}, 2) == [{"e": 1, "w": 0.5}, {"e": 2, "w": 0.5}]
+    assert split_routing(None, 2) == [None, None]
+    assert expand_tasks(["gs_math", "gs_all"]) == ["gs_math", "gs_code", "gs_finance", "gs_writing"]
+    with pytest.raises(InputError, match="unknown task"):
+        expand_tasks(["gsm8k"])
+
+
+def test_evaluate_system_refuses_code_without_opt_in(data_dir, monkeypatch):
+    from gs.evaluation import evaluate_system
+
+    monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
+    with pytest.raises(InputError, match="HF_ALLOW_CODE_EVAL"):
+        evaluate_system({"name": "x", "model_dir": "nowhere"}, ["gs_code"], data_dir)
+    with pytest.raises(InputError, match="not found"):
+        evaluate_system({"name": "x", "model_dir": "nowhere"}, ["gs_math"], data_dir / "missing")
