@@ -71,18 +71,37 @@ def seed_everything(seed: int) -> None:
 
 
 def attach_lora(model: Any, spec: LoraSpec, seed: int) -> Any:
-    """Wrap ``model`` with a fresh, seeded LoRA adapter (A random, B zero, as peft initialises)."""
+    """Wrap ``model`` in a fresh peft LoRA adapter (``LoraConfig(task_type="CAUSAL_LM")``).
+
+    The LoRA init (kaiming ``A``, zero ``B``) is drawn under ``torch.manual_seed(seed)`` inside a
+    forked RNG, so it is deterministic and the caller's global RNG state is left as it was. The base
+    model is modified in place (peft injects the LoRA layers into it); base weights are frozen.
+    With ``B = 0`` every ``lora_A`` gradient is zero until the adapter has been trained.
+    """
     from peft import LoraConfig, get_peft_model
 
-    torch.manual_seed(seed)
+    if spec.rank < 1:
+        raise InputError(f"LoRA rank must be at least 1, got {spec.rank}")
+    if spec.alpha <= 0:
+        raise InputError(f"LoRA alpha must be positive, got {spec.alpha}")
+    if not 0.0 <= spec.dropout < 1.0:
+        raise InputError(f"LoRA dropout must be in [0, 1), got {spec.dropout}")
+    if not spec.target_modules:
+        raise InputError("LoRA target_modules is empty")
     config = LoraConfig(
         task_type="CAUSAL_LM",
         r=spec.rank,
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
-        target_modules=spec.target_modules,
+        target_modules=list(spec.target_modules),
     )
-    return get_peft_model(model, config)
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        try:
+            return get_peft_model(model, config)
+        except ValueError as e:
+            raise InputError(f"cannot attach LoRA to {list(spec.target_modules)}: {e}") from None
 
 
 def load_adapter(model: Any, adapter_dir: str | os.PathLike, trainable: bool = False) -> Any:
