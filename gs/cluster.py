@@ -140,7 +140,9 @@ class GradientFeatures:
     top-``r`` singular directions; ``singular_values`` ``(r,)`` (``None``: taken from
     ``svd_coords``, whose singular values equal the top-``r`` singular values of the gradient matrix
     when the directions are exact); ``norms`` ``(n,)`` gradient norms (unused for clustering);
-    ``projected`` ``{p: (n, p)}`` random projections; ``elrea_dim`` the ``p`` ELREA uses.
+    ``projected`` ``{p: (n, p)}`` random projections; ``elrea_dim`` the ``p`` ELREA uses;
+    ``elrea_features`` ``(n, elrea_dim)`` ELREA's own features (projected gradients of the
+    instruction tokens), used by ``elrea`` in place of ``projected_<elrea_dim>`` when present.
     """
 
     ids: np.ndarray
@@ -149,6 +151,7 @@ class GradientFeatures:
     norms: np.ndarray | None = None
     projected: Mapping[int, np.ndarray] = dataclasses.field(default_factory=dict)
     elrea_dim: int | None = None
+    elrea_features: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         ids = np.asarray(self.ids).astype(str)
@@ -179,6 +182,11 @@ class GradientFeatures:
                 raise InputError(f"features: projected_{p} must be (n={n}, {p}), got shape {arr.shape}")
             projected[int(p)] = arr
         object.__setattr__(self, "projected", projected)
+        if self.elrea_features is not None:
+            arr = np.asarray(self.elrea_features)
+            if arr.ndim != 2 or arr.shape[0] != n:
+                raise InputError(f"features: elrea_features must be (n={n}, p), got shape {arr.shape}")
+            object.__setattr__(self, "elrea_features", arr)
 
     @property
     def n(self) -> int:
@@ -211,6 +219,7 @@ def load_features(path: str | os.PathLike) -> GradientFeatures:
         norms=arrays.get("norms"),
         projected=projected,
         elrea_dim=None if elrea is None else int(np.asarray(elrea).item()),
+        elrea_features=arrays.get("elrea_features"),
     )
 
 
@@ -547,14 +556,17 @@ def _projected(feats: GradientFeatures, p: int, method: str) -> np.ndarray:
 
 
 def cluster_elrea(inputs: ClusterInputs, params: Mapping[str, Any], seed: int) -> Clustering:
-    """ELREA: cosine k-means on ``projected_<elrea_dim>`` ``(n, p)``."""
+    """ELREA: cosine k-means on its features ``(n, p)``: ``elrea_features`` (instruction-token
+    gradients, as ELREA) when the features have them, else ``projected_<elrea_dim>``."""
     feats = inputs.features
     p = params.get("elrea_dim") or feats.elrea_dim
     if p is None:
         raise InputError("elrea: no projection size (features.npz has no elrea_dim and params set none)")
     p = int(p)
-    x = _projected(feats, p, "elrea")
-    return _cosine_kmeans("elrea", x, feats.ids, f"projected_{p}", params, seed, {"projection_dim": p})
+    use_own = feats.elrea_features is not None and feats.elrea_features.shape[1] == p
+    x = feats.elrea_features if use_own else _projected(feats, p, "elrea")
+    source = "elrea_features" if use_own else f"projected_{p}"
+    return _cosine_kmeans("elrea", x, feats.ids, source, params, seed, {"projection_dim": p})
 
 
 def cluster_rp(p: int) -> Callable[[ClusterInputs, Mapping[str, Any], int], Clustering]:

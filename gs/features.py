@@ -85,10 +85,11 @@ def extract_features(
 ) -> dict[str, Any]:
     """Stream the pool's per-sample gradients into the online SVD and the projectors.
 
-    Writes ``out_dir/features.npz`` (``ids`` (n,), ``domains`` is NOT written; ``norms`` (n,),
-    ``svd_coords`` (n, r), ``singular_values`` (r,), ``projected_<p>`` (n, p) for each size p,
-    ``elrea_dim``), ``svd_components.npy`` (r, d), ``projector_<p>.joblib`` and
-    ``extract.json`` (d, n, timings, peak memory of the streaming state).
+    Writes ``out_dir/features.npz`` (``ids`` (n,) (no domain labels), ``norms`` (n,), ``svd_coords``
+    (n, r), ``singular_values`` (r,), ``projected_<p>`` (n, p) for each size p of the same gradients,
+    ``elrea_features`` (n, elrea_dim): ELREA's features, the projection of gradients taken with
+    ``elrea_loss_on`` (default instruction tokens), and ``elrea_dim``), ``svd_components.npy``
+    (r, d), ``projector_<p>.joblib`` and ``extract.json`` (d, n, timings, streaming state size).
     """
     from gs.gradients import iter_gradients
 
@@ -106,16 +107,28 @@ def extract_features(
     ids: list[str] = []
     norms: list[np.ndarray] = []
     normalise = bool(params.get("normalize", True))
+    loss_on = params.get("loss_on", "response")
+    # ELREA takes its gradient features on the instruction tokens (a test prompt has no answer, and
+    # its routing gradient must live in the same space): a second gradient of the same batch.
+    elrea_loss = params.get("elrea_loss_on", "instruction")
+    elrea_dim = int(proj_cfg["elrea_dim"])
+    elrea_parts: list[np.ndarray] = []
     start = time.perf_counter()
     d = None
-    for batch_ids, grads in iter_gradients(
-        model,
-        tok,
-        records,
-        batch_size=int(params["batch_size"]),
-        max_length=int(params["max_length"]),
-        loss_on=params.get("loss_on", "response"),
-    ):
+
+    def stream(loss: str, progress: bool):
+        return iter_gradients(
+            model,
+            tok,
+            records,
+            batch_size=int(params["batch_size"]),
+            max_length=int(params["max_length"]),
+            loss_on=loss,
+            progress=progress,
+        )
+
+    elrea_stream = stream(elrea_loss, False) if elrea_loss != loss_on else None
+    for batch_ids, grads in stream(loss_on, True):
         d = grads.shape[1]
         if not projectors:
             projectors = {p: Projector(proj_cfg.get("kind", "sparse"), d, p, seed + p) for p in dims}
@@ -125,6 +138,13 @@ def extract_features(
         svd.partial_fit(feats)
         for p, proj in projectors.items():
             projected[p].append(proj.transform(feats))
+        if elrea_stream is None:
+            elrea_parts.append(projected[elrea_dim][-1])
+        else:
+            _, elrea_grads = next(elrea_stream)
+            elrea_parts.append(
+                projectors[elrea_dim].transform(normalise_rows(elrea_grads) if normalise else elrea_grads)
+            )
     coords = svd.seen_coordinates()
     if coords is None:  # methods that do not track the left factor need a second pass
         parts = [
@@ -145,7 +165,9 @@ def extract_features(
         "norms": np.concatenate(norms).astype(np.float32),
         "svd_coords": np.asarray(coords, dtype=np.float32),
         "singular_values": np.asarray(svd.singular_values_, dtype=np.float64),
-        "elrea_dim": np.array(int(proj_cfg["elrea_dim"])),
+        "elrea_dim": np.array(elrea_dim),
+        "elrea_features": np.concatenate(elrea_parts),
+        "elrea_loss_on": np.array(elrea_loss),
         **{f"projected_{p}": np.concatenate(v) for p, v in projected.items()},
     }
     out = Path(out_dir)

@@ -305,7 +305,9 @@ class RoutedLM:
             if "elrea_dim" not in f or "ids" not in f:
                 raise InputError(f"{features_path}: needs arrays 'ids' and 'elrea_dim'")
             dim = int(f["elrea_dim"])
-            key = f"projected_{dim}"
+            # ELREA's own features (instruction-token gradients, like the on-the-fly test gradient)
+            # when the extract stage wrote them; else the projection of the clustering gradients.
+            key = "elrea_features" if "elrea_features" in f else f"projected_{dim}"
             if key not in f:
                 raise InputError(f"{features_path}: no array {key!r} (elrea_dim={dim})")
             ids = [str(i) for i in f["ids"]]
