@@ -76,3 +76,23 @@ def test_end_to_end_on_the_tiny_config(tmp_path):
     summary = pd.read_csv(work / "results" / "data" / "summary.csv")
     assert set(summary["domain"]) == {"math", "code", "finance", "writing"}
     assert (work / "results" / "gradients" / "features.npz").is_file()
+
+
+GPU_RULES = {"warmup_lora", "extract_gradient_features", "gradient_coherence", "less_influence", "train_experts",
+             "train_multitask", "finetune_selected", "evaluate_system", "latency", "train_router"}
+
+
+def test_slurm_profile_dry_run_asks_gpus_for_the_gpu_rules():
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    result = _snakemake("--profile", "profiles/slurm", "--configfile", "config/paper.yaml", "-n", "--forceall",
+                        "--nolock")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", result.stdout, re.M)
+    assert jobs, "the dry run listed no jobs with resources"
+    seen = set()
+    for rule, resources in jobs:
+        seen.add(rule)
+        asks_gpu = "gpu=1" in resources
+        assert asks_gpu == (rule in GPU_RULES), f"{rule}: resources {resources}"
+        assert "runtime=" in resources and "mem_mb=" in resources
+    assert GPU_RULES <= seen
