@@ -81,7 +81,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -90,7 +89,7 @@ from typing import Any
 
 import numpy as np
 
-from gs.io import InputError, atomic_path, read_jsonl, run_cli, write_json
+from gs.io import InputError, atomic_path, parse_params, read_jsonl, run_cli, write_json
 
 METHODS = ("gradientspace", "elrea", "semantic", "random", "oracle")
 ASSIGN_RULES = ("argmax_abs", "signed", "kmeans")
@@ -780,16 +779,6 @@ def align_records(records: list[dict[str, Any]], ids: np.ndarray, source: str) -
     return [by_id[str(i)] for i in ids]
 
 
-def _parse_params(text: str) -> dict[str, Any]:
-    try:
-        params = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"--params: not valid JSON ({e.msg})") from None
-    if not isinstance(params, dict):
-        raise InputError("--params: expected a JSON object")
-    return params
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Cluster the training pool (GradientSpace and baselines).")
     parser.add_argument("--method", required=True, help=f"one of: {known_methods()}")
@@ -802,7 +791,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     get_method(args.method)
-    params = resolve_params(args.method, _parse_params(args.params))
+    params = resolve_params(args.method, parse_params(args.params))
     feats = load_features(args.features)
     records = None
     if args.train:

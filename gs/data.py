@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from gs.io import InputError, atomic_path, read_jsonl, run_cli, write_jsonl
+from gs.io import InputError, atomic_path, parse_params, read_jsonl, run_cli, write_jsonl
 from gs.sources import LICENSES, load_source
 
 DOMAINS = ("math", "code", "finance", "writing")
@@ -196,12 +196,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--summary", required=True)
     args = parser.parse_args(argv)
     if args.cmd == "domain":
-        splits = build_domain(args.domain, json.loads(args.params), args.seed)
+        splits = build_domain(args.domain, parse_params(args.params), args.seed)
         write_domain(splits, args.out_dir)
         print(json.dumps({s: len(r) for s, r in splits.items()}))
     else:
         pooled = {s: pool_splits(args.domain_dirs, s, args.seed) for s in SPLITS}
-        table = summary_table(args.domain_dirs, json.loads(args.params))
+        table = summary_table(args.domain_dirs, parse_params(args.params))
         for split, rows in pooled.items():
             write_jsonl(Path(args.out_dir) / f"{split}.jsonl", rows)
         with atomic_path(args.summary) as tmp:

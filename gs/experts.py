@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from gs.io import InputError, atomic_path, read_jsonl, run_cli, write_json
+from gs.io import InputError, atomic_path, parse_params, read_jsonl, run_cli, write_json
 
 MANIFEST = "experts.json"
 SMALL_CLUSTER_RULES = ("error", "merge")
@@ -406,17 +406,6 @@ def expert_dirs(experts_dir: str | os.PathLike) -> dict[int, Path]:
 # --------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------
-
-
-def parse_params(text: str) -> dict[str, Any]:
-    """The ``--params`` JSON string (a config section) as a dict."""
-    try:
-        params = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"--params: not valid JSON ({e.msg})") from None
-    if not isinstance(params, dict):
-        raise InputError("--params: expected a JSON object")
-    return params
 
 
 def main(argv: list[str] | None = None) -> None:

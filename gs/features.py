@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from gs.data import load_records
-from gs.io import InputError, atomic_path, run_cli, write_json
+from gs.io import InputError, atomic_path, parse_params, run_cli, write_json
 from gs.models import load_model, load_tokenizer
 from gs.projection import Projector
 from gs.svd import make_online_svd
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             p.add_argument("--out-dir" if name == "extract" else "--out", required=True)
     args = parser.parse_args(argv)
-    params = json.loads(args.params)
+    params = parse_params(args.params)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.cmd == "warmup":
         run_warmup(args.model_dir, args.train, params["warmup"], args.seed, args.out)

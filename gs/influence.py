@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from gs.data import load_records
-from gs.io import InputError, atomic_path, run_cli
+from gs.io import InputError, atomic_path, parse_params, run_cli
 from gs.models import load_model, load_tokenizer
 from gs.selection import adam_precondition, influence_scores
 from gs.training import load_adapter, seed_everything
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
             raise InputError(f"--targets expects DOMAIN=path, got {spec!r}")
         targets[name] = load_records(path)
     arrays = compute_influence(
-        args.model_dir, args.warmup, load_records(args.train), targets, json.loads(args.params), args.seed
+        args.model_dir, args.warmup, load_records(args.train), targets, parse_params(args.params), args.seed
     )
     with atomic_path(args.out) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)

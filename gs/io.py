@@ -96,3 +96,14 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def parse_params(text: str, what: str = "--params") -> dict[str, Any]:
+    """A CLI's ``--params`` JSON text (a config section) as a dict; bad JSON is an :class:`InputError`."""
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{what}: not valid JSON ({e.msg})") from None
+    if not isinstance(params, dict):
+        raise InputError(f"{what}: expected a JSON object")
+    return params

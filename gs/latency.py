@@ -509,7 +509,7 @@ def plot_latency(df: pd.DataFrame, path: str | os.PathLike, *, title: str | None
 
 
 def main(argv: list[str] | None = None) -> None:
-    from gs.experts import parse_params
+    from gs.io import parse_params
     from gs.training import seed_everything
 
     parser = argparse.ArgumentParser(description="Latency of single-expert routing vs expert ensembles.")

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from gs.io import InputError, atomic_path, read_jsonl, run_cli, write_json
+from gs.io import InputError, atomic_path, parse_params, read_jsonl, run_cli, write_json
 
 ROUTER_FILE = "router.joblib"
 ROUTER_JSON = "router.json"
@@ -447,7 +447,7 @@ def measure_latency(router: Router, texts: list[str], n: int = 32) -> dict[str, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from gs.experts import expert_labels, load_manifest, parse_params, read_assignments
+    from gs.experts import expert_labels, load_manifest, read_assignments
     from gs.prompting import user_message
     from gs.training import seed_everything
 

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from gs.io import InputError
+from gs.io import InputError, parse_params
 
 ESTIMATORS = ("mean_std", "mean", "thresh_hard", "thresh_normal")
 TARGET_REDUCTIONS = ("mean_cosine", "cosine_to_mean")
@@ -914,7 +914,7 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         raise InputError(f"{args.assignments}: sample {missing[0]!r} has no cluster")
     labels = np.array([by_id[i] for i in ids])
-    result = select_for_target(scores, labels, json.loads(args.params), args.seed)
+    result = select_for_target(scores, labels, parse_params(args.params), args.seed)
     records = {r["id"]: r for r in load_records(args.train)}
     out = Path(args.out_dir)
     for name, m in result["methods"].items():
