@@ -31,9 +31,10 @@ SELECTORS = ["clusterucb", "full", "random"]
 
 # Systems scored by lm-eval (wildcard {system}): the base model, the multitask LoRA, every clustering
 # method under every inference mode, and the LoRAs fine-tuned on each selected subset.
-MODES = list(config["evaluation"]["modes"])
-SYSTEMS = ["base", "multitask"] + [f"{m}-{mode}" for m in METHODS for mode in MODES]
-SELECTION_SYSTEMS = [f"select-{t}-{s}" for t in TARGETS for s in SELECTORS]
+MODES = config["evaluation"]["modes"]
+SYSTEMS = ["base", "multitask"] + [f"{m}-{mode}" for m in METHODS for mode in MODES.get(m, ["single"])]
+FINETUNE_TARGETS = list(config["selection"].get("finetune_targets", TARGETS))
+SELECTION_SYSTEMS = [f"select-{t}-{s}" for t in FINETUNE_TARGETS for s in SELECTORS]
 ELREA_DIM = config["gradients"]["projection"]["elrea_dim"]
 
 

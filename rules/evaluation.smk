@@ -16,7 +16,9 @@ rule evaluate_system:
         seed=config["seed"],
     wildcard_constraints:
         system="|".join(SYSTEMS + SELECTION_SYSTEMS),
-    threads: workflow.cores
+    # One thread: decoding a 135M model on a CPU is latency-bound, so two 1-thread jobs side by side
+    # finish sooner than one 2-thread job (measured); a GPU box ignores this.
+    threads: 1
     resources:
         gpu=1,
         mem_mb=16000,
