@@ -7,7 +7,8 @@ rule evaluate_system:
     params:
         system=lambda w: quote_json(system_spec(w.system)),
         tasks=system_tasks,
-        cfg=json_param(config["evaluation"]),
+        # What gs.evaluation reads (the modes decide which systems exist, not how one is scored).
+        cfg=json_param({k: v for k, v in config["evaluation"].items() if k != "modes"}),
         limit=(
             f"--limit {config['evaluation']['limit']}"
             if config["evaluation"].get("limit")
