@@ -40,7 +40,7 @@ PARAMS = {
     "loss_on": "response",
     "elrea_loss_on": "instruction",
     "normalize": True,
-    "svd": {"method": "brand", "rank": 3},
+    "svd": {"method": "brand", "rank": 8},  # rank = n: the streamed SVD must equal the stacked one
     "projection": {"kind": "gaussian", "dims": [8], "elrea_dim": 16},
 }
 
@@ -90,13 +90,13 @@ def test_extract_matches_the_stacked_svd_and_keeps_no_gradients(stage, tiny_mode
     with np.load(tmp / "grad" / "features.npz") as f:
         arrays = {k: f[k] for k in f.files}
     assert arrays["ids"].tolist() == [r["id"] for r in RECORDS]
-    assert arrays["svd_coords"].shape == (8, 3)
+    assert arrays["svd_coords"].shape == (8, 8)
     assert arrays["projected_8"].shape == (8, 8) and arrays["projected_16"].shape == (8, 16)
     assert arrays["elrea_features"].shape == (8, 16)
     assert str(arrays["elrea_loss_on"]) == "instruction"
     assert not any(a.ndim == 2 and a.shape[1] > 100 for a in arrays.values()), "no full gradients stored"
     stacked = _stacked_gradients(tiny_model_dir, tmp / "warmup")
-    sv, comps = exact_top_svd(stacked, 3)
+    sv, comps = exact_top_svd(stacked, 8)
     ours = np.load(tmp / "grad" / "svd_components.npy").astype(np.float64)
     assert np.degrees(principal_angles(ours, comps)).max() < 0.5
     np.testing.assert_allclose(arrays["singular_values"], sv, rtol=1e-4)
