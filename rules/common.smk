@@ -1,4 +1,4 @@
-# Helpers shared by the rule files: config sections as shell-safe JSON, and paths.
+# Helpers shared by every stage file: config sections as shell-safe JSON, and paths.
 import json
 import shlex
 
