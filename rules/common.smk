@@ -20,6 +20,7 @@ def json_param(section):
 def model_dir():
     return f"resources/models/{config['model']['name']}"
 
+
 # The clustering methods compared (wildcard {method}) and the projection-size ablation (rp<p>).
 METHODS = list(config["cluster"]["methods"])
 ABLATION_METHODS = [f"rp{p}" for p in config["cluster"].get("ablation_dims", [])]
@@ -32,7 +33,9 @@ SELECTORS = ["clusterucb", "full", "random"]
 # Systems scored by lm-eval (wildcard {system}): the base model, the multitask LoRA, every clustering
 # method under every inference mode, and the LoRAs fine-tuned on each selected subset.
 MODES = config["evaluation"]["modes"]
-SYSTEMS = ["base", "multitask"] + [f"{m}-{mode}" for m in METHODS for mode in MODES.get(m, ["single"])]
+SYSTEMS = ["base", "multitask"] + [
+    f"{m}-{mode}" for m in METHODS for mode in MODES.get(m, ["single"])
+]
 FINETUNE_TARGETS = list(config["selection"].get("finetune_targets", TARGETS))
 SELECTION_SYSTEMS = [f"select-{t}-{s}" for t in FINETUNE_TARGETS for s in SELECTORS]
 ELREA_DIM = config["gradients"]["projection"]["elrea_dim"]
@@ -45,7 +48,9 @@ def system_spec(name):
         spec["experts_dir"] = "results/experts/multitask"
     elif name.startswith("select-"):
         _, target, selector = name.split("-")
-        spec.update(mode="multitask", experts_dir=f"results/selection/{target}/{selector}_lora")
+        spec.update(
+            mode="multitask", experts_dir=f"results/selection/{target}/{selector}_lora"
+        )
     elif name != "base":
         method, mode = name.rsplit("-", 1)
         spec.update(
@@ -62,8 +67,15 @@ def system_spec(name):
 
 def system_inputs(wildcards):
     spec = system_spec(wildcards.system)
-    keys = ("model_dir", "experts_dir", "router_dir", "warmup_dir", "features_path", "projector_path",
-            "assignments_path")
+    keys = (
+        "model_dir",
+        "experts_dir",
+        "router_dir",
+        "warmup_dir",
+        "features_path",
+        "projector_path",
+        "assignments_path",
+    )
     return [spec[k] for k in keys if k in spec]
 
 

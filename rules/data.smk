@@ -1,15 +1,18 @@
 rule prepare_domain:
     output:
-        expand("results/data/{{domain}}/{split}.jsonl", split=["train", "validation", "test"]),
-    params:
-        spec=lambda w: quote_json(config["data"]["domains"][w.domain]),
-        seed=config["seed"],
+        expand(
+            "results/data/{{domain}}/{split}.jsonl",
+            split=["train", "validation", "test"],
+        ),
     log:
         "logs/prepare_domain/{domain}.log",
     benchmark:
         "benchmarks/prepare_domain/{domain}.tsv"
     conda:
         "../envs/data.yaml"
+    params:
+        spec=lambda w: quote_json(config["data"]["domains"][w.domain]),
+        seed=config["seed"],
     shell:
         "python -m gs.data domain --domain {wildcards.domain} --params {params.spec}"
         " --seed {params.seed} --out-dir results/data/{wildcards.domain} > {log} 2>&1"
@@ -27,16 +30,16 @@ rule pool_data:
         validation="results/data/pool/validation.jsonl",
         test="results/data/pool/test.jsonl",
         summary=report("results/data/summary.csv", category="Data"),
-    params:
-        dirs=expand("results/data/{domain}", domain=DOMAINS),
-        spec=json_param(config["data"]["domains"]),
-        seed=config["seed"],
     log:
         "logs/pool_data/pool_data.log",
     benchmark:
         "benchmarks/pool_data/pool_data.tsv"
     conda:
         "../envs/data.yaml"
+    params:
+        dirs=expand("results/data/{domain}", domain=DOMAINS),
+        spec=json_param(config["data"]["domains"]),
+        seed=config["seed"],
     shell:
         "python -m gs.data pool --domain-dirs {params.dirs} --params {params.spec} --seed {params.seed}"
         " --out-dir results/data/pool --summary {output.summary} > {log} 2>&1"

@@ -4,6 +4,20 @@ rule evaluate_system:
         data=expand("results/data/{domain}/test.jsonl", domain=DOMAINS),
     output:
         "results/eval/{system}.json",
+    log:
+        "logs/evaluate_system/{system}.log",
+    benchmark:
+        "benchmarks/evaluate_system/{system}.tsv"
+    wildcard_constraints:
+        system="|".join(SYSTEMS + SELECTION_SYSTEMS),
+    conda:
+        "../envs/evaluation.yaml"
+    # One thread: decoding a 135M model on a CPU is latency-bound, so two 1-thread jobs side by side
+    # finish sooner than one 2-thread job (measured); a GPU box ignores this.
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=16000,
     params:
         system=lambda w: quote_json(system_spec(w.system)),
         tasks=system_tasks,
@@ -15,20 +29,6 @@ rule evaluate_system:
             else ""
         ),
         seed=config["seed"],
-    wildcard_constraints:
-        system="|".join(SYSTEMS + SELECTION_SYSTEMS),
-    # One thread: decoding a 135M model on a CPU is latency-bound, so two 1-thread jobs side by side
-    # finish sooner than one 2-thread job (measured); a GPU box ignores this.
-    threads: 1
-    resources:
-        gpu=1,
-        mem_mb=16000,
-    log:
-        "logs/evaluate_system/{system}.log",
-    benchmark:
-        "benchmarks/evaluate_system/{system}.tsv"
-    conda:
-        "../envs/evaluation.yaml"
     shell:
         "HF_ALLOW_CODE_EVAL=1 HF_DATASETS_OFFLINE=1 python -m gs.evaluation --system {params.system}"
         " --data-dir results/data --tasks {params.tasks} {params.limit} --params {params.cfg}"

@@ -5,21 +5,21 @@ rule train_experts:
         assignments="results/clusters/{method}/assignments.csv",
     output:
         directory("results/experts/{method}"),
-    params:
-        cfg=json_param(config["experts"]),
-        seed=config["seed"],
-    wildcard_constraints:
-        method="|".join(METHODS),
-    threads: workflow.cores
-    resources:
-        gpu=1,
-        mem_mb=16000,
     log:
         "logs/train_experts/{method}.log",
     benchmark:
         "benchmarks/train_experts/{method}.tsv"
+    wildcard_constraints:
+        method="|".join(METHODS),
     conda:
         "../envs/torch.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=16000,
+    params:
+        cfg=json_param(config["experts"]),
+        seed=config["seed"],
     shell:
         "python -m gs.experts --model-dir {input.model} --train {input.train}"
         " --assignments {input.assignments} --params {params.cfg} --seed {params.seed}"
@@ -32,19 +32,19 @@ rule train_multitask:
         train="results/data/pool/train.jsonl",
     output:
         directory("results/experts/multitask"),
-    params:
-        cfg=json_param(config["experts"]),
-        seed=config["seed"],
-    threads: workflow.cores
-    resources:
-        gpu=1,
-        mem_mb=16000,
     log:
         "logs/train_multitask/multitask.log",
     benchmark:
         "benchmarks/train_multitask/multitask.tsv"
     conda:
         "../envs/torch.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=16000,
+    params:
+        cfg=json_param(config["experts"]),
+        seed=config["seed"],
     shell:
         "python -m gs.experts --model-dir {input.model} --train {input.train} --multitask"
         " --params {params.cfg} --seed {params.seed} --out {output} > {log} 2>&1"

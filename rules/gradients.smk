@@ -4,19 +4,19 @@ rule warmup_lora:
         train="results/data/pool/train.jsonl",
     output:
         directory("results/gradients/warmup"),
-    params:
-        cfg=json_param(config["gradients"]),
-        seed=config["seed"],
-    threads: workflow.cores
-    resources:
-        gpu=1,
-        mem_mb=16000,
     log:
         "logs/warmup_lora/warmup_lora.log",
     benchmark:
         "benchmarks/warmup_lora/warmup_lora.tsv"
     conda:
         "../envs/torch.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=16000,
+    params:
+        cfg=json_param(config["gradients"]),
+        seed=config["seed"],
     shell:
         "python -m gs.features warmup --model-dir {input.model} --train {input.train}"
         " --params {params.cfg} --seed {params.seed} --out {output} > {log} 2>&1"
@@ -38,19 +38,19 @@ rule extract_gradient_features:
                 | {config["gradients"]["projection"]["elrea_dim"]}
             ),
         ),
-    params:
-        cfg=json_param(config["gradients"]),
-        seed=config["seed"],
-    threads: workflow.cores
-    resources:
-        gpu=1,
-        mem_mb=16000,
     log:
         "logs/extract_gradient_features/extract.log",
     benchmark:
         "benchmarks/extract_gradient_features/extract.tsv"
     conda:
         "../envs/torch.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=16000,
+    params:
+        cfg=json_param(config["gradients"]),
+        seed=config["seed"],
     shell:
         "python -m gs.features extract --model-dir {input.model} --warmup {input.warmup}"
         " --train {input.train} --params {params.cfg} --seed {params.seed}"

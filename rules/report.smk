@@ -4,21 +4,21 @@ rule latency:
     output:
         csv="results/latency/latency.csv",
         png=report("results/figures/latency.png", category="Latency"),
-    params:
-        cfg=json_param(config["latency"]),
-        seed=config["seed"],
-    # The modes are timed side by side in one process, so their ratios hold under load; one thread
-    # lets the job overlap another on a 2-core machine.
-    threads: 1
-    resources:
-        gpu=1,
-        mem_mb=16000,
     log:
         "logs/latency/latency.log",
     benchmark:
         "benchmarks/latency/latency.tsv"
     conda:
         "../envs/torch.yaml"
+    # The modes are timed side by side in one process, so their ratios hold under load; one thread
+    # lets the job overlap another on a 2-core machine.
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=16000,
+    params:
+        cfg=json_param(config["latency"]),
+        seed=config["seed"],
     shell:
         "python -m gs.latency --model-dir {input.model} --params {params.cfg} --seed {params.seed}"
         " --out-csv {output.csv} --out-png {output.png} > {log} 2>&1"
@@ -43,18 +43,20 @@ rule tables_and_figures:
         clusterucb=report("results/tables/clusterucb.md", category="Tables"),
         budget_png=report("results/figures/clusterucb_budget.png", category="Figures"),
         compute="results/tables/compute.csv",
-    params:
-        evals=" ".join(f"{s}=results/eval/{s}.json" for s in SYSTEMS),
-        selection_evals=" ".join(f"{s}=results/eval/{s}.json" for s in SELECTION_SYSTEMS),
-        methods=" ".join(METHODS),
-        targets=" ".join(TARGETS),
-        domains=" ".join(DOMAINS),
     log:
         "logs/tables_and_figures/report.log",
     benchmark:
         "benchmarks/tables_and_figures/report.tsv"
     conda:
         "../envs/report.yaml"
+    params:
+        evals=" ".join(f"{s}=results/eval/{s}.json" for s in SYSTEMS),
+        selection_evals=" ".join(
+            f"{s}=results/eval/{s}.json" for s in SELECTION_SYSTEMS
+        ),
+        methods=" ".join(METHODS),
+        targets=" ".join(TARGETS),
+        domains=" ".join(DOMAINS),
     shell:
         "python -m gs.report --eval {params.evals} --selection-eval {params.selection_evals}"
         " --methods {params.methods} --targets {params.targets} --domains {params.domains}"

@@ -6,17 +6,17 @@ rule train_router:
         assignments="results/clusters/{method}/assignments.csv",
     output:
         directory("results/router/{method}"),
-    params:
-        cfg=json_param(config["router"]),
-        seed=config["seed"],
-    wildcard_constraints:
-        method="|".join(METHODS),
     log:
         "logs/train_router/{method}.log",
     benchmark:
         "benchmarks/train_router/{method}.tsv"
+    wildcard_constraints:
+        method="|".join(METHODS),
     conda:
         "../envs/torch.yaml"
+    params:
+        cfg=json_param(config["router"]),
+        seed=config["seed"],
     shell:
         "python -m gs.router --train {input.train} --experts {input.experts}"
         " --assignments {input.assignments} --params {params.cfg} --model-dir {input.model}"

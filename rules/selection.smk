@@ -6,20 +6,20 @@ rule less_influence:
         validation=expand("results/data/{target}/validation.jsonl", target=TARGETS),
     output:
         "results/selection/influence.npz",
-    params:
-        cfg=json_param(config["gradients"]),
-        targets=" ".join(f"{t}=results/data/{t}/validation.jsonl" for t in TARGETS),
-        seed=config["seed"],
-    threads: workflow.cores
-    resources:
-        gpu=1,
-        mem_mb=16000,
     log:
         "logs/less_influence/influence.log",
     benchmark:
         "benchmarks/less_influence/influence.tsv"
     conda:
         "../envs/torch.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=16000,
+    params:
+        cfg=json_param(config["gradients"]),
+        targets=" ".join(f"{t}=results/data/{t}/validation.jsonl" for t in TARGETS),
+        seed=config["seed"],
     shell:
         "python -m gs.influence --model-dir {input.model} --warmup {input.warmup} --train {input.train}"
         " --targets {params.targets} --params {params.cfg} --seed {params.seed} --out {output} > {log} 2>&1"
@@ -35,15 +35,15 @@ rule select_data:
         subsets=expand(
             "results/selection/{{target}}/{selector}.jsonl", selector=SELECTORS
         ),
-    params:
-        cfg=json_param(config["selection"]),
-        seed=config["seed"],
     log:
         "logs/select_data/{target}.log",
     benchmark:
         "benchmarks/select_data/{target}.tsv"
     conda:
         "../envs/torch.yaml"
+    params:
+        cfg=json_param(config["selection"]),
+        seed=config["seed"],
     shell:
         "python -m gs.selection --influence {input.influence} --assignments {input.assignments}"
         " --train {input.train} --target {wildcards.target} --params {params.cfg}"
@@ -56,21 +56,21 @@ rule finetune_selected:
         subset="results/selection/{target}/{selector}.jsonl",
     output:
         directory("results/selection/{target}/{selector}_lora"),
-    params:
-        cfg=json_param(config["experts"]),
-        seed=config["seed"],
-    wildcard_constraints:
-        selector="|".join(SELECTORS),
-    threads: workflow.cores
-    resources:
-        gpu=1,
-        mem_mb=16000,
     log:
         "logs/finetune_selected/{target}_{selector}.log",
     benchmark:
         "benchmarks/finetune_selected/{target}_{selector}.tsv"
+    wildcard_constraints:
+        selector="|".join(SELECTORS),
     conda:
         "../envs/torch.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=16000,
+    params:
+        cfg=json_param(config["experts"]),
+        seed=config["seed"],
     shell:
         "python -m gs.experts --model-dir {input.model} --train {input.subset} --multitask"
         " --method {wildcards.selector} --params {params.cfg} --seed {params.seed} --out {output} > {log} 2>&1"
