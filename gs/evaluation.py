@@ -44,7 +44,7 @@ import yaml
 from lm_eval.api.model import LM
 from lm_eval.api.registry import get_model, register_model
 
-from gs.io import InputError, run_cli, write_json
+from gs.io import InputError, parse_params, run_cli, write_json
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +112,7 @@ def parse_json_arg(value: Any, what: str) -> dict[str, Any]:
     text = value
     if not value.lstrip().startswith("{") and Path(value).is_file():
         text = Path(value).read_text(encoding="utf-8")
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{what}: not a JSON object or a JSON file ({e.msg})") from None
-    if not isinstance(obj, dict):
-        raise InputError(f"{what}: expected a JSON object, got {type(obj).__name__}")
-    return obj
+    return parse_params(text, what)
 
 
 def _batch_size(value: Any, max_batch_size: Any) -> int:

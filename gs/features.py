@@ -75,6 +75,29 @@ def _gradient_model(model_dir: str, warmup_dir: str, dtype: str) -> tuple[Any, A
     return model, load_tokenizer(model_dir)
 
 
+def pool_gradients(
+    model: Any,
+    tok: Any,
+    records: list[dict[str, Any]],
+    params: dict[str, Any],
+    *,
+    loss_on: str | None = None,
+    progress: bool = True,
+):
+    """:func:`gs.gradients.iter_gradients` with the ``gradients`` config's batch size, length and loss."""
+    from gs.gradients import iter_gradients
+
+    return iter_gradients(
+        model,
+        tok,
+        records,
+        batch_size=int(params["batch_size"]),
+        max_length=int(params["max_length"]),
+        loss_on=loss_on or params.get("loss_on", "response"),
+        progress=progress,
+    )
+
+
 def extract_features(
     model_dir: str,
     warmup_dir: str,
@@ -91,7 +114,6 @@ def extract_features(
     ``elrea_loss_on`` (default instruction tokens), and ``elrea_dim``), ``svd_components.npy``
     (r, d), ``projector_<p>.joblib`` and ``extract.json`` (d, n, timings, streaming state size).
     """
-    from gs.gradients import iter_gradients
 
     seed_everything(seed)
     records = load_records(train_path)
@@ -117,15 +139,7 @@ def extract_features(
     d = None
 
     def stream(loss: str, progress: bool):
-        return iter_gradients(
-            model,
-            tok,
-            records,
-            batch_size=int(params["batch_size"]),
-            max_length=int(params["max_length"]),
-            loss_on=loss,
-            progress=progress,
-        )
+        return pool_gradients(model, tok, records, params, loss_on=loss, progress=progress)
 
     elrea_stream = stream(elrea_loss, False) if elrea_loss != loss_on else None
     for batch_ids, grads in stream(loss_on, True):
@@ -148,15 +162,7 @@ def extract_features(
     coords = svd.seen_coordinates()
     if coords is None:  # methods that do not track the left factor need a second pass
         parts = [
-            svd.transform(normalise_rows(g) if normalise else g)
-            for _, g in iter_gradients(
-                model,
-                tok,
-                records,
-                batch_size=int(params["batch_size"]),
-                max_length=int(params["max_length"]),
-                loss_on=params.get("loss_on", "response"),
-            )
+            svd.transform(normalise_rows(g) if normalise else g) for _, g in pool_gradients(model, tok, records, params)
         ]
         coords = np.concatenate(parts)
     seconds = time.perf_counter() - start
@@ -209,7 +215,6 @@ def cluster_gradient_sums(
     Returns ``{method: {"sums": (k, d) float64, "counts": (k,)}}``; methods are named by their
     folder (``results/clusters/<method>``), which holds ``assignments.csv``.
     """
-    from gs.gradients import iter_gradients
 
     seed_everything(seed)
     records = load_records(train_path)
@@ -223,14 +228,7 @@ def cluster_gradient_sums(
     model, tok = _gradient_model(model_dir, warmup_dir, params.get("dtype", "float32"))
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, np.ndarray] = {}
-    for batch_ids, grads in iter_gradients(
-        model,
-        tok,
-        records,
-        batch_size=int(params["batch_size"]),
-        max_length=int(params["max_length"]),
-        loss_on=params.get("loss_on", "response"),
-    ):
+    for batch_ids, grads in pool_gradients(model, tok, records, params):
         feats = normalise_rows(grads).double()
         for method, lab in labels.items():
             try:
