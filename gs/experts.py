@@ -24,7 +24,6 @@ Small clusters (fewer than ``min_cluster_size`` samples) are handled by a docume
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-from gs.io import InputError, atomic_path, parse_params, read_jsonl, run_cli, write_json
+from gs.io import InputError, atomic_path, parse_params, read_json, read_jsonl, run_cli, write_json
 
 MANIFEST = "experts.json"
 SMALL_CLUSTER_RULES = ("error", "merge")
@@ -375,12 +374,7 @@ def load_manifest(experts_dir: str | os.PathLike) -> dict[str, Any]:
     if not d.is_dir():
         raise InputError(f"{d}: experts folder not found (run the experts rule)")
     path = d / MANIFEST
-    if not path.is_file():
-        raise InputError(f"{path}: experts manifest not found")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON ({e.msg})") from None
+    manifest = read_json(path, "experts manifest")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("experts"), list):
         raise InputError(f"{path}: not an experts manifest (no 'experts' list)")
     manifest["cluster_to_expert"] = {int(c): int(e) for c, e in manifest.get("cluster_to_expert", {}).items()}

@@ -107,3 +107,14 @@ def parse_params(text: str, what: str = "--params") -> dict[str, Any]:
     if not isinstance(params, dict):
         raise InputError(f"{what}: expected a JSON object")
     return params
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Read a JSON file; a missing file or bad JSON is an :class:`InputError` naming ``what``."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: {what} not found")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{p}: not valid JSON ({e.msg})") from None

@@ -199,6 +199,13 @@ def _final_answer_text(completion: str) -> str:
     return lines[-1] if lines else ""
 
 
+def _text_answer_match(completion: str, answer: Any) -> float:
+    """A gold answer with no number in it, compared as normalised text with the completion's final span."""
+    if not isinstance(answer, str) or not answer.strip():
+        return 0.0
+    return float(_normalise_text_answer(_final_answer_text(completion)) == _normalise_text_answer(answer))
+
+
 def math_exact_match(completion: Any, answer: Any) -> float:
     """1.0 if the completion's final number equals the gold answer's, else 0.0.
 
@@ -210,9 +217,7 @@ def math_exact_match(completion: Any, answer: Any) -> float:
         return 0.0
     gold = _gold_value(answer)
     if gold is None:
-        if not isinstance(answer, str) or not answer.strip():
-            return 0.0
-        return float(_normalise_text_answer(_final_answer_text(completion)) == _normalise_text_answer(answer))
+        return _text_answer_match(completion, answer)
     pred = extract_final_number(completion)
     return float(numbers_match(pred, gold))
 
@@ -230,9 +235,7 @@ def finance_exact_match(completion: Any, answer: Any, rel_tol: float = 0.01) -> 
         return 0.0
     gold = _gold_value(answer)
     if gold is None:
-        if not isinstance(answer, str) or not answer.strip():
-            return 0.0
-        return float(_normalise_text_answer(_final_answer_text(completion)) == _normalise_text_answer(answer))
+        return _text_answer_match(completion, answer)
     pred = parse_number(extract_final_number(completion))
     if pred is None:
         return 0.0

@@ -35,7 +35,7 @@ from typing import Any, TypedDict
 import numpy as np
 import pandas as pd
 
-from gs.io import InputError, atomic_path, read_jsonl, run_cli
+from gs.io import InputError, atomic_path, read_json, read_jsonl, run_cli
 
 WEIGHTS = ("samples", "pairs")
 QUALITY_COLUMNS = ("method", "k", "nmi", "ari", "purity", "coherence", "sizes")
@@ -351,12 +351,7 @@ def _read_clusters(folder: Path, ids: np.ndarray) -> tuple[np.ndarray, dict[str,
 
 def _read_coherence(path: str) -> dict[str, float | None]:
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: coherence file not found")
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(f"{p}: not valid JSON ({e.msg})") from None
+    raw = read_json(p, "coherence file")
     if not isinstance(raw, dict):
         raise InputError(f"{p}: expected a JSON object {{method: coherence}}")
     out: dict[str, float | None] = {}

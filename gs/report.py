@@ -16,7 +16,6 @@ Nothing here computes a result: it reads ``results/`` and lays the numbers out. 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +26,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from gs.io import InputError, atomic_path, run_cli  # noqa: E402
+from gs.io import InputError, atomic_path, read_json, run_cli  # noqa: E402
 
 DOMAIN_TASKS = {"math": "gs_math", "code": "gs_code", "finance": "gs_finance", "writing": "gs_writing"}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    return json.loads(path.read_text())
 
 
 def write_table(df: pd.DataFrame, stem: Path, *, title: str, note: str = "") -> None:
@@ -59,7 +52,7 @@ def main_table(eval_files: dict[str, Path], domains: list[str]) -> tuple[pd.Data
     """One row per system, one column per domain (primary metric) and their mean."""
     rows, metrics = [], {}
     for system, path in eval_files.items():
-        report = _read_json(path)
+        report = read_json(path)
         row: dict[str, Any] = {"system": system}
         for d in domains:
             primary = report["primary"].get(DOMAIN_TASKS[d], {})
@@ -76,7 +69,7 @@ def main_table(eval_files: dict[str, Path], domains: list[str]) -> tuple[pd.Data
 def router_table(router_dirs: dict[str, Path]) -> pd.DataFrame:
     rows = []
     for method, d in router_dirs.items():
-        info = _read_json(d / "router.json")
+        info = read_json(d / "router.json")
         rows.append(
             {
                 "method": method,
@@ -141,12 +134,12 @@ def plot_ablation(df: pd.DataFrame, path: Path) -> None:
 def clusterucb_table(selection_dir: Path, targets: list[str], eval_files: dict[str, Path]) -> pd.DataFrame:
     rows = []
     for t in targets:
-        sel = _read_json(selection_dir / t / "selection.json")
+        sel = read_json(selection_dir / t / "selection.json")
         for method, m in sel["methods"].items():
             system = f"select-{t}-{method}"
             acc, metric = None, None
             if system in eval_files:
-                primary = _read_json(eval_files[system])["primary"].get(DOMAIN_TASKS[t], {})
+                primary = read_json(eval_files[system])["primary"].get(DOMAIN_TASKS[t], {})
                 acc, metric = primary.get("value"), primary.get("metric")
             rows.append(
                 {
@@ -167,7 +160,7 @@ def clusterucb_table(selection_dir: Path, targets: list[str], eval_files: dict[s
 def plot_budget(selection_dir: Path, targets: list[str], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for t in targets:
-        sweep = [s for s in _read_json(selection_dir / t / "selection.json")["budget_sweep"] if "skipped" not in s]
+        sweep = [s for s in read_json(selection_dir / t / "selection.json")["budget_sweep"] if "skipped" not in s]
         if not sweep:
             continue
         x = [s["budget_fraction"] for s in sweep]
@@ -233,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     quality = pd.read_csv(res / "clusters" / "quality.csv")
     write_table(quality, tables / "cluster_quality", title="Cluster quality against the hidden domain labels")
-    extract = _read_json(res / "gradients" / "extract.json")
+    extract = read_json(res / "gradients" / "extract.json")
     elrea_dim = int(np.load(res / "gradients" / "features.npz")["elrea_dim"])
     ablation = ablation_table(quality, extract, elrea_dim, main_df)
     write_table(ablation, tables / "ablation", title="Full-dimension vs. random-projection clustering")
