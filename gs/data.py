@@ -9,8 +9,13 @@ The ``domain`` label is kept for measuring cluster quality and for per-domain sc
 clustering stages never read it (:mod:`gs.cluster` takes ids and gradients or text only).
 
 Splits of one domain that draw on the same source are carved from one seeded pool in the order
-train, validation, test, so they are disjoint by construction; a check on (instruction, input)
-guards that across all splits.
+train, validation, test, reference, so they are disjoint by construction; a check on (instruction,
+input) guards that across all splits.
+
+The ``reference`` split holds held-out records with reference outputs, for the likelihood tasks
+(how probable each system finds the reference answer). It is the test split when every test record
+has an output; a domain whose test set has none (the Tree-of-Thoughts writing prompts) names its
+own ``reference`` split in the config.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from gs.sources import LICENSES, load_source
 
 DOMAINS = ("math", "code", "finance", "writing")
 SPLITS = ("train", "validation", "test")
+REFERENCE_SPLIT = "reference"
+#: Every file a domain folder holds: the three splits and the reference records.
+DOMAIN_FILES = (*SPLITS, REFERENCE_SPLIT)
 TEXT_FIELDS = ("instruction", "input", "output")
 
 
@@ -59,18 +67,24 @@ def check_domain(domain: str) -> str:
 
 
 def build_domain(domain: str, spec: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
-    """The three splits of one domain from its config ``spec`` (``{split: {source, n, ...}}``).
+    """The splits of one domain from its config ``spec`` (``{split: {source, n, ...}}``).
 
-    Returns ``{split: records}``. Raises :class:`InputError` for an unknown domain or source, an
-    empty split, a source with too few distinct items, a malformed row, or a split overlap.
+    ``spec`` needs ``train``, ``validation`` and ``test``; ``reference`` is optional (see the module
+    docstring). Returns ``{split: records}`` for :data:`DOMAIN_FILES`. Raises :class:`InputError`
+    for an unknown domain or source, an empty split, a source with too few distinct items, a
+    malformed row, a split overlap, or test records without outputs and no ``reference`` split.
     """
     check_domain(domain)
     for split in SPLITS:
         if split not in spec:
             raise InputError(f"domain {domain!r}: split {split!r} missing from the config")
+    unknown = sorted(set(spec) - set(DOMAIN_FILES))
+    if unknown:
+        raise InputError(f"domain {domain!r}: unknown split(s) {unknown}; expected {', '.join(DOMAIN_FILES)}")
+    drawn = [s for s in DOMAIN_FILES if s in spec]
     # Group splits by identical source settings so they are carved from one pool.
     pools: dict[str, list[str]] = {}
-    for split in SPLITS:
+    for split in drawn:
         s = spec[split]
         key = json.dumps({k: v for k, v in s.items() if k != "n"}, sort_keys=True)
         pools.setdefault(key, []).append(split)
@@ -119,17 +133,25 @@ def build_domain(domain: str, spec: dict[str, Any], seed: int) -> dict[str, list
                 )
             out[split] = rows
             start += n
-    sigs = [{(r["instruction"], r["input"]) for r in out[s]} for s in SPLITS]
-    for a in range(3):
-        for b in range(a + 1, 3):
+    sigs = [{(r["instruction"], r["input"]) for r in out[s]} for s in drawn]
+    for a in range(len(drawn)):
+        for b in range(a + 1, len(drawn)):
             if sigs[a] & sigs[b]:
-                raise InputError(f"domain {domain!r}: splits {SPLITS[a]} and {SPLITS[b]} share items")
+                raise InputError(f"domain {domain!r}: splits {drawn[a]} and {drawn[b]} share items")
+    if REFERENCE_SPLIT not in out:
+        missing = [r["id"] for r in out["test"] if not r["output"].strip()]
+        if missing:
+            raise InputError(
+                f"domain {domain!r}: test record {missing[0]} has no output to score the likelihood of; "
+                f"give the domain a {REFERENCE_SPLIT!r} split"
+            )
+        out[REFERENCE_SPLIT] = out["test"]
     return out
 
 
 def write_domain(splits: dict[str, list[dict[str, Any]]], out_dir: str | Path) -> None:
-    """Write ``out_dir/{split}.jsonl`` for every split (each atomically; all validated first)."""
-    for split in SPLITS:
+    """Write ``out_dir/{split}.jsonl`` for every file of :data:`DOMAIN_FILES` (each atomically)."""
+    for split in DOMAIN_FILES:
         write_jsonl(Path(out_dir) / f"{split}.jsonl", splits[split])
 
 
@@ -165,9 +187,10 @@ def summary_table(domain_dirs: list[str | Path], spec: dict[str, Any]) -> pd.Dat
     rows = []
     for d in domain_dirs:
         domain = Path(d).name
-        for split in SPLITS:
+        for split in DOMAIN_FILES:
             n = len(read_jsonl(Path(d) / f"{split}.jsonl"))
-            source = spec[domain][split]["source"]
+            # A reference split the config does not name is the test split.
+            source = spec[domain].get(split, spec[domain]["test"])["source"]
             rows.append(
                 {
                     "domain": domain,
@@ -183,7 +206,7 @@ def summary_table(domain_dirs: list[str | Path], spec: dict[str, Any]) -> pd.Dat
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Prepare the four-domain instruction data.")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("domain", help="write one domain's train/validation/test splits")
+    d = sub.add_parser("domain", help="write one domain's train/validation/test/reference splits")
     d.add_argument("--domain", required=True)
     d.add_argument("--params", required=True, help="the domain's config section as JSON")
     d.add_argument("--seed", type=int, required=True)

@@ -4,13 +4,20 @@ Every accuracy number comes from EleutherAI lm-eval (``lm_eval.simple_evaluate``
 its plugin points:
 
 * the model: :class:`GSRoutedLM`, registered as ``gs-routed`` with ``@register_model``, wraps
-  :class:`gs.inference.RoutedLM`. It only generates (``generate_until``); the gs_* tasks need nothing
-  else.
-* the tasks: ``gs/lm_eval_tasks/`` (``gs_math``, ``gs_code``, ``gs_finance``, ``gs_writing`` and the
-  group ``gs_all``), loaded with ``TaskManager(include_path=...)``. Their scores are ``!function``
-  hooks around :mod:`gs.metrics`. The packaged YAMLs read ``results/data/<domain>/test.jsonl``
-  relative to the workflow root; :func:`write_task_dir` writes per-run YAMLs that ``include:`` them
-  and point at absolute paths under any data folder.
+  :class:`gs.inference.RoutedLM`: greedy generation (``generate_until``) and the log-likelihood of a
+  continuation (``loglikelihood``), both through the system's routing.
+* the tasks: ``gs/lm_eval_tasks/``, loaded with ``TaskManager(include_path=...)``:
+
+  - generation (group ``gs_all``): ``gs_math``, ``gs_code``, ``gs_finance``, ``gs_writing``, scored
+    by ``!function`` hooks around :mod:`gs.metrics` (exact match, sandboxed pass@1, the writing
+    constraint);
+  - likelihood (group ``gs_likelihood``): ``gs_<domain>_likelihood``, the bits per byte of each
+    held-out reference answer given its prompt (lm-eval's ``bits_per_byte`` aggregation). It
+    separates systems when a small model's generations all score 0.
+
+  The packaged YAMLs read ``results/data/<domain>/{test,reference}.jsonl`` relative to the workflow
+  root; :func:`write_task_dir` writes per-run YAMLs that ``include:`` them and point at absolute
+  paths under any data folder.
 
 After lm-eval, :func:`evaluate_system` adds one measure lm-eval has no task for: the fluency of the
 writing passages, as the base model's perplexity of each generated passage (see
@@ -50,14 +57,20 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "gs-routed"
 TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
-TASK_DOMAINS = {"gs_math": "math", "gs_code": "code", "gs_finance": "finance", "gs_writing": "writing"}
-GROUPS = {"gs_all": tuple(TASK_DOMAINS)}
+DOMAINS = ("math", "code", "finance", "writing")
+GENERATION_TASKS = {f"gs_{d}": d for d in DOMAINS}
+LIKELIHOOD_TASKS = {f"gs_{d}_likelihood": d for d in DOMAINS}
+TASK_DOMAINS = {**GENERATION_TASKS, **LIKELIHOOD_TASKS}
+#: The data file (``<data_dir>/<domain>/<split>.jsonl``) each task reads.
+TASK_SPLIT = {**dict.fromkeys(GENERATION_TASKS, "test"), **dict.fromkeys(LIKELIHOOD_TASKS, "reference")}
+GROUPS = {"gs_all": tuple(GENERATION_TASKS), "gs_likelihood": tuple(LIKELIHOOD_TASKS)}
 #: The metric each task is ranked by (the others are reported alongside).
 PRIMARY_METRIC = {
     "gs_math": "exact_match",
     "gs_code": "pass@1",
     "gs_finance": "exact_match_1pct",
     "gs_writing": "constraint",
+    **dict.fromkeys(LIKELIHOOD_TASKS, "bits_per_byte"),
 }
 METRIC_DESCRIPTIONS = {
     "exact_match": "1 if the completion's final number (GSM8K-style extraction: '#### n', \\boxed{}, "
@@ -73,6 +86,9 @@ METRIC_DESCRIPTIONS = {
     "(exp of total NLL / total tokens); lower is more fluent; empty passages excluded",
     "fluency_perplexity_median": "median over passages of each passage's perplexity under the base model "
     "(as fluency_perplexity); lower is more fluent",
+    "bits_per_byte": "negative log2-likelihood of the held-out reference answers given their prompts, under the "
+    "system (its routing and mixture), summed over examples and divided by their total UTF-8 bytes; lower is "
+    "better",
 }
 #: Keys of a system (``--system``): where its parts are. All but ``name`` and ``model_dir`` optional.
 SYSTEM_KEYS = (
@@ -210,9 +226,9 @@ class GSRoutedLM(LM):
     Prompts are user-message texts: RoutedLM applies the model's chat template, so lm-eval's
     ``apply_chat_template`` must stay off. Each request's domain (``request.doc["domain"]``) is passed
     along for the oracle mode; the routing of each request is kept in :attr:`routing_log`, keyed by
-    ``(task_name, doc_id)``; per task, the time in ``RoutedLM.generate`` (routing included), the part
-    spent routing and the new tokens in :attr:`generation_seconds`, :attr:`routing_seconds` and
-    :attr:`generated_tokens`.
+    ``(task_name, doc_id)``; per task, the time in ``RoutedLM.generate`` or ``RoutedLM.loglikelihood``
+    (routing included), the part spent routing and the new tokens in :attr:`generation_seconds`,
+    :attr:`routing_seconds` and :attr:`generated_tokens`.
     """
 
     def __init__(
@@ -316,17 +332,47 @@ class GSRoutedLM(LM):
         bar.close()
         return [o if o is not None else "" for o in out]
 
-    def loglikelihood(self, requests: list[Any]) -> list[tuple[float, bool]]:
-        raise NotImplementedError(
-            "gs-routed only generates text (generate_until); no gs_* task asks for log-likelihoods. "
-            "Use lm-eval's 'hf' model for loglikelihood or multiple-choice tasks."
-        )
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """``(log-probability, is_greedy)`` of each request's continuation (``args = (context,
+        continuation)``), under the system's routing: :meth:`RoutedLM.loglikelihood`.
+
+        The context is the user message (RoutedLM applies the chat template); the continuation is the
+        assistant's answer. Requests are grouped by task, each group routed and scored in one call.
+        """
+        from tqdm import tqdm
+
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, req in enumerate(requests):
+            context, continuation = req.args
+            if not isinstance(context, str) or not isinstance(continuation, str):
+                raise InputError("gs-routed takes text prompts and continuations only")
+            groups[req.task_name or ""].append(i)
+        out: list[tuple[float, bool] | None] = [None] * len(requests)
+        bar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="gs-routed loglikelihood")
+        for task, indices in groups.items():
+            domains = [(requests[i].doc or {}).get("domain") for i in indices]
+            t0 = time.perf_counter()
+            scores = self.routed.loglikelihood(
+                [requests[i].args[0] for i in indices],
+                [requests[i].args[1] for i in indices],
+                domains=domains,
+                batch_size=self.batch_size,
+            )
+            self.generation_seconds[task] += time.perf_counter() - t0
+            self.routing_seconds[task] += float((getattr(self.routed, "last_timing", None) or {}).get("route_s", 0.0))
+            routing = split_routing(getattr(self.routed, "last_routing", None), len(indices))
+            for i, (logprob, greedy, _), route in zip(indices, scores, routing, strict=True):
+                out[i] = (float(logprob), bool(greedy))
+                self.routing_log[(task, requests[i].doc_id)] = route
+                self.cache_hook.add_partial("loglikelihood", requests[i].args, out[i])
+            bar.update(len(indices))
+        bar.close()
+        return [o if o is not None else (math.nan, False) for o in out]
 
     def loglikelihood_rolling(self, requests: list[Any]) -> list[float]:
         raise NotImplementedError(
-            "gs-routed only generates text (generate_until); no gs_* task asks for rolling log-likelihoods "
-            "(writing fluency is scored by gs.evaluation with the base model). Use lm-eval's 'hf' model for "
-            "perplexity tasks."
+            "gs-routed scores continuations (loglikelihood), not whole documents; writing fluency is scored "
+            "by gs.evaluation with the base model. Use lm-eval's 'hf' model for perplexity tasks."
         )
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
@@ -395,11 +441,11 @@ def _max_gen_toks_for(setting: Any, task: str) -> int | None:
 def write_task_dir(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, max_gen_toks: Any = None) -> Path:
     """Write per-run task YAMLs into ``out_dir`` (an lm-eval ``include_path``); return it.
 
-    Each ``gs_<domain>.yaml`` there ``include:``s the packaged task (absolute path, so its
-    ``!function`` hooks still resolve next to it) and overrides ``dataset_kwargs`` with the absolute
-    path of ``<data_dir>/<domain>/test.jsonl``; with ``max_gen_toks`` (an int, or a dict by task or
-    domain) it also overrides ``generation_kwargs`` (lm-eval merges includes shallowly, so the whole
-    dict is written). The group ``gs_all`` is copied.
+    Each task's YAML there ``include:``s the packaged task (absolute path, so its ``!function``
+    hooks still resolve next to it) and overrides ``dataset_kwargs`` with the absolute path of
+    ``<data_dir>/<domain>/<split>.jsonl`` (:data:`TASK_SPLIT`); with ``max_gen_toks`` (an int, or a
+    dict by task or domain) a generation task also overrides ``generation_kwargs`` (lm-eval merges
+    includes shallowly, so the whole dict is written). The groups are copied.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -408,9 +454,9 @@ def write_task_dir(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, m
         packaged = TASKS_DIR / f"{task}.yaml"
         cfg: dict[str, Any] = {
             "include": str(packaged.resolve()),
-            "dataset_kwargs": {"data_files": {"test": str(data / domain / "test.jsonl")}},
+            "dataset_kwargs": {"data_files": {"test": str(data / domain / f"{TASK_SPLIT[task]}.jsonl")}},
         }
-        limit = _max_gen_toks_for(max_gen_toks, task)
+        limit = _max_gen_toks_for(max_gen_toks, task) if task in GENERATION_TASKS else None
         if limit is not None:
             cfg["generation_kwargs"] = {**read_task_yaml(task)["generation_kwargs"], "max_gen_toks": limit}
         (out / f"{task}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
@@ -556,6 +602,14 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _sample_score(metric: str, value: Any) -> float | None:
+    """One example's score; a ``bits_per_byte`` item is lm-eval's ``(loglikelihood, bytes)`` pair."""
+    if metric == "bits_per_byte" and isinstance(value, list | tuple) and len(value) == 2:
+        logprob, n_bytes = (_number(v) for v in value)
+        return -logprob / (n_bytes * math.log(2)) if logprob is not None and n_bytes else None
+    return _number(value)
+
+
 def _task_report(task: str, results: dict[str, Any], lm: GSRoutedLM) -> dict[str, Any]:
     """One task's entry of the output: metrics by name, counts, settings, timing and samples."""
     raw = results["results"].get(task, {})
@@ -578,18 +632,18 @@ def _task_report(task: str, results: dict[str, Any], lm: GSRoutedLM) -> dict[str
     for s in results.get("samples", {}).get(task, []):
         doc = s.get("doc") or {}
         filtered = s.get("filtered_resps") or [""]
-        completion = filtered[0] if isinstance(filtered[0], str) else str(filtered[0])
-        samples.append(
-            {
-                "doc_id": s["doc_id"],
-                "id": doc.get("id"),
-                "prompt": s["arguments"][0][0],
-                "completion": completion,
-                "target": s.get("target"),
-                "scores": {m: _number(s.get(m)) for m in s.get("metrics", [])},
-                "routing": lm.routing_log.get((task, s["doc_id"])),
-            }
+        sample: dict[str, Any] = {"doc_id": s["doc_id"], "id": doc.get("id"), "prompt": s["arguments"][0][0]}
+        if task in LIKELIHOOD_TASKS:
+            logprob, greedy = filtered[0]
+            sample.update(loglikelihood=_number(logprob), is_greedy=bool(greedy))
+        else:
+            sample["completion"] = filtered[0] if isinstance(filtered[0], str) else str(filtered[0])
+        sample.update(
+            target=s.get("target"),
+            scores={m: _sample_score(m, s.get(m)) for m in s.get("metrics", [])},
+            routing=lm.routing_log.get((task, s["doc_id"])),
         )
+        samples.append(sample)
     config = results.get("configs", {}).get(task, {})
     seconds, new_tokens = lm.generation_seconds.get(task, 0.0), lm.generated_tokens.get(task, 0)
     return {
@@ -648,9 +702,9 @@ def evaluate_system(
     check_system(system)
     leaves = expand_tasks(tasks)
     for task in leaves:
-        path = Path(data_dir) / TASK_DOMAINS[task] / "test.jsonl"
+        path = Path(data_dir) / TASK_DOMAINS[task] / f"{TASK_SPLIT[task]}.jsonl"
         if not path.is_file():
-            raise InputError(f"{path}: test split of {task} not found")
+            raise InputError(f"{path}: {TASK_SPLIT[task]} split of {task} not found")
     allow_code = os.environ.get("HF_ALLOW_CODE_EVAL") == "1"
     if "gs_code" in leaves and not allow_code:
         raise InputError("gs_code runs model-generated code: set HF_ALLOW_CODE_EVAL=1 to allow it (see gs.sandbox)")
@@ -751,8 +805,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--system", required=True, help="JSON object or file: name, mode, model_dir, the mode's paths, params"
     )
-    parser.add_argument("--data-dir", required=True, help="folder with <domain>/test.jsonl")
-    parser.add_argument("--tasks", nargs="+", default=["gs_all"], help="gs_math gs_code gs_finance gs_writing | gs_all")
+    parser.add_argument("--data-dir", required=True, help="folder with <domain>/{test,reference}.jsonl")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["gs_all", "gs_likelihood"],
+        help="gs_<domain> (generation) and gs_<domain>_likelihood, or the groups gs_all and gs_likelihood",
+    )
     parser.add_argument("--limit", type=int, default=None, help="examples per task (the first ones)")
     parser.add_argument("--params", default="{}", help="evaluation settings as a JSON object or file")
     parser.add_argument("--seed", type=int, default=0)

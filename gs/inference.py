@@ -32,6 +32,10 @@ goes through the same loop (a single expert is a mixture with one weight of exac
 one expert ``"uniform"`` and ``"single"`` produce identical tokens by construction, and any
 difference between modes comes from the routing alone. Batches are left padded, with position ids
 counted over real tokens only.
+
+:meth:`RoutedLM.loglikelihood` scores a given continuation under the same routing and the same
+mixture (teacher forcing: one forward per active expert over prompt + continuation), so a mode's
+likelihood and its generations come from one distribution.
 """
 
 from __future__ import annotations
@@ -654,6 +658,97 @@ class RoutedLM:
             }
         )
         return outputs
+
+    def loglikelihood(
+        self,
+        prompts: list[str],
+        continuations: list[str],
+        *,
+        domains: list[str] | None = None,
+        batch_size: int = 8,
+    ) -> list[tuple[float, bool, int]]:
+        """Log-probability of each continuation after its prompt, under the routed mixture.
+
+        ``prompts`` are user-message texts (the chat template is applied, as in :meth:`generate`);
+        each continuation is the assistant's answer, tokenised on its own. Every prompt is routed as
+        for generation, then each active expert runs one forward over ``prompt + continuation[:-1]``
+        and the token log-probabilities are ``log sum_e w_e p_e(token)``, computed as a logsumexp
+        (a single expert: its own log-softmax). Returns, per prompt in input order,
+        ``(logprob in nats, is_greedy, n_tokens)``: ``is_greedy`` says whether the mixture's argmax
+        gives every continuation token (lm-eval's second loglikelihood output). Fills
+        :attr:`last_routing` and :attr:`last_timing`.
+        """
+        if len(prompts) != len(continuations):
+            raise InputError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        start = time.perf_counter()
+        self.last_timing = {}
+        self._forward_calls = 0
+        prompts = [str(p) for p in prompts]
+        targets = [self.tokenizer(str(c), add_special_tokens=False)["input_ids"] for c in continuations]
+        empty = [i for i, t in enumerate(targets) if not t]
+        if empty:
+            raise InputError(f"continuation {empty[0]} is empty: nothing to score")
+        routes = self.route(prompts, domains)
+        self.last_routing = routes
+        contexts = self._encode(prompts)
+        out: list[tuple[float, bool, int]] = [(math.nan, False, 0)] * len(prompts)
+        batches = self._batches(routes, batch_size)
+        for idx in tqdm(batches, desc=f"loglikelihood ({self.mode})", disable=len(batches) < 16, mininterval=5.0):
+            for i, scores in zip(
+                idx,
+                self._score_batch([contexts[i] for i in idx], [targets[i] for i in idx], [routes[i] for i in idx]),
+                strict=True,
+            ):
+                out[i] = scores
+        _sync(self.device)
+        self.last_timing.update({"total_s": time.perf_counter() - start, "forward_calls": self._forward_calls})
+        return out
+
+    @torch.inference_mode()
+    def _score_batch(
+        self, contexts: list[list[int]], targets: list[list[int]], routes: list[dict[str, Any]]
+    ) -> list[tuple[float, bool, int]]:
+        """:meth:`loglikelihood` of one batch (token ids), routes given."""
+        # Inputs are left padded, so every row's continuation ends at the last column.
+        inputs = [(c + t)[:-1] for c, t in zip(contexts, targets, strict=True)]
+        keep = max(len(t) for t in targets)
+        target = torch.full((len(targets), keep), -1, dtype=torch.long, device=self.device)
+        for r, t in enumerate(targets):
+            target[r, keep - len(t) :] = torch.tensor(t, dtype=torch.long)
+        scored = target >= 0
+        index = target.clamp(min=0)[:, :, None]
+        streams = self._streams(inputs, routes)
+        mixture: torch.Tensor | None = None  # (b, keep, V) log-probabilities of the mixture
+        for s in streams:
+            self._activate(s.adapter)
+            logits = self.model(
+                input_ids=s.input_ids,
+                attention_mask=s.attention_mask,
+                position_ids=s.position_ids,
+                logits_to_keep=keep,
+            ).logits.float()  # (r, keep, V)
+            self._forward_calls += 1
+            if len(streams) == 1:
+                # One adapter for every row, weight 1 (all but the ensembles): no mixture tensor, which
+                # at (b, keep, V) floats is what an ensemble's scoring costs in memory.
+                token_lp = (logits.gather(-1, index[s.rows]) - torch.logsumexp(logits, dim=-1, keepdim=True))[..., 0]
+                argmax = logits.argmax(dim=-1)
+                break
+            weighted = torch.log_softmax(logits, dim=-1) + torch.log(s.weights)[:, :, None]
+            del logits
+            if mixture is None:
+                mixture = torch.full(
+                    (len(targets), keep, weighted.shape[-1]), -math.inf, dtype=torch.float32, device=self.device
+                )
+            mixture[s.rows] = torch.logaddexp(mixture[s.rows], weighted)
+        if mixture is not None:
+            token_lp = mixture.gather(-1, index)[:, :, 0]
+            argmax = mixture.argmax(dim=-1)
+        logprob = torch.where(scored, token_lp, 0.0).sum(dim=1).tolist()
+        greedy = ((argmax == target) | ~scored).all(dim=1).tolist()
+        return [(float(lp), bool(g), len(t)) for lp, g, t in zip(logprob, greedy, targets, strict=True)]
 
     def next_token_distribution(self, prompts: list[str], domains: list[str] | None = None) -> torch.Tensor:
         """The step-0 next-token distribution (b, V) float32 on the CPU, all prompts in one batch:

@@ -5,6 +5,8 @@ Nothing here computes a result: it reads ``results/`` and lays the numbers out. 
 * ``main``: accuracy per system (rows: base, multitask LoRA, every clustering method with
   single-expert routing and with the ensembles) and domain (the primary metric of each lm-eval task),
   plus the mean over domains;
+* ``likelihood``: the same rows, scored by the bits per byte of held-out reference answers under
+  each system's routing (the gs_<domain>_likelihood tasks), with a bar figure;
 * ``router``: each router's held-out accuracy against the majority-class baseline, and its latency;
 * ``cluster_quality``: NMI / ARI / purity against the hidden domains and gradient coherence;
 * ``ablation``: full-dimension GradientSpace clustering against random projections of several sizes
@@ -29,6 +31,7 @@ import pandas as pd  # noqa: E402
 from gs.io import InputError, atomic_path, read_json, run_cli  # noqa: E402
 
 DOMAIN_TASKS = {"math": "gs_math", "code": "gs_code", "finance": "gs_finance", "writing": "gs_writing"}
+LIKELIHOOD_TASKS = {d: f"{t}_likelihood" for d, t in DOMAIN_TASKS.items()}
 
 
 def write_table(df: pd.DataFrame, stem: Path, *, title: str, note: str = "") -> None:
@@ -48,22 +51,44 @@ def save_figure(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def main_table(eval_files: dict[str, Path], domains: list[str]) -> tuple[pd.DataFrame, dict[str, str]]:
-    """One row per system, one column per domain (primary metric) and their mean."""
+def main_table(
+    eval_files: dict[str, Path], domains: list[str], tasks: dict[str, str] = DOMAIN_TASKS
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """One row per system, one column per domain (the primary metric of the domain's task in
+    ``tasks``: the generation tasks by default, :data:`LIKELIHOOD_TASKS` for the likelihood table)
+    and their mean; returns the table and the metric of each domain."""
     rows, metrics = [], {}
     for system, path in eval_files.items():
         report = read_json(path)
         row: dict[str, Any] = {"system": system}
         for d in domains:
-            primary = report["primary"].get(DOMAIN_TASKS[d], {})
+            primary = report["primary"].get(tasks[d], {})
             row[d] = primary.get("value")
             metrics[d] = primary.get("metric", metrics.get(d, ""))
         values = [row[d] for d in domains if row[d] is not None]
         row["average"] = float(np.mean(values)) if values else None
-        n = {d: report["tasks"].get(DOMAIN_TASKS[d], {}).get("n_examples") for d in domains}
-        row["n_test"] = "/".join(str(n[d]) for d in domains)
+        n = {d: report["tasks"].get(tasks[d], {}).get("n_examples") for d in domains}
+        row["n_examples"] = "/".join(str(n[d]) for d in domains)
         rows.append(row)
     return pd.DataFrame(rows), metrics
+
+
+def plot_likelihood(df: pd.DataFrame, domains: list[str], path: Path) -> None:
+    """Bits per byte of the reference answers, one bar group per domain, one bar per system."""
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.45 * len(df) * len(domains) / 2), 3.8))
+    width = 0.8 / max(len(df), 1)
+    x = np.arange(len(domains))
+    for i, (_, row) in enumerate(df.iterrows()):
+        values = [np.nan if row[d] is None else float(row[d]) for d in domains]
+        ax.bar(x + (i - (len(df) - 1) / 2) * width, values, width, label=row["system"])
+    ax.set_xticks(x, domains)
+    ax.set_ylabel("bits per byte of the reference answer (lower is better)")
+    low = np.nanmin(df[domains].to_numpy(dtype=float)) if len(df) else 0.0
+    ax.set_ylim(bottom=max(0.0, 0.9 * low))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.suptitle("Held-out answer likelihood per system and domain")
+    save_figure(fig, path)
 
 
 def router_table(router_dirs: dict[str, Path]) -> pd.DataFrame:
@@ -86,7 +111,11 @@ def router_table(router_dirs: dict[str, Path]) -> pd.DataFrame:
 
 
 def ablation_table(
-    quality: pd.DataFrame, features_summary: dict[str, Any], elrea_dim: int, main: pd.DataFrame | None
+    quality: pd.DataFrame,
+    features_summary: dict[str, Any],
+    elrea_dim: int,
+    main: pd.DataFrame | None,
+    likelihood: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Full-dimension clustering vs k-means on random projections of the same gradients."""
     rows = []
@@ -107,9 +136,11 @@ def ablation_table(
             "dimension": dim,
             **{k: q[k] for k in ("k", "nmi", "ari", "purity", "coherence")},
         }
-        if main is not None:
-            hit = main[main["system"] == f"{method}-single"]
-            row["accuracy (single expert, mean)"] = float(hit["average"].iloc[0]) if len(hit) else None
+        for name, table in (("accuracy", main), ("bits per byte", likelihood)):
+            if table is not None:
+                hit = table[table["system"] == f"{method}-single"]
+                value = hit["average"].iloc[0] if len(hit) else None
+                row[f"{name} (single expert, mean)"] = None if value is None else float(value)
         rows.append(row)
     return pd.DataFrame(rows).sort_values("dimension", ascending=False, key=lambda s: s.astype(float))
 
@@ -137,16 +168,21 @@ def clusterucb_table(selection_dir: Path, targets: list[str], eval_files: dict[s
         sel = read_json(selection_dir / t / "selection.json")
         for method, m in sel["methods"].items():
             system = f"select-{t}-{method}"
-            acc, metric = None, None
+            acc, metric, bpb = None, None, None
             if system in eval_files:
-                primary = read_json(eval_files[system])["primary"].get(DOMAIN_TASKS[t], {})
-                acc, metric = primary.get("value"), primary.get("metric")
+                primary = read_json(eval_files[system])["primary"]
+                acc, metric = (
+                    primary.get(DOMAIN_TASKS[t], {}).get("value"),
+                    primary.get(DOMAIN_TASKS[t], {}).get("metric"),
+                )
+                bpb = primary.get(LIKELIHOOD_TASKS[t], {}).get("value")
             rows.append(
                 {
                     "target": t,
                     "method": method,
                     "accuracy": acc,
                     "metric": metric,
+                    "bits_per_byte": bpb,
                     "selected": len(m["selected_ids"]),
                     "influence_computations": m["computations"],
                     "computations_vs_full": m["computation_ratio_vs_full"],
@@ -219,6 +255,15 @@ def main(argv: list[str] | None = None) -> None:
     main_df, metrics = main_table(pairs(args.eval), args.domains)
     note = "Primary metric per domain: " + "; ".join(f"{d}: {m}" for d, m in metrics.items()) + "."
     write_table(main_df, tables / "main", title="Accuracy per system and domain", note=note)
+    likelihood_df, _ = main_table(pairs(args.eval), args.domains, LIKELIHOOD_TASKS)
+    write_table(
+        likelihood_df,
+        tables / "likelihood",
+        title="Held-out answer likelihood per system and domain (bits per byte, lower is better)",
+        note="Metric: bits_per_byte of each domain's reference split (gs_<domain>_likelihood tasks): "
+        "-sum log2 p(reference answer | prompt) / sum UTF-8 bytes, under each system's own routing and mixture.",
+    )
+    plot_likelihood(likelihood_df, args.domains, figures / "likelihood.png")
     write_table(
         router_table({m: res / "router" / m for m in args.methods}),
         tables / "router",
@@ -228,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     write_table(quality, tables / "cluster_quality", title="Cluster quality against the hidden domain labels")
     extract = read_json(res / "gradients" / "extract.json")
     elrea_dim = int(np.load(res / "gradients" / "features.npz")["elrea_dim"])
-    ablation = ablation_table(quality, extract, elrea_dim, main_df)
+    ablation = ablation_table(quality, extract, elrea_dim, main_df, likelihood_df)
     write_table(ablation, tables / "ablation", title="Full-dimension vs. random-projection clustering")
     plot_ablation(ablation, figures / "ablation.png")
     latency = pd.read_csv(res / "latency" / "latency.csv")

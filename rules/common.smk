@@ -80,6 +80,9 @@ def system_inputs(wildcards):
 
 
 def system_tasks(wildcards):
+    """Generation and likelihood tasks: the target's for a selection system, else every domain's."""
     if wildcards.system.startswith("select-"):
-        return f"gs_{wildcards.system.split('-')[1]}"
-    return " ".join(f"gs_{d}" for d in DOMAINS)
+        domains = [wildcards.system.split("-")[1]]
+    else:
+        domains = DOMAINS
+    return " ".join(f"gs_{d} gs_{d}_likelihood" for d in domains)

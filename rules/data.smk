@@ -2,7 +2,7 @@ rule prepare_domain:
     output:
         expand(
             "results/data/{{domain}}/{split}.jsonl",
-            split=["train", "validation", "test"],
+            split=["train", "validation", "test", "reference"],
         ),
     log:
         "logs/prepare_domain/{domain}.log",

@@ -1,7 +1,11 @@
 rule evaluate_system:
     input:
         system_inputs,
-        data=expand("results/data/{domain}/test.jsonl", domain=DOMAINS),
+        data=expand(
+            "results/data/{domain}/{split}.jsonl",
+            domain=DOMAINS,
+            split=["test", "reference"],
+        ),
     output:
         "results/eval/{system}.json",
     log:

@@ -35,6 +35,8 @@ rule tables_and_figures:
     output:
         main=report("results/tables/main.md", category="Tables"),
         main_csv="results/tables/main.csv",
+        likelihood=report("results/tables/likelihood.md", category="Tables"),
+        likelihood_png=report("results/figures/likelihood.png", category="Figures"),
         router=report("results/tables/router.md", category="Tables"),
         quality=report("results/tables/cluster_quality.md", category="Tables"),
         ablation=report("results/tables/ablation.md", category="Tables"),

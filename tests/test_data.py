@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gs.data import SPLITS, build_domain, load_records, pool_splits, write_domain
+from gs.data import DOMAIN_FILES, SPLITS, build_domain, load_records, pool_splits, write_domain
 from gs.io import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +34,7 @@ SMALL = {
         "train": {"source": "verne_passages", "n": 6},
         "validation": {"source": "verne_passages", "n": 2},
         "test": {"source": "tot_writing", "n": 2},
+        "reference": {"source": "verne_passages", "n": 2},
     },
 }
 
@@ -51,7 +52,14 @@ def test_splits_are_disjoint_deterministic_and_well_formed(domain):
     assert [(r["instruction"], r["input"]) for r in c["train"]] != [(r["instruction"], r["input"]) for r in a["train"]]
     keys = [{(r["instruction"], r["input"]) for r in a[s]} for s in SPLITS]
     assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
-    for split in SPLITS:
+    # Reference answers for the likelihood tasks: the test split, or (writing) held-out passages.
+    assert all(r["output"].strip() for r in a["reference"])
+    if domain == "writing":
+        ref = {(r["instruction"], r["input"]) for r in a["reference"]}
+        assert not (ref & keys[0]) and not (ref & keys[1]) and len(a["reference"]) == 2
+    else:
+        assert a["reference"] == a["test"]
+    for split in [s for s in DOMAIN_FILES if s in SMALL[domain]]:
         assert len(a[split]) == SMALL[domain][split]["n"]
         for r in a[split]:
             assert r["domain"] == domain and r["id"].startswith(f"{domain}-{split}-")
@@ -120,6 +128,16 @@ def test_unknown_domain_source_and_empty_split(tmp_path):
     too_few = {s: {"source": "jsonl", "n": 2, "options": {"path": str(_write(tmp_path, [GOOD]))}} for s in SPLITS}
     with pytest.raises(InputError, match="1 distinct items, 6 needed"):
         build_domain("math", too_few, seed=0)
+
+
+def test_reference_split_is_needed_when_the_test_split_has_no_outputs(tmp_path):
+    spec = {k: v for k, v in SMALL["writing"].items() if k != "reference"}
+    with pytest.raises(InputError, match="no output to score the likelihood of; give the domain a 'reference' split"):
+        build_domain("writing", spec, seed=0)
+    with pytest.raises(InputError, match="unknown split"):
+        build_domain("math", {**SMALL["math"], "heldout": {"source": "gsm_symbolic", "n": 1}}, seed=0)
+    write_domain(build_domain("writing", SMALL["writing"], seed=0), tmp_path / "writing")
+    assert sorted(p.stem for p in (tmp_path / "writing").iterdir()) == sorted(DOMAIN_FILES)
 
 
 def test_pool_mixes_domains_and_keeps_labels(tmp_path):

@@ -94,11 +94,18 @@ def _records() -> dict[str, list[dict]]:
     }
 
 
+REFERENCE_PASSAGE = "\n\n".join(f"It was a quiet day in the town. {s}" for s in ENDINGS)
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
+    """Test splits, and reference splits: the test records, or for writing one held-out passage."""
     root = tmp_path_factory.mktemp("eval_data")
     for domain, rows in _records().items():
         write_jsonl(root / domain / "test.jsonl", rows)
+        if domain == "writing":
+            rows = [{**rows[0], "id": "writing-reference-00000", "output": REFERENCE_PASSAGE}]
+        write_jsonl(root / domain / "reference.jsonl", rows)
     return root
 
 
@@ -266,15 +273,39 @@ def test_task_dir_keeps_the_yaml_settings_unless_overridden(data_dir, tmp_path, 
         write_task_dir(data_dir, tmp_path / "bad", max_gen_toks={"code": 0})
 
 
-def test_loglikelihood_is_not_implemented(tiny_model_dir):
+def test_likelihood_tasks_score_reference_answers_through_the_model(task_manager, tiny_model_dir, data_dir):
+    import math
+
+    import lm_eval
+
     from gs.evaluation import GSRoutedLM
+    from gs.inference import RoutedLM
 
     lm = GSRoutedLM.create_from_arg_string(f"model_dir={tiny_model_dir},mode=base,device=cpu,batch_size=2")
     assert lm.batch_size == 2
-    with pytest.raises(NotImplementedError, match="generate_until"):
-        lm.loglikelihood([])
-    with pytest.raises(NotImplementedError, match="generate_until"):
+    with pytest.raises(NotImplementedError, match="loglikelihood"):
         lm.loglikelihood_rolling([])
+    results = lm_eval.simple_evaluate(
+        model=lm, tasks=["gs_likelihood"], task_manager=task_manager, log_samples=True, random_seed=0
+    )
+    reference = RoutedLM(tiny_model_dir, mode="base", device="cpu")
+    for domain in ("math", "code", "finance", "writing"):
+        task = f"gs_{domain}_likelihood"
+        samples = results["samples"][task]
+        docs = [s["doc"] for s in samples]
+        assert len(samples) == (1 if domain == "writing" else 2)
+        # The continuation is the reference output itself, right after the bare user message.
+        for s, doc in zip(samples, docs, strict=True):
+            assert s["arguments"][0] == (user_message(doc), doc["output"].strip())
+        expected = reference.loglikelihood([user_message(d) for d in docs], [d["output"].strip() for d in docs])
+        logprobs = [s["filtered_resps"][0][0] for s in samples]
+        assert logprobs == pytest.approx([e[0] for e in expected], rel=1e-5)
+        n_bytes = sum(len(d["output"].strip().encode()) for d in docs)
+        bpb = results["results"][task]["bits_per_byte,none"]
+        assert bpb == pytest.approx(-sum(logprobs) / (n_bytes * math.log(2)), rel=1e-6)
+        assert bpb > 0.5  # a random tiny model is far from the answers
+        assert lm.routing_log[(task, 0)] == {"experts": [], "weights": []}
+    assert results["higher_is_better"]["gs_math_likelihood"]["bits_per_byte"] is False
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -333,6 +364,38 @@ def test_generate_until_groups_passes_domains_and_cuts(monkeypatch):
         lm.generate_until([req("gs_math", 0, "math", "a", do_sample=True)])
 
 
+def test_loglikelihood_groups_by_task_and_passes_domains(monkeypatch):
+    from lm_eval.api.instance import Instance
+
+    import gs.inference
+    from gs.evaluation import GSRoutedLM
+
+    calls = []
+
+    class Scorer(_FakeRoutedLM):
+        def loglikelihood(self, prompts, continuations, *, domains=None, batch_size=8):
+            calls.append((list(prompts), list(continuations), list(domains), batch_size))
+            self.last_routing = [{"experts": [len(d)], "weights": [1.0]} for d in domains]
+            self.last_timing = {"route_s": 0.25}
+            return [(-float(len(c)), c == "yes", len(c)) for c in continuations]
+
+    monkeypatch.setattr(gs.inference, "RoutedLM", Scorer)
+    lm = GSRoutedLM(model_dir="unused", mode="oracle", batch_size=3)
+
+    def req(task, doc_id, domain, context, continuation):
+        return Instance("loglikelihood", {"domain": domain}, (context, continuation), 0, metadata=(task, doc_id, 1))
+
+    requests = [
+        req("gs_math_likelihood", 0, "math", "q0", "yes"),
+        req("gs_code_likelihood", 0, "code", "q1", "def f(): pass"),
+        req("gs_math_likelihood", 1, "math", "q2", "no"),
+    ]
+    assert lm.loglikelihood(requests) == [(-3.0, True), (-13.0, False), (-2.0, False)]
+    assert calls == [(["q0", "q2"], ["yes", "no"], ["math", "math"], 3), (["q1"], ["def f(): pass"], ["code"], 3)]
+    assert lm.routing_log[("gs_code_likelihood", 0)] == {"experts": [4], "weights": [1.0]}
+    assert lm.routing_seconds["gs_math_likelihood"] == 0.25
+
+
 def test_generation_settings_and_helpers():
     from gs.evaluation import cut_at_stop, expand_tasks, generation_settings, split_routing
 
@@ -343,6 +406,12 @@ def test_generation_settings_and_helpers():
     assert split_routing({"e": [1, 2], "w": [0.5, 0.5]}, 2) == [{"e": 1, "w": 0.5}, {"e": 2, "w": 0.5}]
     assert split_routing(None, 2) == [None, None]
     assert expand_tasks(["gs_math", "gs_all"]) == ["gs_math", "gs_code", "gs_finance", "gs_writing"]
+    assert expand_tasks(["gs_likelihood", "gs_code_likelihood"]) == [
+        "gs_math_likelihood",
+        "gs_code_likelihood",
+        "gs_finance_likelihood",
+        "gs_writing_likelihood",
+    ]
     with pytest.raises(InputError, match="unknown task"):
         expand_tasks(["gsm8k"])
 
@@ -355,3 +424,5 @@ def test_evaluate_system_refuses_code_without_opt_in(data_dir, monkeypatch):
         evaluate_system({"name": "x", "model_dir": "nowhere"}, ["gs_code"], data_dir)
     with pytest.raises(InputError, match="not found"):
         evaluate_system({"name": "x", "model_dir": "nowhere"}, ["gs_math"], data_dir / "missing")
+    with pytest.raises(InputError, match="reference split of gs_math_likelihood not found"):
+        evaluate_system({"name": "x", "model_dir": "nowhere"}, ["gs_math_likelihood"], data_dir / "missing")

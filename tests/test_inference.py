@@ -132,6 +132,64 @@ def test_uniform_step0_mixture_equals_hand_mixed_softmaxes(tiny_model_dir, art):
     assert all(isinstance(t, str) for t in out)
 
 
+def _hf_token_logprobs(tiny_model_dir, adapter_dir, prompt: str, continuation: str) -> torch.Tensor:
+    """Log-probabilities (n,) of the continuation's tokens after one unpadded prompt, plain peft."""
+    from peft import PeftModel
+
+    from gs.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_model(tiny_model_dir, device="cpu")
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    ctx = tok(format_prompt(tok, {"instruction": prompt}), add_special_tokens=False)["input_ids"]
+    cont = tok(continuation, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model.eval()(input_ids=torch.tensor([ctx + cont])).logits[0, len(ctx) - 1 : -1].float()
+    return torch.log_softmax(logits, -1).gather(1, torch.tensor(cont)[:, None])[:, 0]
+
+
+ANSWERS = ["4", "The sea is dark,\nthe wind is cold, and the night is long.", "[1, 2, 3]"]
+
+
+def test_loglikelihood_base_matches_transformers_and_batching(tiny_model_dir):
+    lm = RoutedLM(tiny_model_dir, mode="base", device="cpu")
+    batched = lm.loglikelihood(PROMPTS, ANSWERS, batch_size=3)  # one left-padded batch, ragged answers
+    one_by_one = lm.loglikelihood(PROMPTS, ANSWERS, batch_size=1)
+    assert [x[0] for x in one_by_one] == pytest.approx([x[0] for x in batched], rel=1e-5)
+    assert [x[1:] for x in one_by_one] == [x[1:] for x in batched]
+    for prompt, answer, (logprob, _greedy, n) in zip(PROMPTS, ANSWERS, batched, strict=True):
+        ref = _hf_token_logprobs(tiny_model_dir, None, prompt, answer)
+        assert n == len(ref)
+        assert logprob == pytest.approx(float(ref.sum()), rel=1e-4, abs=1e-4)
+    assert lm.last_timing["forward_calls"] == 3
+    # The model's own greedy first token is greedy; another token is not, and is less likely.
+    first = int(lm.next_token_distribution(PROMPTS[:1])[0].argmax())
+    text = lm.tokenizer.decode([first])
+    assert lm.tokenizer(text, add_special_tokens=False)["input_ids"] == [first]  # round-trips (it is "\n")
+    ((lp, is_greedy, n),) = lm.loglikelihood(PROMPTS[:1], [text])
+    assert is_greedy and n == 1
+    ((lp_other, is_greedy_other, _),) = lm.loglikelihood(PROMPTS[:1], ["Paris"])
+    assert not is_greedy_other and lp_other < lp
+
+
+def test_loglikelihood_uniform_is_the_mixture_of_the_experts(tiny_model_dir, art):
+    lm = RoutedLM(tiny_model_dir, mode="uniform", experts_dir=art["two"], device="cpu")
+    scores = lm.loglikelihood(PROMPTS[:2], ANSWERS[:2], batch_size=2)
+    assert lm.last_timing["forward_calls"] == 2  # one teacher-forced forward per expert
+    for prompt, answer, (logprob, _, _) in zip(PROMPTS[:2], ANSWERS[:2], scores, strict=True):
+        per_expert = [_hf_token_logprobs(tiny_model_dir, art["two"] / f"expert_{j}", prompt, answer) for j in (0, 1)]
+        assert (per_expert[0] - per_expert[1]).abs().max() > 1e-3
+        mixed = torch.logsumexp(torch.stack(per_expert) + np.log(0.5), dim=0).sum()
+        assert logprob == pytest.approx(float(mixed), rel=1e-4, abs=1e-4)
+        # Not the mean of the experts' sequence log-likelihoods: the mixture is per token.
+        assert logprob >= float(0.5 * (per_expert[0].sum() + per_expert[1].sum())) - 1e-4
+    with pytest.raises(InputError, match="empty"):
+        lm.loglikelihood(PROMPTS[:1], [""])
+    with pytest.raises(InputError, match="continuations"):
+        lm.loglikelihood(PROMPTS[:2], ANSWERS[:1])
+
+
 def test_single_routes_each_prompt_to_its_expert(tiny_model_dir, art):
     """Each prompt's output equals plain transformers generation with the routed expert alone."""
     from peft import PeftModel

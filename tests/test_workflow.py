@@ -86,11 +86,19 @@ def test_end_to_end_on_the_tiny_config(tmp_path):
             "gradientspace-oracle", "semantic-single"} == set(main["system"])
     assert {"math", "code", "finance", "writing", "average"} <= set(main.columns)
     assert main[["math", "code", "finance", "writing"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert "reference" in set(summary["split"])
+    likelihood = pd.read_csv(res / "tables" / "likelihood.csv")
+    assert set(likelihood["system"]) == set(main["system"])
+    bpb = likelihood[["math", "code", "finance", "writing"]].to_numpy(dtype=float)
+    assert np.isfinite(bpb).all() and (bpb > 0).all()
+    # Each system scores the answers under its own weights and routing: they do not all agree.
+    assert likelihood["average"].nunique() > 1
     quality = pd.read_csv(res / "clusters" / "quality.csv")
     assert {"gradientspace", "semantic", "rp16"} <= set(quality["method"])
-    for name in ("latency.png", "clusters.png", "ablation.png", "clusterucb_budget.png"):
+    for name in ("latency.png", "clusters.png", "ablation.png", "clusterucb_budget.png", "likelihood.png"):
         assert (res / "figures" / name).stat().st_size > 5000, name
-    for name in ("main.md", "router.md", "cluster_quality.md", "ablation.md", "latency.md", "clusterucb.md"):
+    for name in ("main.md", "likelihood.md", "router.md", "cluster_quality.md", "ablation.md", "latency.md",
+                 "clusterucb.md"):
         assert (res / "tables" / name).read_text().startswith("# "), name
     compute = pd.read_csv(res / "tables" / "compute.csv")
     assert "extract_gradient_features" in set(compute["rule"])

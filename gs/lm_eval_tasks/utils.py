@@ -2,13 +2,16 @@
 
 lm-eval loads this file by path (``!function utils.<name>`` resolves next to the YAML that names it),
 so it imports the suite's own modules absolutely: the scoring rules live in :mod:`gs.metrics` and the
-prompt format in :mod:`gs.prompting`, shared with training. Each ``process_*`` hook receives the
-document and the list of filtered responses (one string per request; the gs_* tasks make one request
-per document) and returns ``{metric_name: score}``, every score in [0, 1]; lm-eval averages them
-(``aggregation: mean`` in the YAMLs).
+prompt format in :mod:`gs.prompting`, shared with training. Each ``process_*`` hook of a
+generation task receives the document and the list of filtered responses (one string per request;
+the gs_* tasks make one request per document) and returns ``{metric_name: score}``, every score in
+[0, 1]; lm-eval averages them (``aggregation: mean`` in the YAMLs). The likelihood tasks' hook
+receives ``[(loglikelihood, is_greedy)]`` and returns the ``(loglikelihood, bytes)`` pair that
+lm-eval's ``bits_per_byte`` aggregation sums.
 
-Documents are the suite's test records (:mod:`gs.data`): ``{"id", "domain", "instruction", "input",
-"output", "meta"}`` with the gold answer, unit tests or end sentences in ``meta``.
+Documents are the suite's test or reference records (:mod:`gs.data`): ``{"id", "domain",
+"instruction", "input", "output", "meta"}`` with the gold answer, unit tests or end sentences in
+``meta``.
 """
 
 from __future__ import annotations
@@ -104,3 +107,21 @@ def process_writing(doc: dict[str, Any], results: list[Any]) -> dict[str, float]
         "constraint": constraint_satisfied(passage, sentences),
         "ending_match": paragraph_endings_score(passage, sentences),
     }
+
+
+def reference_answer(doc: dict[str, Any]) -> str:
+    """The likelihood tasks' continuation: the record's reference output, stripped as training strips it.
+
+    Raises:
+        InputError: the record has no output (a reference split must have one per record).
+    """
+    answer = (doc.get("output") or "").strip()
+    if not answer:
+        raise InputError(f"record {doc.get('id')!r}: no reference output to score the likelihood of")
+    return answer
+
+
+def process_likelihood(doc: dict[str, Any], results: list[Any]) -> dict[str, tuple[float, int]]:
+    """``bits_per_byte``: the pair ``(log-likelihood of the reference answer, its UTF-8 bytes)``."""
+    logprob, _is_greedy = results[0]
+    return {"bits_per_byte": (float(logprob), len(reference_answer(doc).encode("utf-8")))}
