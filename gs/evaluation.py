@@ -214,7 +214,8 @@ def split_routing(routing: Any, n: int) -> list[Any]:
 
 @register_model(MODEL_NAME)
 class GSRoutedLM(LM):
-    """lm-eval model ``gs-routed``: greedy generation through :class:`gs.inference.RoutedLM`.
+    """lm-eval model ``gs-routed``: greedy generation and continuation log-likelihoods through
+    :class:`gs.inference.RoutedLM`, under the system's routing.
 
     Arguments (``--model_args`` or a dict for ``simple_evaluate``): ``model_dir`` (the prepared base
     model), ``mode`` (``base`` or a routing mode of :class:`~gs.inference.RoutedLM`), the mode's paths
@@ -337,7 +338,8 @@ class GSRoutedLM(LM):
         continuation)``), under the system's routing: :meth:`RoutedLM.loglikelihood`.
 
         The context is the user message (RoutedLM applies the chat template); the continuation is the
-        assistant's answer. Requests are grouped by task, each group routed and scored in one call.
+        assistant's answer. Requests are grouped by task, each group routed and scored in one call,
+        longest first.
         """
         from tqdm import tqdm
 
@@ -350,6 +352,8 @@ class GSRoutedLM(LM):
         out: list[tuple[float, bool] | None] = [None] * len(requests)
         bar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="gs-routed loglikelihood")
         for task, indices in groups.items():
+            # Longest first, as lm-eval's HF model sorts: batches of similar length pad little.
+            indices = sorted(indices, key=lambda i: -len(requests[i].args[0]) - len(requests[i].args[1]))
             domains = [(requests[i].doc or {}).get("domain") for i in indices]
             t0 = time.perf_counter()
             scores = self.routed.loglikelihood(

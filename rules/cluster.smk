@@ -38,7 +38,7 @@ rule gradient_coherence:
         "benchmarks/gradient_coherence/coherence.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: workflow.cores
+    threads: HEAVY_THREADS
     resources:
         gpu=1,
         mem_mb=16000,

@@ -17,6 +17,12 @@ def json_param(section):
     return lambda wildcards: quoted
 
 
+# Threads of a training or gradient job: half the cores, so two such jobs (or one beside an evaluation)
+# share the machine. A job that asked for every core would wait for both to be free while one-thread
+# jobs kept taking the freed core; on 2 cores that idled a core for about 160 s of a default run.
+HEAVY_THREADS = max(1, (workflow.cores or 1) // 2)
+
+
 def model_dir():
     return f"resources/models/{config['model']['name']}"
 

@@ -13,7 +13,7 @@ rule train_experts:
         method="|".join(METHODS),
     conda:
         "../envs/torch.yaml"
-    threads: workflow.cores
+    threads: HEAVY_THREADS
     resources:
         gpu=1,
         mem_mb=16000,
@@ -38,7 +38,7 @@ rule train_multitask:
         "benchmarks/train_multitask/multitask.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: workflow.cores
+    threads: HEAVY_THREADS
     resources:
         gpu=1,
         mem_mb=16000,

@@ -10,7 +10,7 @@ rule warmup_lora:
         "benchmarks/warmup_lora/warmup_lora.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: workflow.cores
+    threads: HEAVY_THREADS
     resources:
         gpu=1,
         mem_mb=16000,
@@ -44,7 +44,7 @@ rule extract_gradient_features:
         "benchmarks/extract_gradient_features/extract.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: workflow.cores
+    threads: HEAVY_THREADS
     resources:
         gpu=1,
         mem_mb=16000,

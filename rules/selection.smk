@@ -12,7 +12,7 @@ rule less_influence:
         "benchmarks/less_influence/influence.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: workflow.cores
+    threads: HEAVY_THREADS
     resources:
         gpu=1,
         mem_mb=16000,
@@ -64,7 +64,7 @@ rule finetune_selected:
         selector="|".join(SELECTORS),
     conda:
         "../envs/torch.yaml"
-    threads: workflow.cores
+    threads: HEAVY_THREADS
     resources:
         gpu=1,
         mem_mb=16000,

@@ -391,9 +391,12 @@ def test_loglikelihood_groups_by_task_and_passes_domains(monkeypatch):
         req("gs_math_likelihood", 1, "math", "q2", "no"),
     ]
     assert lm.loglikelihood(requests) == [(-3.0, True), (-13.0, False), (-2.0, False)]
+    # One call per task, longest request first; results come back in request order.
     assert calls == [(["q0", "q2"], ["yes", "no"], ["math", "math"], 3), (["q1"], ["def f(): pass"], ["code"], 3)]
+    assert lm.loglikelihood([requests[2], requests[0]]) == [(-2.0, False), (-3.0, True)]
+    assert calls[-1][:2] == (["q0", "q2"], ["yes", "no"])
     assert lm.routing_log[("gs_code_likelihood", 0)] == {"experts": [4], "weights": [1.0]}
-    assert lm.routing_seconds["gs_math_likelihood"] == 0.25
+    assert lm.routing_seconds["gs_math_likelihood"] == 0.5  # accumulated over the two calls
 
 
 def test_generation_settings_and_helpers():
