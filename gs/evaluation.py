@@ -51,13 +51,13 @@ import yaml
 from lm_eval.api.model import LM
 from lm_eval.api.registry import get_model, register_model
 
+from gs.data import DOMAINS
 from gs.io import InputError, parse_params, run_cli, write_json
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "gs-routed"
 TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
-DOMAINS = ("math", "code", "finance", "writing")
 GENERATION_TASKS = {f"gs_{d}": d for d in DOMAINS}
 LIKELIHOOD_TASKS = {f"gs_{d}_likelihood": d for d in DOMAINS}
 TASK_DOMAINS = {**GENERATION_TASKS, **LIKELIHOOD_TASKS}
