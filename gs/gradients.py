@@ -146,6 +146,20 @@ def _check_model(model: Any) -> None:
 # --------------------------------------------------------------------------- batched
 
 
+def _checked_batch(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.device, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Check the model and the batch's labels; return the model's device, ``input_ids``, ``labels``
+    and ``attention_mask`` (all ones if absent) on it, each (b, t), and the (b,) labelled-token counts."""
+    _check_model(model)
+    device = _model_device(model)
+    input_ids = batch["input_ids"].to(device)
+    labels = batch["labels"].to(device)
+    attention_mask = batch.get("attention_mask")
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
+    return device, input_ids, labels, attention_mask, _check_labels(labels)
+
+
 @overload
 def per_sample_lora_gradients(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], *, nonfinite: Literal["raise"] = ...
@@ -182,14 +196,8 @@ def per_sample_lora_gradients(
     """
     if nonfinite not in ("raise", "zero"):
         raise InputError(f"nonfinite must be 'raise' or 'zero', got {nonfinite!r}")
-    _check_model(model)
+    device, input_ids, labels, attention_mask, counts = _checked_batch(model, batch)
     params = lora_parameters(model)
-    device = _model_device(model)
-    input_ids = batch["input_ids"].to(device)
-    labels = batch["labels"].to(device)
-    attention_mask = batch.get("attention_mask")
-    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
-    counts = _check_labels(labels)
     b = input_ids.shape[0]
 
     # Column offset of each trainable parameter in the flat vector.
@@ -270,14 +278,8 @@ def per_sample_lora_gradients_loop(model: torch.nn.Module, batch: dict[str, torc
     samples without labelled tokens; non-finite values are returned as they are. Slow: for tests
     and ``benchmarks/per_sample_grads.py`` only.
     """
-    _check_model(model)
+    _, input_ids, labels, attention_mask, counts = _checked_batch(model, batch)
     params = [p for _, p in lora_parameters(model)]
-    device = _model_device(model)
-    input_ids = batch["input_ids"].to(device)
-    labels = batch["labels"].to(device)
-    attention_mask = batch.get("attention_mask")
-    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
-    counts = _check_labels(labels)
     rows = []
     with _EvalMode(model), torch.enable_grad():
         for i in range(input_ids.shape[0]):

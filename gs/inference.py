@@ -92,22 +92,22 @@ class _Stream:
     cache: Any = None  # the model's KV cache for these rows (None before the prefill)
 
 
-def _require_dir(path: str | os.PathLike | None, what: str, mode: str) -> Path:
+def _require_path(path: str | os.PathLike | None, what: str, mode: str, *, is_dir: bool) -> Path:
+    """``path`` as a Path; one-line errors if the mode lacks it or it is not an existing folder/file."""
     if path is None:
         raise InputError(f"mode {mode!r} needs {what}")
     p = Path(path)
-    if not p.is_dir():
+    if not (p.is_dir() if is_dir else p.is_file()):
         raise InputError(f"{p}: {what} not found")
     return p
+
+
+def _require_dir(path: str | os.PathLike | None, what: str, mode: str) -> Path:
+    return _require_path(path, what, mode, is_dir=True)
 
 
 def _require_file(path: str | os.PathLike | None, what: str, mode: str) -> Path:
-    if path is None:
-        raise InputError(f"mode {mode!r} needs {what}")
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: {what} not found")
-    return p
+    return _require_path(path, what, mode, is_dir=False)
 
 
 def _sync(device: torch.device | str) -> None:

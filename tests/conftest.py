@@ -67,6 +67,15 @@ def tiny_model_dir(tokenizer_dir, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a test module (modules opt in with ``pytest.mark.usefixtures``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture()
 def tiny_model(tiny_model_dir):
     from gs.models import load_model

@@ -20,13 +20,8 @@ PROMPTS = ["What is 2 + 2?", "Write a short poem about the sea and the wind at n
 TOKENS = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matmuls on a shared 2-core machine: thread hand-offs cost ~50x the work itself.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny matmuls on a shared 2-core machine: thread hand-offs cost ~50x the work itself.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

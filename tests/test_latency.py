@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from gs.inference import RoutedLM
 from gs.io import InputError
@@ -16,13 +15,8 @@ from gs.latency import COLUMNS, LATENCY_MODES, main, make_synthetic_suite, measu
 LORA = {"rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matmuls on a shared 2-core machine: thread hand-offs cost ~50x the work itself.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny matmuls on a shared 2-core machine: thread hand-offs cost ~50x the work itself.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_ensemble_runs_one_forward_per_expert_per_step(tiny_model_dir, tmp_path):
