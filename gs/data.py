@@ -12,6 +12,12 @@ Splits of one domain that draw on the same source are carved from one seeded poo
 train, validation, test, reference, so they are disjoint by construction; a check on (instruction,
 input) guards that across all splits.
 
+Ids and lineage: a record's ``id`` is its source row's own id when it has one (a user's JSONL
+``id``, also kept as ``meta.source_id``), else ``<domain>-<split>-<index>``. Every later file
+(pooled splits, cluster assignments, influence, the selected subsets) names records by ``id``, so a
+selected subset traces back to the user's rows. Ids must be unique across the pool: a repeat within
+a file, a domain or across domain files is an :class:`~gs.io.InputError` naming both places.
+
 The ``reference`` split holds held-out records with reference outputs, for the likelihood tasks
 (how probable each system finds the reference answer). It is the test split when every test record
 has an output; a domain whose test set has none (the Tree-of-Thoughts writing prompts) names its
@@ -23,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +71,28 @@ def check_domain(domain: str) -> str:
     return domain
 
 
+def _record(item: dict[str, Any], domain: str, split: str, index: int, kind: str) -> dict[str, Any]:
+    """One split record: the source row's own ``id`` when it has one, else ``<domain>-<split>-<index>``.
+
+    A row's own id (a user's JSONL ``id``) is also kept as ``meta.source_id``, so that every derived
+    file, which names records by ``id``, traces back to the user's row.
+    """
+    meta = {**item.get("meta", {}), "source": kind}
+    if "id" in item:
+        meta["source_id"] = item["id"]
+        rid = str(item["id"])
+    else:
+        rid = f"{domain}-{split}-{index:05d}"
+    return {
+        "id": rid,
+        "domain": domain,
+        "instruction": item["instruction"],
+        "input": item["input"],
+        "output": item["output"],
+        "meta": meta,
+    }
+
+
 def build_domain(domain: str, spec: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
     """The splits of one domain from its config ``spec`` (``{split: {source, n, ...}}``).
 
@@ -89,6 +116,7 @@ def build_domain(domain: str, spec: dict[str, Any], seed: int) -> dict[str, list
         key = json.dumps({k: v for k, v in s.items() if k != "n"}, sort_keys=True)
         pools.setdefault(key, []).append(split)
     out: dict[str, list[dict[str, Any]]] = {}
+    where_of: dict[tuple[str, int], str] = {}  # (split, index) -> the row's origin, for error messages
     for key, splits in pools.items():
         settings = json.loads(key)
         kind = settings.pop("source", None)
@@ -98,15 +126,16 @@ def build_domain(domain: str, spec: dict[str, Any], seed: int) -> dict[str, list
         source_seed = int(settings.pop("seed", seed))
         items = load_source(kind, need, source_seed, settings.get("options", {}))
         # Validate every row before counting, so a malformed row is reported as such.
+        wheres = []
         for i, item in enumerate(items):
-            where = item.pop("_where", f"{kind}[{i}]")
-            validate_record(item, f"{domain} from {where}", require_output=splits != ["test"])
+            wheres.append(item.pop("_where", f"{kind}[{i}]"))
+            validate_record(item, f"{domain} from {wheres[-1]}", require_output=splits != ["test"])
         distinct, seen = [], set()
-        for item in items:
+        for item, where in zip(items, wheres, strict=True):
             sig = (item.get("instruction"), item.get("input"))
             if sig not in seen:
                 seen.add(sig)
-                distinct.append(item)
+                distinct.append((item, where))
         if len(distinct) < need:
             raise InputError(
                 f"domain {domain!r}: source {kind!r} gave {len(distinct)} distinct items, {need} needed "
@@ -118,26 +147,32 @@ def build_domain(domain: str, spec: dict[str, Any], seed: int) -> dict[str, list
             if n < 1:
                 raise InputError(f"domain {domain!r}: split {split!r} is empty (n={n})")
             rows = []
-            for i, item in enumerate(distinct[start : start + n]):
+            for i, (item, where) in enumerate(distinct[start : start + n]):
                 if split != "test" and not item["output"].strip():
-                    raise InputError(f"domain {domain!r}: {split} item {start + i} of {kind!r} has no output")
-                rows.append(
-                    {
-                        "id": f"{domain}-{split}-{i:05d}",
-                        "domain": domain,
-                        "instruction": item["instruction"],
-                        "input": item["input"],
-                        "output": item["output"],
-                        "meta": {**item.get("meta", {}), "source": kind},
-                    }
-                )
+                    raise InputError(f"{where}: field 'output' is empty ({domain} {split} record)")
+                rows.append(_record(item, domain, split, i, kind))
+                where_of[split, i] = where
             out[split] = rows
             start += n
-    sigs = [{(r["instruction"], r["input"]) for r in out[s]} for s in drawn]
-    for a in range(len(drawn)):
-        for b in range(a + 1, len(drawn)):
-            if sigs[a] & sigs[b]:
-                raise InputError(f"domain {domain!r}: splits {drawn[a]} and {drawn[b]} share items")
+    seen_sig: dict[tuple[str, str], tuple[str, int]] = {}
+    seen_id: dict[str, tuple[str, int]] = {}
+    for split in drawn:
+        for i, r in enumerate(out[split]):
+            sig = (r["instruction"], r["input"])
+            if sig in seen_sig and seen_sig[sig][0] != split:
+                first = seen_sig[sig]
+                raise InputError(
+                    f"{where_of[split, i]}: fields 'instruction' and 'input' repeat {where_of[first]} "
+                    f"(splits {first[0]} and {split} of domain {domain!r} would share an item)"
+                )
+            seen_sig.setdefault(sig, (split, i))
+            if r["id"] in seen_id:
+                first = seen_id[r["id"]]
+                raise InputError(
+                    f"{where_of[split, i]}: field 'id' {r['id']!r} is also the id of {where_of[first]} "
+                    f"({first[0]} split of domain {domain!r}); ids must be unique across the pool"
+                )
+            seen_id[r["id"]] = (split, i)
     if REFERENCE_SPLIT not in out:
         missing = [r["id"] for r in out["test"] if not r["output"].strip()]
         if missing:
@@ -156,28 +191,49 @@ def write_domain(splits: dict[str, list[dict[str, Any]]], out_dir: str | Path) -
 
 
 def load_records(path: str | Path, *, require_output: bool = True) -> list[dict[str, Any]]:
-    """Read and validate a split file; every error names the file, the line and the field."""
+    """Read and validate a split file; every error names the file, the line and the field.
+
+    Ids must be unique within the file (a repeat names both lines).
+    """
     rows = read_jsonl(path)
     if not rows:
         raise InputError(f"{path}: empty split")
+    first_line: dict[str, int] = {}
     for lineno, row in enumerate(rows, 1):
         validate_record(row, f"{path}:{lineno}", require_output=require_output)
         if "id" not in row:
             raise InputError(f"{path}:{lineno}: field 'id' missing")
         if "domain" not in row:
             raise InputError(f"{path}:{lineno}: field 'domain' missing")
+        rid = str(row["id"])
+        if rid in first_line:
+            raise InputError(f"{path}:{lineno}: field 'id' {rid!r} repeats the id of line {first_line[rid]}")
+        first_line[rid] = lineno
     return rows
 
 
-def pool_splits(domain_dirs: list[str | Path], split: str, seed: int) -> list[dict[str, Any]]:
-    """All domains' records of ``split``, shuffled together with ``seed`` (the clustering's input)."""
+def pool_splits(
+    domain_dirs: list[str | Path], split: str, seed: int, seen: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """All domains' records of ``split``, shuffled together with ``seed`` (the clustering's input).
+
+    Ids must be unique pool-wide: an id found in two domain files (or, through ``seen``, an id ->
+    ``file:line`` map shared across calls, in two splits) is an :class:`InputError` naming both.
+    """
+    seen = {} if seen is None else seen
     rows: list[dict[str, Any]] = []
     for d in domain_dirs:
-        rows.extend(load_records(Path(d) / f"{split}.jsonl", require_output=split != "test"))
-    ids = Counter(r["id"] for r in rows)
-    dup = [i for i, c in ids.items() if c > 1]
-    if dup:
-        raise InputError(f"duplicate id {dup[0]!r} across domains")
+        path = Path(d) / f"{split}.jsonl"
+        records = load_records(path, require_output=split != "test")
+        for lineno, r in enumerate(records, 1):
+            where = f"{path}:{lineno}"
+            if r["id"] in seen:
+                raise InputError(
+                    f"{where}: field 'id' {r['id']!r} is also the id of {seen[r['id']]}; ids must be unique across "
+                    "the pool"
+                )
+            seen[r["id"]] = where
+        rows.extend(records)
     random.Random(seed).shuffle(rows)
     return rows
 
@@ -223,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
         write_domain(splits, args.out_dir)
         print(json.dumps({s: len(r) for s, r in splits.items()}))
     else:
-        pooled = {s: pool_splits(args.domain_dirs, s, args.seed) for s in SPLITS}
+        seen: dict[str, str] = {}
+        pooled = {s: pool_splits(args.domain_dirs, s, args.seed, seen) for s in SPLITS}
         table = summary_table(args.domain_dirs, parse_params(args.params))
         for split, rows in pooled.items():
             write_jsonl(Path(args.out_dir) / f"{split}.jsonl", rows)

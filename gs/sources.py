@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gs.io import InputError, read_jsonl
+from gs.io import InputError
 
 Item = dict[str, Any]
 ASSETS = Path(__file__).parent / "assets"
@@ -181,48 +181,198 @@ def tot_writing(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
     return _shuffled(items, seed)[:n]
 
 
+def _distinct(items: list[Item]) -> list[Item]:
+    """``items`` without repeats of an (instruction, input) pair; the first occurrence is kept."""
+    seen: set[tuple[Any, Any]] = set()
+    out = []
+    for item in items:
+        key = (item.get("instruction"), item.get("input"))
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out
+
+
+def _read_user_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` for every non-blank line of a user's JSONL file.
+
+    Reads bytes and decodes line by line, so a file that is not UTF-8 is a one-line
+    :class:`InputError` naming the line (a leading byte-order mark is accepted); a line that is not
+    a JSON object names its line too. Blank lines are skipped but keep the numbering.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: file not found")
+    rows = []
+    with open(p, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                bad = f"byte {raw[e.start]:#04x} at column {e.start + 1}"
+                raise InputError(f"{p}:{lineno}: not UTF-8 ({bad})") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{p}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append((lineno, row))
+    return rows
+
+
+def _user_id(value: Any, where: str) -> str | int:
+    """A user's ``id``: a non-empty string (no surrounding whitespace) or an integer."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InputError(f"{where}: field 'id' must be a string or an integer, got {type(value).__name__}")
+    if isinstance(value, str) and (not value.strip() or value != value.strip() or "\n" in value):
+        raise InputError(f"{where}: field 'id' {value!r} must be non-empty, one line, without surrounding spaces")
+    return value
+
+
 def jsonl(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
-    """A local JSONL file in the suite's record format (``path``); rows validated by :mod:`gs.data`."""
+    """A local JSONL file in the suite's record format (``path``); rows validated by :mod:`gs.data`.
+
+    Lineage: a row's ``id`` (string or integer) is kept; :mod:`gs.data` makes it the record's id
+    and ``meta.source_id``. Two rows with one id fail, naming both lines. Rows that repeat an
+    earlier row's (instruction, input) are dropped (the first is kept) before the seeded shuffle
+    (``shuffle``, default true) and the cut to ``n``; fewer distinct rows than ``n`` fail.
+    """
     if "path" not in options:
         raise InputError("source 'jsonl' needs a 'path'")
-    rows = read_jsonl(options["path"])
-    for i, r in enumerate(rows, 1):
+    path = options["path"]
+    first_line: dict[str | int, int] = {}
+    rows = []
+    for lineno, r in _read_user_jsonl(path):
+        where = f"{path}:{lineno}"
+        if "id" in r:
+            uid = _user_id(r["id"], where)
+            key = str(uid)
+            if key in first_line:
+                raise InputError(f"{where}: field 'id' {uid!r} repeats the id of line {first_line[key]}")
+            first_line[key] = lineno
         r.setdefault("meta", {})
-        r["_where"] = f"{options['path']}:{i}"
+        r["_where"] = where
+        rows.append(r)
+    rows = _distinct(rows)
+    if len(rows) < n:
+        raise InputError(f"{path}: {len(rows)} distinct (instruction, input) rows, {n} needed")
     rows = _shuffled(rows, seed) if options.get("shuffle", True) else rows
     return rows[:n]
 
 
+# A WritingPrompts tag opens the prompt: "[ WP ]" writing prompt, "[ EU ]" established universe, ...
+_WP_TAG = re.compile(r"^(?:\s*\[\s*[A-Z]{2}\s*\]\s*)+")
+# The corpus (Fan et al., 2018) is tokenised: "do n't", "word ,", "`` quote ''", and "<newline>".
+_WP_RULES = [
+    (re.compile(r"[ \t]*<newline>[ \t]*"), "\n"),
+    (re.compile(r"[ \t]+(n't|'(?:s|re|ve|m|ll|d))(?=[^\w]|$)", re.I | re.M), r"\1"),
+    (re.compile(r"[ \t]+([.,;:!?%)\]}]+)(?=[\s`']|$)", re.M), r"\1"),
+    (re.compile(r"``[ \t]*"), '"'),
+    (re.compile(r"[ \t]*''"), '"'),
+    (re.compile(r"([(\[{])[ \t]+"), r"\1"),
+]
+
+
+def clean_writingprompts(text: str) -> str:
+    """WritingPrompts text as written: tags dropped, ``<newline>`` as a newline, punctuation rejoined.
+
+    Drops leading tags (``[ WP ]``, ``[ EU ]``, ``[ IP ]``, ...), turns `` <newline> `` into a newline,
+    joins split contractions (``do n't`` -> ``don't``), removes the space before closing punctuation
+    and after opening brackets, and turns the tokeniser's quotes (two backticks, two apostrophes) into
+    straight double quotes. Only unambiguous tokeniser patterns are touched (a straight quote or a
+    space before a decimal point is left as it is), so clean text passes through unchanged.
+    """
+    text = _WP_TAG.sub("", text)
+    for pattern, repl in _WP_RULES:
+        text = pattern.sub(repl, text)
+    return "\n".join(line.rstrip() for line in text.split("\n")).strip()
+
+
+#: ``options.clean`` of an ``hf`` source: the named corpus's markup is removed from every field.
+CLEANERS: dict[str, Callable[[str], str]] = {"writingprompts": clean_writingprompts}
+
+
 def _load_hf(path: str, name: str | None, split: str) -> Any:
+    """``datasets.load_dataset(path, name, split=split)``: a hub id or a local dataset folder.
+
+    A dataset, config or split that cannot be loaded is a one-line :class:`InputError`.
+    """
     from datasets import load_dataset
 
-    return load_dataset(path, name, split=split)
+    try:
+        return load_dataset(path, name, split=split)
+    except (ValueError, FileNotFoundError, ConnectionError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"hf dataset {path!r} (name {name!r}, split {split!r}) cannot be loaded: {reason}") from None
+
+
+def _format(template: str, row: dict[str, Any], field: str, where: str) -> str:
+    try:
+        return template.format(**row)
+    except KeyError as e:
+        raise InputError(
+            f"{where}: field {field!r}: template {template!r} names no column {e.args[0]!r} (columns: {', '.join(row)})"
+        ) from None
+    except (ValueError, IndexError) as e:
+        raise InputError(f"{where}: field {field!r}: template {template!r} is not a format string ({e})") from None
+
+
+def _column(row: dict[str, Any], column: str, where: str, what: str) -> Any:
+    if column not in row:
+        raise InputError(f"{where}: {what} names no column {column!r} (columns: {', '.join(row)})")
+    return row[column]
 
 
 def hf(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
-    """A hub dataset: ``path``, ``name``, ``split``, and ``templates`` mapping the suite's fields to
-    Python format strings over the dataset's columns (e.g. ``{"instruction": "{question}"}``);
-    ``answer`` is a ``{column, regex}`` rule that extracts the gold answer into ``meta.answer``.
+    """A hub dataset (or a local dataset folder): ``path``, ``name``, ``split`` and ``templates``.
+
+    ``templates`` maps the suite's fields to Python format strings over the dataset's columns (e.g.
+    ``{"instruction": "{question}"}``); ``meta_columns`` copies columns into ``meta``; ``answer`` is a
+    ``{column, regex}`` rule that extracts the gold answer into ``meta.answer`` (commas dropped);
+    ``clean`` names a corpus cleaner of :data:`CLEANERS` (``writingprompts``) applied to every field.
+    Rows whose (instruction, input) repeats an earlier row's are dropped (the first is kept: a
+    WritingPrompts prompt has several stories) before the seeded shuffle and the cut to ``n``, so
+    splits carved from one hub split are disjoint; fewer distinct rows than ``n`` is an
+    :class:`InputError` naming the dataset. ``meta.source_row`` is the row's index in the hub split.
     """
+    from tqdm import tqdm
+
     for key in ("path", "split", "templates"):
         if key not in options:
             raise InputError(f"source 'hf' needs {key!r}")
-    ds = _load_hf(options["path"], options.get("name"), options["split"])
+    path, name, split = options["path"], options.get("name"), options["split"]
+    clean = options.get("clean")
+    if clean is not None and clean not in CLEANERS:
+        raise InputError(f"hf dataset {path!r}: unknown 'clean' {clean!r}; expected one of {', '.join(CLEANERS)}")
+    tidy = CLEANERS[clean] if clean else (lambda text: text)
     templates = options["templates"]
+    rule = options.get("answer")
+    ds = _load_hf(path, name, split)
     items = []
-    for row in ds:
+    for i, row in enumerate(tqdm(ds, desc=f"hf {path} {split}", mininterval=10)):
         row = dict(row)
-        try:
-            item = {k: templates.get(k, "").format(**row) for k in ("instruction", "input", "output")}
-        except KeyError as e:
-            raise InputError(f"hf dataset {options['path']}: no column {e.args[0]!r}") from None
-        meta = {c: row[c] for c in options.get("meta_columns", [])}
-        rule = options.get("answer")
+        where = f"hf dataset {path!r} split {split!r} row {i}"
+        item = {k: tidy(_format(templates.get(k, ""), row, k, where)) for k in ("instruction", "input")}
+        # Outputs (long stories) are formatted and cleaned only for the rows kept, below.
+        meta = {c: _column(row, c, where, "meta_columns") for c in options.get("meta_columns", [])}
         if rule:
-            m = re.search(rule.get("regex", r"(.+)"), str(row[rule["column"]]), re.S)
-            meta["answer"] = (m.group(1) if m else str(row[rule["column"]])).strip().replace(",", "")
-        items.append({**item, "meta": meta})
-    return _shuffled(items, seed)[:n]
+            value = str(_column(row, rule["column"], where, "answer"))
+            m = re.search(rule.get("regex", r"(.+)"), value, re.S)
+            meta["answer"] = (m.group(1) if m else value).strip().replace(",", "")
+        meta["source_row"] = i
+        items.append({**item, "meta": meta, "_row": row, "_where": where})
+    items = _distinct(items)
+    if len(items) < n:
+        raise InputError(
+            f"hf dataset {path!r} (split {split!r}): {len(items)} distinct (instruction, input) rows, {n} needed"
+        )
+    chosen = _shuffled(items, seed)[:n]
+    for item in chosen:
+        item["output"] = tidy(_format(templates.get("output", ""), item.pop("_row"), "output", item["_where"]))
+    return [{k: item[k] for k in ("instruction", "input", "output", "meta", "_where")} for item in chosen]
 
 
 SOURCES: dict[str, Callable[[int, int, dict[str, Any]], list[Item]]] = {
