@@ -30,15 +30,29 @@ Conventions the caller must know:
 * **No centering.** The rows are *not* mean-centred: GradientSpace clusters gradient directions,
   and the mean gradient is itself a meaningful (usually dominant) direction. This is a truncated
   SVD of the raw matrix, not a PCA. Centre the rows yourself before streaming if you want PCA.
-* Inputs are ``(b, d)`` numpy arrays or torch tensors (any float dtype, any device); everything
-  is computed in numpy float64 on the CPU. A ``(0, d)`` block is a no-op.
+* Inputs are ``(b, d)`` numpy arrays or torch tensors (any float dtype, any device). The ``(., d)``
+  state and products live in torch on a chosen ``device`` in a chosen state ``dtype``; the small
+  ``O((r + b)^2)`` eigen/SVD problems are numpy float64 on the CPU. Results the callers read
+  (``components_``, ``singular_values_``, coordinates) are numpy float64. A ``(0, d)`` block is a no-op.
+* **Precision.** ``dtype="auto"`` is float64 on the CPU (the reference behaviour the tests pin
+  down to ~1e-10) and float32 on an accelerator (half the memory and bandwidth: at paper scale
+  ``V^T`` is (r, 109M)). In float32 state every inner product over ``d`` (Gram matrices, ``X V``)
+  is accumulated in float64 over column chunks (:func:`_inner`), so the only loss is the float32
+  rounding of the stored rows: measured against the exact float64 SVD of noisy rank-5 data
+  (``tests/test_svd.py::test_float32_state_accuracy``) the components agree to ~1e-3 degree and
+  the singular values to ~1e-6 relative, and the rows stay orthonormal to ~1e-6 (a float32
+  drift that grows slowly with the number of updates: 1.3e-6 after 300); directions under
+  ``_F32_RANK_RTOL`` (1e-5) of the scale count as rounding noise instead of ``eps * max(d, m)``.
+* **Checkpoints.** :meth:`OnlineSVD.state_dict` / :meth:`OnlineSVD.load_state_dict` hold the
+  full state (``V^T``, ``s``, Brand's lazy left factor, FD's shrinkage); a restored instance
+  continues bit for bit as the uninterrupted one on the same machine.
 * **Number of components.** ``components_`` has ``k = min(rank, numerical rank of the rows seen)``
   rows, so ``k <= min(rank, n_seen)``; directions whose singular value is at rounding level
   (``<= eps * max(d, m) * sigma_max``, the :func:`numpy.linalg.matrix_rank` tolerance) are dropped
   instead of being returned as arbitrary vectors. For real gradients ``k = min(rank, n_seen)``.
   Check ``components_.shape[0]`` rather than assuming ``rank`` columns in the coordinates.
 * **Numerics.** Block factorisations use small Gram matrices (BLAS-3, fast for ``d >> b``)
-  with a second orthonormalisation round, so bases are orthonormal to ~1e-14; the price is that,
+  with a second orthonormalisation round, so bases are orthonormal to ~1e-14 (float64 state); the price is that,
   within one block (for Brand: within the block's residual outside the current subspace),
   directions below ~3e-7 of its largest singular value (under the float32 resolution of the
   gradients) are dropped. A small new direction is kept as long as it stands out in its block.
@@ -55,22 +69,65 @@ import abc
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 
 from gs.io import InputError
 
 METHODS = ("brand", "frequent_directions")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _EPS = float(np.finfo(np.float64).eps)
+# float32 state: rounding level of the stored (., d) arrays. Measured on exact low-rank data
+# (tests/test_svd.py::test_float32_state_accuracy): spurious directions come out at <= ~1e-6 of
+# the scale; 1e-5 keeps a margin and is still far below any direction that competes for the top r.
+_F32_RANK_RTOL = 1e-5
+# Inner products over d in float32 state are accumulated in float64 over column chunks of at most
+# this many elements per operand (128 MB of float64 temporaries).
+_CHUNK_ELEMS = 1 << 24
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/``None``: CUDA if visible, else CPU; otherwise the named device."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"unknown SVD device {device!r} ({e})") from None
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """State dtype: ``"auto"``/``None`` is float64 on the CPU and float32 on an accelerator."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.float64 if device.type == "cpu" else torch.float32
+    if dtype not in DTYPES:
+        raise InputError(f"SVD state dtype must be auto, float32 or float64, got {dtype!r}")
+    return DTYPES[dtype]
 
 
 def _to_numpy(x: Any, name: str) -> np.ndarray:
     """Any array-like (numpy array, torch tensor on any device) as a float64 numpy array."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
+    if isinstance(x, torch.Tensor):
         x = x.detach().cpu().double().numpy()
     try:
         arr = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise InputError(f"{name}: not a numeric array ({e})") from None
     return arr
+
+
+def _to_tensor(x: Any, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Any array-like as a tensor on ``device`` in ``dtype`` (no copy if it already is one)."""
+    if not isinstance(x, torch.Tensor):
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "biuf":
+            try:
+                arr = arr.astype(np.float64)
+            except (TypeError, ValueError) as e:
+                raise InputError(f"{name}: not a numeric array ({e})") from None
+        x = torch.from_numpy(np.ascontiguousarray(arr))
+    return x.detach().to(device=device, dtype=dtype)
 
 
 def _as_matrix(x: Any, name: str) -> np.ndarray:
@@ -85,12 +142,16 @@ def _as_matrix(x: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _sign_flips(vt: np.ndarray) -> np.ndarray:
-    """``(k,)`` signs making the largest-magnitude entry of each row of ``vt`` ``(k, d)`` positive."""
+def _sign_flips(vt: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``(k,)`` float64 signs making the largest-magnitude entry of each row of ``vt`` ``(k, d)`` positive."""
     if vt.shape[0] == 0:
         return np.ones(0)
-    idx = np.argmax(np.abs(vt), axis=1)
-    signs = np.sign(vt[np.arange(vt.shape[0]), idx])
+    if isinstance(vt, torch.Tensor):
+        idx = torch.argmax(vt.abs(), dim=1)
+        signs = torch.sign(vt[torch.arange(vt.shape[0], device=vt.device), idx]).double().cpu().numpy()
+    else:
+        idx = np.argmax(np.abs(vt), axis=1)
+        signs = np.sign(vt[np.arange(vt.shape[0]), idx]).astype(np.float64)
     signs[signs == 0] = 1.0
     return signs
 
@@ -100,9 +161,47 @@ def _tolerance(sigma_max: float, *dims: int) -> float:
     return _EPS * max(dims) * sigma_max
 
 
+def _state_tolerance(sigma_max: float, dtype: torch.dtype, *dims: int) -> float:
+    """Rounding level of a factorisation of ``(., d)`` data held in ``dtype``.
+
+    float64: the :func:`numpy.linalg.matrix_rank` rule. float32: the inner products are exact to
+    float64 (:func:`_inner`), so the noise is the float32 rounding of the stored rows and of one
+    ``x - C V^T`` update, a few ``eps32`` of the scale, independent of ``d``: ``_F32_RANK_RTOL``.
+    """
+    if dtype == torch.float64:
+        return _tolerance(sigma_max, *dims)
+    return _F32_RANK_RTOL * sigma_max
+
+
 # Gram eigenvalues below this fraction of the largest are rounding noise: singular values below
 # sqrt(1e-13) ~ 3e-7 of a block's largest, i.e. under the float32 resolution of the gradients.
 _GRAM_FLOOR = 1e-13
+
+
+def _inner(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """``a @ b^T`` ``(p, q)`` as float64 numpy for ``a`` ``(p, d)``, ``b`` ``(q, d)`` (same device and dtype).
+
+    float64 state: one matmul. float32 state: accumulated in float64 over column chunks (products
+    of float32 numbers are exact in float64), so every inner product over ``d`` is as accurate as
+    the stored rows allow and only ``O((p + q) * chunk)`` float64 temporaries exist.
+    """
+    p, q, d = a.shape[0], b.shape[0], a.shape[1]
+    if a.dtype == torch.float64:
+        return (a @ b.T).cpu().numpy()
+    out = torch.zeros(p, q, dtype=torch.float64, device=a.device)
+    if p == 0 or q == 0:
+        return out.cpu().numpy()
+    step = max(1, _CHUNK_ELEMS // max(p, q))
+    for j in range(0, d, step):
+        ac = a[:, j : j + step].double()
+        bc = ac if b is a else b[:, j : j + step].double()
+        out.addmm_(ac, bc.T)
+    return out.cpu().numpy()
+
+
+def _small(m: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """A small float64 numpy matrix as a tensor on ``like``'s device and dtype."""
+    return torch.from_numpy(np.ascontiguousarray(m)).to(device=like.device, dtype=like.dtype)
 
 
 def _svqb_transform(gram: np.ndarray, floor: float) -> np.ndarray:
@@ -116,21 +215,21 @@ def _svqb_transform(gram: np.ndarray, floor: float) -> np.ndarray:
 class _RowBasis(NamedTuple):
     """Orthonormal rows ``z = t2 @ y - k2 @ against`` ``(q, d)``, kept in factored form.
 
-    ``y`` ``(q1, d)`` is the first-round basis, ``t2`` ``(q, q1)`` and ``k2`` ``(q, k)`` small;
-    ``cross = m against^T`` ``(p, k)`` for the ``(p, d)`` matrix ``m`` it was built from.
+    ``y`` ``(q1, d)`` tensor is the first-round basis, ``t2`` ``(q, q1)`` and ``k2`` ``(q, k)`` small
+    (numpy float64); ``cross = m against^T`` ``(p, k)`` for the ``(p, d)`` matrix ``m`` it was built from.
     """
 
-    y: np.ndarray
+    y: torch.Tensor
     t2: np.ndarray
     k2: np.ndarray
     cross: np.ndarray
 
-    def coefficients(self, m: np.ndarray) -> np.ndarray:
+    def coefficients(self, m: torch.Tensor) -> np.ndarray:
         """``m @ z^T`` ``(p, q)`` for the ``(p, d)`` matrix the basis was built from (one pass)."""
-        return (m @ self.y.T) @ self.t2.T - self.cross @ self.k2.T
+        return _inner(m, self.y) @ self.t2.T - self.cross @ self.k2.T
 
 
-def _row_basis(m: np.ndarray, against: np.ndarray, scale: float = 0.0) -> _RowBasis:
+def _row_basis(m: torch.Tensor, against: torch.Tensor, scale: float = 0.0) -> _RowBasis:
     """Orthonormal basis of the significant row space of ``m`` ``(p, d)``, orthogonal to ``against``.
 
     Two rounds of SVQB (Stathopoulos and Wu, "A block orthogonalization procedure with constant
@@ -140,22 +239,22 @@ def _row_basis(m: np.ndarray, against: np.ndarray, scale: float = 0.0) -> _RowBa
     ``k`` may be 0) is projected out in each round (block classical Gram-Schmidt with
     reorthogonalisation, BCGS2), because the ``L^{-1/2}`` scaling amplifies rounding-level
     components along it. Directions with singular value ``<= sqrt(_GRAM_FLOOR) * sigma_max(m)`` or
-    ``<= eps * max(d, p + k) * max(scale, ||m||_F)`` (rounding level) are dropped. Only ``p x p``
-    eigenproblems and matrix products (BLAS-3) touch ``d``, and the projections are folded into
-    small matrices, so it streams ``(p, d)`` data about six times: much faster than a Householder
-    QR/SVD of a ``d x p`` matrix, whose level-2 steps stream it once per column.
+    at the state's rounding level (:func:`_state_tolerance` of ``max(scale, ||m||_F)``) are dropped.
+    Only ``p x p`` eigenproblems (numpy float64, CPU) and matrix products (BLAS-3, on ``m``'s
+    device) touch ``d``, and the projections are folded into small matrices, so it streams
+    ``(p, d)`` data about six times. Allocates one ``(q1, d)`` tensor ``y``, ``q1 <= p``.
     """
-    gram = m @ m.T
-    cross = m @ against.T  # (p, k)
+    gram = _inner(m, m)
+    cross = _inner(m, against)  # (p, k)
     g0 = gram - cross @ cross.T  # Gram of m with against projected out
     norm_m = float(np.sqrt(max(np.trace(gram), 0.0)))
-    abs_tol = _tolerance(max(scale, norm_m), m.shape[1], m.shape[0] + cross.shape[1])
+    abs_tol = _state_tolerance(max(scale, norm_m), m.dtype, m.shape[1], m.shape[0] + cross.shape[1])
     t1 = _svqb_transform(g0, max(abs_tol**2, _GRAM_FLOOR * float(np.abs(g0).max(initial=0.0))))
-    y = t1 @ m
-    if cross.size:
-        y -= (t1 @ cross) @ against
-    c1 = y @ against.T
-    t2 = _svqb_transform(y @ y.T - c1 @ c1.T, 0.5)  # y is orthonormal up to rounding: eigenvalues ~ 1
+    y = _small(t1, m) @ m
+    if cross.size and t1.shape[0]:
+        y.addmm_(_small(t1 @ cross, m), against, alpha=-1.0)
+    c1 = _inner(y, against)
+    t2 = _svqb_transform(_inner(y, y) - c1 @ c1.T, 0.5)  # y is orthonormal up to rounding: eigenvalues ~ 1
     return _RowBasis(y, t2, t2 @ c1, cross)
 
 
@@ -163,37 +262,40 @@ class _BlockUpdate(NamedTuple):
     """One block update of a thin SVD ``diag(s) V^T`` by new rows ``X`` (see :class:`BrandSVD`).
 
     ``[diag(s) V^T; X] = U_K diag(S_K) V_K^T [V^T; Q^T]`` with ``uk`` ``(m + b, p)``, ``sk`` ``(p,)``,
-    ``vkt`` ``(p, m + q)``; ``Q^T`` is held factored in ``basis``.
+    ``vkt`` ``(p, m + q)`` (numpy float64); ``Q^T`` is held factored in ``basis``; ``vt`` the old state.
     """
 
     uk: np.ndarray
     sk: np.ndarray
     vkt: np.ndarray
     basis: _RowBasis
-    vt: np.ndarray
+    vt: torch.Tensor
 
-    def right(self, coef: np.ndarray) -> np.ndarray:
+    def right(self, coef: np.ndarray) -> torch.Tensor:
         """``coef @ [V^T; Q^T]`` ``(k, d)`` for ``coef`` ``(k, m + q)``, ``Q^T`` folded in (no stack)."""
         m = self.vt.shape[0]
         v1, v2 = coef[:, :m], coef[:, m:]
-        out = (v1 - v2 @ self.basis.k2) @ self.vt if m else np.zeros((coef.shape[0], self.vt.shape[1]))
-        if v2.shape[1]:
-            out += (v2 @ self.basis.t2) @ self.basis.y
+        if m:
+            out = _small(v1 - v2 @ self.basis.k2, self.vt) @ self.vt
+        else:
+            out = self.vt.new_zeros((coef.shape[0], self.vt.shape[1]))
+        if v2.shape[1] and coef.shape[0]:
+            out.addmm_(_small(v2 @ self.basis.t2, self.vt), self.basis.y)
         return out
 
 
-def _block_update(vt: np.ndarray, s: np.ndarray, x: np.ndarray) -> _BlockUpdate:
+def _block_update(vt: torch.Tensor, s: np.ndarray, x: torch.Tensor) -> _BlockUpdate:
     """SVD of ``[diag(s) vt; x]`` for ``vt`` ``(m, d)`` orthonormal rows, ``s`` ``(m,)``, ``x`` ``(b, d)``.
 
     Brand's update (Brand 2006, Sec. 3; Ross et al. 2008): ``C = x V``, residual ``R = x - C V^T``,
     an orthonormal basis ``Q^T`` of ``R``'s rows orthogonal to ``V`` (:func:`_row_basis`),
-    ``P^T = R Q``, and the SVD of the small core ``K = [[diag(s), 0], [C, P^T]]`` ``(m + b, m + q)``.
-    ``O(d (m + b)^2)`` time, ``O(d (m + b))`` memory.
+    ``P^T = R Q``, and the SVD of the small core ``K = [[diag(s), 0], [C, P^T]]`` ``(m + b, m + q)``
+    (numpy float64 on the CPU). ``O(d (m + b)^2)`` time; allocates ``R`` ``(b, d)`` (freed here) and
+    ``y`` ``(<= b, d)`` on ``x``'s device.
     """
     m, b = vt.shape[0], x.shape[0]
-    c = x @ vt.T  # (b, m)
-    resid = c @ vt
-    np.subtract(x, resid, out=resid)
+    c = _inner(x, vt)  # (b, m)
+    resid = torch.addmm(x, _small(c, x), vt, alpha=-1.0) if m else x.clone()
     basis = _row_basis(resid, vt, scale=max(float(s[0]) if m else 0.0, float(np.linalg.norm(c))))
     q = basis.t2.shape[0]
     pt = basis.coefficients(resid)  # (b, q): resid ~= pt @ Q^T
@@ -209,30 +311,47 @@ def _block_update(vt: np.ndarray, s: np.ndarray, x: np.ndarray) -> _BlockUpdate:
     return _BlockUpdate(uk, sk, vkt, basis, vt)
 
 
+def _cpu(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().cpu().clone()
+
+
 class OnlineSVD(abc.ABC):
     """Streaming truncated SVD of a tall matrix ``A`` ``(n, d)`` whose rows arrive in blocks.
 
     After any number of :meth:`partial_fit` calls, ``A ~= coords @ components_`` where
     ``components_`` ``(k, d)`` has orthonormal rows (the top-``k`` right singular vectors) and
     ``singular_values_`` ``(k,)`` is descending, ``k <= min(rank, n_seen_)`` (module docstring).
-    Implementations hold ``O(d (rank + b))`` floats besides, for Brand, the ``(n_seen, k)`` left
-    factor.
+
+    The ``(., d)`` state lives on ``device`` (``"auto"``: CUDA if visible) in ``dtype`` (``"auto"``:
+    float64 on the CPU, float32 on an accelerator; module docstring, "Precision"); small matrices
+    are numpy float64. Peak memory of one :meth:`partial_fit` with ``m`` kept directions and a
+    block of ``b`` rows, in state-dtype words on the device::
+
+        d * (2 m + 3 b)   [+ d * b if the block arrives in another dtype/device]   + 2 * 2^24 float64
+
+    (old and new ``V^T``, the block, its residual, the first-round basis; the last term the
+    float64 chunks of :func:`_inner`, float32 state only). ``m <= rank + oversample`` for Brand,
+    ``<= sketch_size`` for FD. Brand's left factor adds ``O(n m)`` float64 on the host.
     """
 
-    def __init__(self, rank: int) -> None:
+    method = ""
+
+    def __init__(self, rank: int, *, device: str | torch.device | None = "cpu", dtype: str | None = "auto") -> None:
         if isinstance(rank, bool) or not isinstance(rank, int | np.integer) or rank < 1:
             raise InputError(f"rank must be an integer >= 1, got {rank!r}")
         self.rank = int(rank)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
         self.dim: int | None = None
         self._n_seen = 0
 
     # -- input checking shared by all methods ---------------------------------------------------
 
-    def _check_batch(self, batch: Any, *, fixing_dim: bool) -> np.ndarray:
-        """Validate a ``(b, d)`` block; the first one fitted fixes ``d``."""
-        x = _to_numpy(batch, "batch")
+    def _check_batch(self, batch: Any, *, fixing_dim: bool) -> torch.Tensor:
+        """Validate a ``(b, d)`` block (as a state-dtype tensor on the device); the first one fixes ``d``."""
+        x = _to_tensor(batch, "batch", self.device, self.dtype)
         if x.ndim != 2:
-            raise InputError(f"batch: expected a 2-D (b, d) block of rows, got shape {x.shape}")
+            raise InputError(f"batch: expected a 2-D (b, d) block of rows, got shape {tuple(x.shape)}")
         if self.dim is None:
             if not fixing_dim:
                 raise InputError("no data seen yet: call partial_fit before asking for the SVD")
@@ -241,14 +360,20 @@ class OnlineSVD(abc.ABC):
         elif x.shape[1] != self.dim:
             raise InputError(f"batch: expected {self.dim} columns (gradient dimension), got {x.shape[1]}")
         # A NaN/inf makes its row's sum non-finite: one cheap pass instead of an elementwise mask.
-        with np.errstate(over="ignore", invalid="ignore"):
-            sums_finite = np.isfinite(x.sum(axis=1))
-        if not sums_finite.all():
-            finite = np.isfinite(x).all(axis=1)
-            row = int(np.argmin(finite)) if not finite.all() else int(np.argmin(sums_finite))
-            what = "contains NaN or inf" if not finite[row] else "has values too large for float64 sums"
+        sums_finite = torch.isfinite(x.sum(dim=1))
+        if not bool(sums_finite.all()):
+            finite = torch.isfinite(x).all(dim=1)
+            bad_rows = (~finite).nonzero().flatten()
+            row = int(bad_rows[0]) if bad_rows.numel() else int((~sums_finite).nonzero().flatten()[0])
+            what = (
+                "contains NaN or inf" if not bool(finite[row]) else f"has values too large for {self._dtype_name} sums"
+            )
             raise InputError(f"batch: row {row} of the batch (row {self._n_seen + row} overall) {what}")
         return x
+
+    @property
+    def _dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
 
     def _require_data(self) -> None:
         if self.dim is None:
@@ -257,7 +382,7 @@ class OnlineSVD(abc.ABC):
     # -- public interface ------------------------------------------------------------------------
 
     def partial_fit(self, batch: Any) -> OnlineSVD:
-        """Absorb a block of rows ``batch`` ``(b, d)``; returns ``self``."""
+        """Absorb a block of rows ``batch`` ``(b, d)`` (numpy or torch, any float dtype and device)."""
         x = self._check_batch(batch, fixing_dim=True)
         if self.dim is None:
             self.dim = int(x.shape[1])
@@ -273,12 +398,16 @@ class OnlineSVD(abc.ABC):
         """Number of rows absorbed so far."""
         return self._n_seen
 
-    @property
-    def components_(self) -> np.ndarray:
-        """``(k, d)`` float64, orthonormal rows: the top right singular vectors, ``k <= rank``."""
+    def components_tensor(self) -> torch.Tensor:
+        """``(k, d)`` signed components as a state-dtype tensor on the device (no host copy)."""
         self._require_data()
         vt, _ = self._top()
-        return vt * _sign_flips(vt)[:, None]
+        return vt * _small(_sign_flips(vt)[:, None], vt)
+
+    @property
+    def components_(self) -> np.ndarray:
+        """``(k, d)`` float64 numpy, orthonormal rows: the top right singular vectors, ``k <= rank``."""
+        return self.components_tensor().double().cpu().numpy()
 
     @property
     def singular_values_(self) -> np.ndarray:
@@ -287,10 +416,10 @@ class OnlineSVD(abc.ABC):
         return self._top()[1].copy()
 
     def transform(self, batch: Any) -> np.ndarray:
-        """Coordinates ``batch @ components_.T`` ``(b, k)`` of a ``(b, d)`` block of rows."""
+        """Coordinates ``batch @ components_.T`` ``(b, k)`` float64 numpy of a ``(b, d)`` block of rows."""
         self._require_data()
         x = self._check_batch(batch, fixing_dim=False)
-        return x @ self.components_.T
+        return _inner(x, self.components_tensor())
 
     def seen_coordinates(self) -> np.ndarray | None:
         """``(n_seen, k)`` coordinates of every seen row (arrival order) in the final basis, or ``None``.
@@ -301,19 +430,63 @@ class OnlineSVD(abc.ABC):
         self._require_data()
         return None
 
+    # -- checkpointing -----------------------------------------------------------------------------
+
+    def _options(self) -> dict[str, int]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The full state as CPU tensors and plain Python values (``torch.save``-able, loadable with
+        ``weights_only=True``): method, rank, options, dtype, ``d``, rows seen, ``V^T``, ``s`` and the
+        method's extras (Brand: the lazy left factor; FD: the shrinkage)."""
+        state: dict[str, Any] = {
+            "method": self.method,
+            "rank": self.rank,
+            "options": self._options(),
+            "dtype": self._dtype_name,
+            "dim": self.dim,
+            "n_seen": self._n_seen,
+        }
+        if self.dim is not None:
+            state["vt"] = _cpu(self._vt)
+            state["s"] = torch.from_numpy(self._s.copy())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> OnlineSVD:
+        """Restore :meth:`state_dict` (moved to this instance's device); a state of another method,
+        rank, options or dtype is an :class:`InputError`. Returns ``self``."""
+        mine = {"method": self.method, "rank": self.rank, "options": self._options(), "dtype": self._dtype_name}
+        theirs = {k: state.get(k) for k in mine}
+        if theirs != mine:
+            raise InputError(f"online SVD state is for {theirs}, not {mine}")
+        self.dim = None if state["dim"] is None else int(state["dim"])
+        self._n_seen = int(state["n_seen"])
+        if self.dim is not None:
+            self._init_state(self.dim)
+            self._vt = state["vt"].to(device=self.device, dtype=self.dtype)
+            self._s = state["s"].double().numpy().copy()
+            self._load_extras(state)
+        return self
+
+    @abc.abstractmethod
+    def _load_extras(self, state: dict[str, Any]) -> None:
+        """Restore the method's own part of :meth:`state_dict`."""
+
     # -- implementation hooks --------------------------------------------------------------------
 
-    @abc.abstractmethod
     def _init_state(self, dim: int) -> None:
         """Allocate the empty state for gradient dimension ``dim``."""
+        self._vt = torch.zeros((0, dim), dtype=self.dtype, device=self.device)
+        self._s = np.zeros(0)
 
     @abc.abstractmethod
-    def _update(self, x: np.ndarray) -> None:
-        """Absorb a validated non-empty float64 block ``x`` ``(b, d)``."""
+    def _update(self, x: torch.Tensor) -> None:
+        """Absorb a validated non-empty state-dtype block ``x`` ``(b, d)`` on the device."""
 
-    @abc.abstractmethod
-    def _top(self) -> tuple[np.ndarray, np.ndarray]:
-        """Unsigned ``(components (k, d), singular values (k,))`` of the current estimate."""
+    def _top(self) -> tuple[torch.Tensor, np.ndarray]:
+        """Unsigned ``(components (k, d) tensor, singular values (k,) numpy)`` of the current estimate."""
+        k = min(self.rank, self._s.shape[0])
+        return self._vt[:k], self._s[:k]
 
 
 class BrandSVD(OnlineSVD):
@@ -334,10 +507,10 @@ class BrandSVD(OnlineSVD):
        with ``m' = min(rank + oversample, numerical rank)``. ``Q`` is kept factored and folded
        into this product, so each block streams ``d``-long data about fifteen times.
 
-    Cost per block ``O(d (m + b)^2)`` time and ``O(d (m + b))`` memory. The left factor is kept
-    lazily as per-block rows plus the small ``(m, m')`` rotations ``U_K[:m, :m']`` (Brand 2006,
-    Sec. 4), multiplied out only when the rotations would outgrow ``U`` itself, so tracking it
-    costs ``O(n m)`` memory and amortised ``O(m^2)`` per row.
+    Cost per block ``O(d (m + b)^2)`` time, peak memory in :class:`OnlineSVD`. The left factor is
+    kept lazily (numpy float64, host) as per-block rows plus the small ``(m, m')`` rotations
+    ``U_K[:m, :m']`` (Brand 2006, Sec. 4), multiplied out only when the rotations would outgrow
+    ``U`` itself, so tracking it costs ``O(n m)`` memory and amortised ``O(m^2)`` per row.
 
     ``oversample`` keeps that many extra directions internally (only the top ``rank`` are
     reported), which reduces the error from truncating before all data are seen; ``0`` is plain
@@ -345,26 +518,48 @@ class BrandSVD(OnlineSVD):
     depend on the block size.
     """
 
-    def __init__(self, rank: int, *, oversample: int = 0) -> None:
-        super().__init__(rank)
+    method = "brand"
+
+    def __init__(
+        self, rank: int, *, oversample: int = 0, device: str | torch.device | None = "cpu", dtype: str | None = "auto"
+    ) -> None:
+        super().__init__(rank, device=device, dtype=dtype)
         if isinstance(oversample, bool) or not isinstance(oversample, int | np.integer) or oversample < 0:
             raise InputError(f"oversample must be an integer >= 0, got {oversample!r}")
         self.oversample = int(oversample)
 
+    def _options(self) -> dict[str, int]:
+        return {"oversample": self.oversample}
+
     def _init_state(self, dim: int) -> None:
-        self._vt = np.zeros((0, dim))
-        self._s = np.zeros(0)
+        super()._init_state(dim)
         # Left factor, lazily: U = stack_j(rows_j @ W[pos_j] @ W[pos_j + 1] @ ... @ W[-1]).
         self._u_blocks: list[tuple[np.ndarray, int]] = []
         self._w: list[np.ndarray] = []
         self._w_floats = 0
         self._u_floats = 0
 
-    def _update(self, x: np.ndarray) -> None:
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.dim is not None:
+            state["u_rows"] = [torch.from_numpy(rows.copy()) for rows, _ in self._u_blocks]
+            state["u_pos"] = [pos for _, pos in self._u_blocks]
+            state["w"] = [torch.from_numpy(w.copy()) for w in self._w]
+        return state
+
+    def _load_extras(self, state: dict[str, Any]) -> None:
+        self._u_blocks = [
+            (r.double().numpy().copy(), int(p)) for r, p in zip(state["u_rows"], state["u_pos"], strict=True)
+        ]
+        self._w = [w.double().numpy().copy() for w in state["w"]]
+        self._u_floats = sum(r.size for r, _ in self._u_blocks)
+        self._w_floats = sum(w.size for w in self._w)
+
+    def _update(self, x: torch.Tensor) -> None:
         m = self._s.shape[0]
         upd = _block_update(self._vt, self._s, x)
         sk = upd.sk
-        tol = _tolerance(float(sk[0]) if sk.size else 0.0, x.shape[1], m + x.shape[0])
+        tol = _state_tolerance(float(sk[0]) if sk.size else 0.0, self.dtype, x.shape[1], m + x.shape[0])
         new_m = min(self.rank + self.oversample, int(np.count_nonzero(sk > tol)))
         self._vt = upd.right(upd.vkt[:new_m])
         self._s = sk[:new_m].copy()
@@ -392,10 +587,6 @@ class BrandSVD(OnlineSVD):
         n_w = len(self._w)
         parts = [rows @ suffix[n_w - pos] for rows, pos in self._u_blocks]
         return np.concatenate(parts, axis=0) if parts else np.zeros((0, m))
-
-    def _top(self) -> tuple[np.ndarray, np.ndarray]:
-        k = min(self.rank, self._s.shape[0])
-        return self._vt[:k], self._s[:k]
 
     def seen_coordinates(self) -> np.ndarray:
         """``(n_seen, k)`` coordinates ``U diag(s)`` of the seen rows, arrival order, no second pass.
@@ -426,24 +617,37 @@ class FrequentDirections(OnlineSVD):
     ``||A^T A - B^T B||_2``.
 
     Components are the top right singular vectors of ``B``; ``singular_values_`` are ``B``'s,
-    which underestimate ``A``'s (``s_B^2 >= s_A^2 - shrinkage_``). Memory ``O(d (ell + b))``,
-    time ``O(d (ell + b)^2)`` per block. Row coordinates are not tracked.
+    which underestimate ``A``'s (``s_B^2 >= s_A^2 - shrinkage_``). Time ``O(d (ell + b)^2)`` per
+    block, peak memory in :class:`OnlineSVD` with ``m = ell``. Row coordinates are not tracked.
     """
 
-    def __init__(self, rank: int, *, sketch_size: int | None = None) -> None:
-        super().__init__(rank)
+    method = "frequent_directions"
+
+    def __init__(
+        self,
+        rank: int,
+        *,
+        sketch_size: int | None = None,
+        device: str | torch.device | None = "cpu",
+        dtype: str | None = "auto",
+    ) -> None:
+        super().__init__(rank, device=device, dtype=dtype)
         ell = 2 * self.rank if sketch_size is None else sketch_size
         if isinstance(ell, bool) or not isinstance(ell, int | np.integer) or ell <= self.rank:
             raise InputError(f"sketch_size must be an integer > rank ({self.rank}), got {sketch_size!r}")
         self.sketch_size = int(ell)
         self.shrinkage_ = 0.0
 
-    def _init_state(self, dim: int) -> None:
-        # The sketch is kept diagonalised, B = diag(s) V^T, so each block is one Brand-style update.
-        self._vt = np.zeros((0, dim))
-        self._s = np.zeros(0)
+    def _options(self) -> dict[str, int]:
+        return {"sketch_size": self.sketch_size}
 
-    def _update(self, x: np.ndarray) -> None:
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "shrinkage": self.shrinkage_}
+
+    def _load_extras(self, state: dict[str, Any]) -> None:
+        self.shrinkage_ = float(state["shrinkage"])
+
+    def _update(self, x: torch.Tensor) -> None:
         ell = self.sketch_size
         upd = _block_update(self._vt, self._s, x)  # SVD of [B; X] without stacking it
         sig = upd.sk
@@ -451,25 +655,26 @@ class FrequentDirections(OnlineSVD):
             delta = float(sig[ell - 1]) ** 2
             self.shrinkage_ += delta
             sig = np.sqrt(np.maximum(sig[: ell - 1] ** 2 - delta, 0.0))
-        tol = _tolerance(float(sig[0]) if sig.size else 0.0, x.shape[1], self._s.shape[0] + x.shape[0])
+        tol = _state_tolerance(
+            float(sig[0]) if sig.size else 0.0, self.dtype, x.shape[1], self._s.shape[0] + x.shape[0]
+        )
         keep = int(np.count_nonzero(sig > tol))
         self._vt = upd.right(upd.vkt[:keep])
         self._s = sig[:keep].copy()
 
     @property
     def sketch_(self) -> np.ndarray:
-        """The sketch ``B = diag(s) V^T`` ``(<= ell, d)`` float64: ``B^T B`` approximates ``A^T A``."""
+        """The sketch ``B = diag(s) V^T`` ``(<= ell, d)`` float64 numpy: ``B^T B`` approximates ``A^T A``."""
         self._require_data()
-        return self._s[:, None] * self._vt
-
-    def _top(self) -> tuple[np.ndarray, np.ndarray]:
-        k = min(self.rank, self._s.shape[0])
-        return self._vt[:k], self._s[:k]
+        return self._s[:, None] * self._vt.double().cpu().numpy()
 
 
-def make_online_svd(method: str, rank: int, **options: Any) -> OnlineSVD:
+def make_online_svd(
+    method: str, rank: int, *, device: str | torch.device | None = "cpu", dtype: str | None = "auto", **options: Any
+) -> OnlineSVD:
     """An :class:`OnlineSVD` by name: ``"brand"`` (options: ``oversample``) or
-    ``"frequent_directions"`` (options: ``sketch_size``, default ``2 * rank``).
+    ``"frequent_directions"`` (options: ``sketch_size``, default ``2 * rank``), its state on
+    ``device`` (``"auto"``: CUDA if visible) in ``dtype`` (``"auto"``, ``"float32"``, ``"float64"``).
 
     An unknown method or option is an :class:`~gs.io.InputError`.
     """
@@ -477,7 +682,7 @@ def make_online_svd(method: str, rank: int, **options: Any) -> OnlineSVD:
     if method not in classes:
         raise InputError(f"unknown online SVD method {method!r}; expected one of {', '.join(METHODS)}")
     try:
-        return classes[method](rank, **options)
+        return classes[method](rank, device=device, dtype=dtype, **options)
     except TypeError as e:
         raise InputError(f"online SVD {method!r}: bad option ({e})") from None
 

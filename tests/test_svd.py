@@ -270,3 +270,80 @@ def test_errors():
         principal_angles(np.eye(2, 4), np.eye(2, 5))
     with pytest.raises(InputError, match="unknown exact SVD method"):
         exact_top_svd(np.eye(3), 2, method="qr")
+
+
+@pytest.mark.parametrize("method", ["brand", "frequent_directions"])
+def test_float32_state_accuracy(method):
+    """float32 state (the accelerator default) against numpy's exact float64 SVD of the same rows."""
+    exact32 = low_rank(seed=1).astype(np.float32)  # rank 5 plus float32 rounding
+    noisy32 = low_rank(noise=0.05, seed=1).astype(np.float32)
+    s_ex, v_ex = exact_top_svd(exact32.astype(np.float64), TRUE_RANK)
+    svd = stream(method, exact32, 8, batch=1, dtype="float32")  # 300 updates: rounding accumulates
+    assert svd.dtype == torch.float32 and svd._vt.dtype == torch.float32
+    # Rounding-level directions (measured <= ~3e-7 of the scale) are dropped, not reported.
+    assert svd.components_.shape == (TRUE_RANK, D)
+    assert np.degrees(principal_angles(svd.components_, v_ex)).max() < 1e-3
+    assert relative_singular_value_error(svd.singular_values_, s_ex) < 1e-6
+    # Orthonormality drifts with the number of float32 updates (measured 1.3e-6 after 300).
+    assert np.abs(svd.components_ @ svd.components_.T - np.eye(TRUE_RANK)).max() < 5e-6
+    s_ex, v_ex = exact_top_svd(noisy32.astype(np.float64), 8)
+    f32 = stream(method, noisy32, 8, dtype="float32")
+    f64 = stream(method, noisy32, 8, dtype="float64")
+    # float32 state changes the answer by far less than the streaming method's own error.
+    assert np.degrees(principal_angles(f32.components_[:TRUE_RANK], f64.components_[:TRUE_RANK])).max() < 1e-3
+    assert relative_singular_value_error(f32.singular_values_, f64.singular_values_) < 1e-6
+    if method == "brand":
+        assert np.degrees(principal_angles(f32.components_[:TRUE_RANK], v_ex[:TRUE_RANK])).max() < 1e-2
+        ref = noisy32.astype(np.float64) @ f64.components_.T
+        assert np.abs(f32.seen_coordinates() - ref).max() < 1e-3 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("method", ["brand", "frequent_directions"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_state_dict_resumes_bit_for_bit(noisy_data, method, dtype, tmp_path):
+    """Checkpoint after 10 blocks, restore into a fresh instance through a file, continue: identical."""
+    whole = stream(method, noisy_data, 6, batch=16, dtype=dtype)
+    first = stream(method, noisy_data[:160], 6, batch=16, dtype=dtype)
+    torch.save(first.state_dict(), tmp_path / "svd.pt")
+    resumed = make_online_svd(method, 6, dtype=dtype)
+    resumed.load_state_dict(torch.load(tmp_path / "svd.pt", weights_only=True))
+    assert resumed.n_seen_ == 160
+    for i in range(160, N, 16):
+        resumed.partial_fit(noisy_data[i : i + 16])
+    assert np.array_equal(resumed.components_, whole.components_)
+    assert np.array_equal(resumed.singular_values_, whole.singular_values_)
+    if method == "brand":
+        assert np.array_equal(resumed.seen_coordinates(), whole.seen_coordinates())
+    else:
+        assert resumed.shrinkage_ == whole.shrinkage_ > 0
+    # A state of another configuration is refused.
+    with pytest.raises(InputError, match="online SVD state is for"):
+        make_online_svd(method, 7, dtype=dtype).load_state_dict(first.state_dict())
+    other = "float32" if dtype == "float64" else "float64"
+    with pytest.raises(InputError, match="online SVD state is for"):
+        make_online_svd(method, 6, dtype=other).load_state_dict(first.state_dict())
+
+
+def test_device_and_dtype_resolution():
+    assert make_online_svd("brand", 2).dtype == torch.float64  # cpu default: float64
+    assert make_online_svd("brand", 2, device="cpu", dtype="float32").dtype == torch.float32
+    with pytest.raises(InputError, match="dtype must be"):
+        make_online_svd("brand", 2, dtype="float16")
+    with pytest.raises(InputError, match="unknown SVD device"):
+        make_online_svd("brand", 2, device="nowhere")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["brand", "frequent_directions"])
+def test_cuda_state_matches_exact_svd(noisy_data, method):
+    """On CUDA (default float32 state, and float64) against numpy's exact SVD on the CPU."""
+    s_ex, v_ex = exact_top_svd(noisy_data, TRUE_RANK)
+    for dtype, tol_deg in (("auto", 1e-2), ("float64", 1e-2)):
+        svd = stream(method, torch.from_numpy(noisy_data).float().cuda(), 8, dtype=dtype, device="cuda")
+        assert svd._vt.is_cuda
+        assert svd.dtype == (torch.float32 if dtype == "auto" else torch.float64)
+        assert np.degrees(principal_angles(svd.components_[:TRUE_RANK], v_ex)).max() < tol_deg
+        if method == "brand":
+            assert relative_singular_value_error(svd.singular_values_[:TRUE_RANK], s_ex) < 1e-5
+            cpu = stream(method, noisy_data.astype(np.float32), 8, dtype="float64")
+            np.testing.assert_allclose(svd.seen_coordinates(), cpu.seen_coordinates(), atol=1e-3)
