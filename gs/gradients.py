@@ -15,6 +15,11 @@ in a causal LM's forward pass (right padding, causal mask), ``g_i`` is exactly t
 sample ``i``'s own loss. peft multiplies the ``lora_B`` output by ``scaling`` *after* the layer, so
 the gradient w.r.t. that output already carries the scaling; nothing is rescaled here.
 
+Precision: in a bfloat16/float16 model the backward pass runs in that dtype, but each hook casts
+the layer input ``a`` and output gradient ``g`` to float32 before the per-sample outer product
+``sum_t g_t^T a_t`` and accumulates into a float32 ``(b, d)`` buffer, so no sum over tokens or
+layers is rounded to 8 mantissa bits (``tests/test_gradients.py::test_bfloat16_model_gives_float32_gradients``).
+
 The batched result is checked against :func:`per_sample_lora_gradients_loop` (one forward and
 backward per sample) in ``tests/test_gradients.py``; ``benchmarks/per_sample_grads.py`` times both.
 """
@@ -311,14 +316,16 @@ def iter_gradients(
     max_length: int,
     loss_on: LossOn = "response",
     progress: bool = True,
+    on_device: bool = False,
 ) -> Iterator[tuple[list[str], torch.Tensor]]:
     """Per-sample gradients of ``records``, batch by batch, in input order.
 
     Each record is encoded with :func:`gs.prompting.encode_example` (``max_length``, ``loss_on``);
     consecutive ``batch_size`` records form a batch (no sorting, so the yielded order is the input
     order). Yields ``(ids, grads)``: the batch's record ids (as ``str``) and its (b, d) float32
-    gradients on the CPU. A tqdm bar (desc ``"per-sample gradients"``, counting samples) is shown
-    unless ``progress=False``.
+    gradients, on the CPU or (``on_device=True``) left on the model's device, so a consumer there
+    (the online SVD on the GPU) needs no round trip. A tqdm bar (desc ``"per-sample gradients"``,
+    counting samples) is shown unless ``progress=False``.
 
     Raises:
         InputError: bad ``batch_size``, a record without tokens to take the loss on, or a sample
@@ -341,5 +348,5 @@ def iter_gradients(
             except SampleGradientError as e:
                 named = ", ".join(repr(ids[p]) for p in e.positions)
                 raise InputError(f"{e} (record id(s) {named})") from None
-            yield ids, grads.cpu()
+            yield ids, grads if on_device else grads.cpu()
             bar.update(len(chunk))

@@ -244,3 +244,38 @@ def test_batched_matches_loop_on_cuda(lora_model, tokenizer):
     grads = per_sample_lora_gradients(model, batch)
     assert grads.device.type == "cuda"
     assert rel_err(grads, per_sample_lora_gradients_loop(model, batch)).max() < 1e-4
+
+
+def test_bfloat16_model_gives_float32_gradients(lora_model, tokenizer):
+    """A bfloat16 model: outer products and sums in float32, close to the float32 model's gradients."""
+    import copy
+
+    batch = make_batch(tokenizer)
+    ref = per_sample_lora_gradients_loop(lora_model, batch)  # float32 model, plain autograd
+    half = copy.deepcopy(lora_model).to(torch.bfloat16)
+    grads = per_sample_lora_gradients(half, batch)
+    assert grads.dtype == torch.float32
+    # bfloat16 activations (8 mantissa bits) bound the agreement, not the accumulation.
+    assert rel_err(grads, ref).max() < 0.05
+    # Accumulated in float32: most entries are not bfloat16 numbers (a bfloat16 sum would be).
+    assert (grads != grads.bfloat16().float()).float().mean() > 0.5
+    assert grads.device == next(half.parameters()).device
+
+
+def test_iter_gradients_on_device(lora_model, tokenizer):
+    out = list(
+        iter_gradients(
+            lora_model, tokenizer, RECORDS, batch_size=2, max_length=MAX_LENGTH, progress=False, on_device=True
+        )
+    )
+    device = next(lora_model.parameters()).device
+    assert all(g.device == device for _, g in out)
+    ref = torch.cat(
+        [
+            g
+            for _, g in iter_gradients(
+                lora_model, tokenizer, RECORDS, batch_size=2, max_length=MAX_LENGTH, progress=False
+            )
+        ]
+    )
+    assert torch.equal(torch.cat([g.cpu() for _, g in out]), ref)
