@@ -23,6 +23,7 @@ import importlib.util
 import json
 import random
 import re
+import string
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -320,6 +321,30 @@ def _format(template: str, row: dict[str, Any], field: str, where: str) -> str:
         raise InputError(f"{where}: field {field!r}: template {template!r} is not a format string ({e})") from None
 
 
+def _check_columns(columns: list[str], options: dict[str, Any], where: str) -> None:
+    """Every column the ``hf`` options name exists, checked once before any row is read."""
+    for field, template in options["templates"].items():
+        if field not in ("instruction", "input", "output"):
+            raise InputError(f"{where}: templates has unknown field {field!r}; expected instruction, input, output")
+        try:
+            names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        except ValueError as e:
+            raise InputError(f"{where}: field {field!r}: template {template!r} is not a format string ({e})") from None
+        for col in names:
+            col = re.split(r"[.\[!:]", col, maxsplit=1)[0]
+            if col not in columns:
+                raise InputError(
+                    f"{where}: field {field!r}: template {template!r} names no column {col!r} "
+                    f"(columns: {', '.join(columns)})"
+                )
+    named = [("meta_columns", c) for c in options.get("meta_columns", [])]
+    if options.get("answer"):
+        named.append(("answer", options["answer"].get("column")))
+    for what, col in named:
+        if col not in columns:
+            raise InputError(f"{where}: {what} names no column {col!r} (columns: {', '.join(columns)})")
+
+
 def _column(row: dict[str, Any], column: str, where: str, what: str) -> Any:
     if column not in row:
         raise InputError(f"{where}: {what} names no column {column!r} (columns: {', '.join(row)})")
@@ -351,6 +376,7 @@ def hf(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
     templates = options["templates"]
     rule = options.get("answer")
     ds = _load_hf(path, name, split)
+    _check_columns(list(ds.column_names), options, f"hf dataset {path!r} split {split!r}")
     items = []
     for i, row in enumerate(tqdm(ds, desc=f"hf {path} {split}", mininterval=10)):
         row = dict(row)
