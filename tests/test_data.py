@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,15 +71,66 @@ def test_splits_are_disjoint_deterministic_and_well_formed(domain):
     assert all(meta_key in r["meta"] for r in a["test"])
 
 
+def _numbers(text: str) -> list[float]:
+    """The numbers of a question in order ("$1,250.00" -> 1250.0, "7.5%" -> 7.5)."""
+    return [float(x.replace(",", "")) for x in re.findall(r"\d[\d,]*(?:\.\d+)?", text)]
+
+
+def _finance_answer(template: str, question: str) -> float:
+    """Each template's answer recomputed from the numbers in its question with the textbook formula."""
+    x = _numbers(question)
+    if template == "simple_interest":  # P r t / 100
+        return x[0] * x[1] * x[2] / 100
+    if template == "compound_interest":  # P (1 + r/n)^(n t)
+        n = {"annually": 1, "quarterly": 4, "monthly": 12}[re.search(r"compounded (\w+)", question).group(1)]
+        return x[0] * (1 + x[1] / 100 / n) ** (n * x[2])
+    if template == "loan_payment":  # P i / (1 - (1 + i)^-n), i monthly, n months; numbers: P, years, rate
+        p, years, rate = x
+        i, n = rate / 1200, years * 12
+        return p * i / (1 - (1 + i) ** -n)
+    if template == "annuity_future_value":  # d ((1 + i)^n - 1) / i; numbers: d, rate, years
+        d, rate, years = x
+        i, n = rate / 1200, years * 12
+        return d * ((1 + i) ** n - 1) / i
+    if template == "profit_percent":  # (sell - cost) / cost x 100
+        cost, sell = x
+        return (sell - cost) / cost * 100
+    if template == "price_change":  # price (1 + up) (1 - down)
+        price, up, down = x
+        return price * (1 + up / 100) * (1 - down / 100)
+    if template == "discount":  # price (1 - discount) (1 + tax)
+        price, off, tax = x
+        return price * (1 - off / 100) * (1 + tax / 100)
+    if template == "break_even":  # ceil(fixed / (price - variable))
+        fixed, variable, price = x
+        return math.ceil(fixed / (price - variable))
+    if template == "dividend_yield":  # 4 q / price x 100
+        price, quarterly = x
+        return 4 * quarterly / price * 100
+    raise AssertionError(f"no formula for template {template!r}")
+
+
+FINANCE_TEMPLATES = {
+    "simple_interest",
+    "compound_interest",
+    "loan_payment",
+    "annuity_future_value",
+    "profit_percent",
+    "price_change",
+    "discount",
+    "break_even",
+    "dividend_yield",
+}
+
+
 def test_finance_answers_are_computed_not_typed():
     from gs.finance import generate
 
-    items = generate(50, seed=3)
+    items = generate(200, seed=3)
+    assert {p["template"] for p in items} == FINANCE_TEMPLATES, "every template appears"
     for p in items:
-        if p["template"] == "simple_interest":
-            nums = [float(x.replace(",", "")) for x in __import__("re").findall(r"\d[\d,]*(?:\.\d+)?", p["question"])]
-            principal, rate, years = nums[0], nums[1], nums[2]
-            assert float(p["answer"]) == pytest.approx(principal * rate * years / 100, abs=0.005)
+        expected = _finance_answer(p["template"], p["question"])
+        assert float(p["answer"]) == pytest.approx(expected, abs=0.0051), (p["template"], p["question"])
         assert p["solution"].endswith(f"#### {p['answer']}")
 
 
@@ -162,8 +215,8 @@ def _validate(cfg: dict) -> None:
 def test_schema_accepts_shipped_configs():
     for name in ("config.yaml", "paper.yaml", "test.yaml"):
         path = ROOT / "config" / name
-        if path.exists():
-            _validate(yaml.safe_load(path.read_text()))
+        assert path.is_file(), f"config/{name} is missing"
+        _validate(yaml.safe_load(path.read_text()))
 
 
 @pytest.mark.parametrize(
