@@ -1,16 +1,20 @@
 """Evaluation through lm-eval: the gs_* task YAMLs, their ``!function`` hooks, and the ``gs-routed`` model.
 
 The end-to-end tests run ``lm_eval.simple_evaluate`` on the tiny random model with 2 examples per
-domain and 8 new tokens, so their scores are near 0; what they check is that every task runs
-offline and reports its metrics in [0, 1]. Known-correct and wrong completions go through each
-task's ``process_results`` as lm-eval loads it from the YAML.
+domain and 8 new tokens, so their scores are near 0; they check that every response is RoutedLM's
+own completion of its prompt and every metric the mean of its per-sample results. Known right and
+wrong completions go through each task's ``process_results`` as lm-eval loads it from the YAML, and
+through the whole of ``simple_evaluate`` (metrics of 1/2, 3/4...). Writing fluency and the rolling
+windows of :func:`gs.evaluation.passage_nll` are recomputed with plain transformers forwards.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gs.io import InputError, write_jsonl
@@ -194,15 +198,30 @@ def test_writing_hook_checks_the_endings(task_manager):
 # ---------------------------------------------------------------------------------------------------
 
 
+def _cut(text: str, stops: list[str]) -> str:
+    """The text before the first of ``stops`` (written here, not taken from gs.evaluation)."""
+    cuts = [text.find(s) for s in stops if s and s in text]
+    return text[: min(cuts)] if cuts else text
+
+
+GENERATION_METRICS = {
+    "gs_math": ["exact_match"],
+    "gs_code": ["pass@1"],
+    "gs_finance": ["exact_match_1pct"],
+    "gs_writing": ["constraint", "ending_match"],
+}
+
+
 def test_simple_evaluate_base_mode_on_tiny_model(task_manager, tiny_model_dir):
     import lm_eval
 
     import gs.evaluation  # noqa: F401 - registers gs-routed
+    from gs.inference import RoutedLM
 
     results = lm_eval.simple_evaluate(
         model="gs-routed",
         model_args={"model_dir": str(tiny_model_dir), "mode": "base", "device": "cpu"},
-        tasks=["gs_math", "gs_code", "gs_finance", "gs_writing"],
+        tasks=list(GENERATION_METRICS),
         task_manager=task_manager,
         limit=2,
         log_samples=True,
@@ -211,51 +230,202 @@ def test_simple_evaluate_base_mode_on_tiny_model(task_manager, tiny_model_dir):
         numpy_random_seed=0,
         torch_random_seed=0,
     )
-    expected = {
-        "gs_math": ["exact_match"],
-        "gs_code": ["pass@1"],
-        "gs_finance": ["exact_match_1pct"],
-        "gs_writing": ["constraint", "ending_match"],
-    }
-    for task, metrics in expected.items():
+    reference = RoutedLM(tiny_model_dir, mode="base", device="cpu")
+    for task, metrics in GENERATION_METRICS.items():
+        samples = sorted(results["samples"][task], key=lambda s: s["doc_id"])
+        assert [s["doc_id"] for s in samples] == [0, 1]
         for metric in metrics:
+            # lm-eval's aggregate is the mean of the per-sample results it logged.
             value = results["results"][task][f"{metric},none"]
-            assert 0.0 <= value <= 1.0, (task, metric, value)
-        samples = results["samples"][task]
-        assert len(samples) == 2
-        # The model saw the bare user message (RoutedLM applies the chat template itself).
-        assert samples[0]["arguments"][0][0] == user_message(samples[0]["doc"])
-        assert all(isinstance(s["filtered_resps"][0], str) for s in samples)
+            assert value == pytest.approx(float(np.mean([s[metric] for s in samples])), abs=1e-12), (task, metric)
+        for s in samples:
+            prompt, gen_kwargs = s["arguments"][0]
+            # The model saw the bare user message (RoutedLM applies the chat template itself).
+            assert prompt == user_message(s["doc"])
+            assert gen_kwargs["max_gen_toks"] == 8
+            # Each response is RoutedLM's greedy completion of that prompt alone, cut at the task's stops.
+            (alone,) = reference.generate([prompt], max_new_tokens=8, stop=gen_kwargs["until"], batch_size=1)
+            assert s["filtered_resps"][0] == _cut(alone, gen_kwargs["until"]), (task, s["doc_id"])
 
 
-def test_cli_writes_the_report(data_dir, tiny_model_dir, tmp_path, offline):
+class _KnownAnswers:
+    """Stand-in RoutedLM that answers each prompt with a completion fixed in advance."""
+
+    answers: dict[str, str] = {}
+
+    def __init__(self, model_dir, **kwargs):
+        self.last_routing: list[dict] = []
+        self.last_timing: dict = {}
+        self.tokenizer = None
+
+    def generate(self, prompts, *, max_new_tokens, stop=None, domains=None, batch_size=8):
+        self.last_routing = [{"experts": [], "weights": []} for _ in prompts]
+        return [type(self).answers[p] for p in prompts]
+
+
+def test_simple_evaluate_aggregates_the_hooks_scores(task_manager, monkeypatch):
+    """Known right and wrong completions through lm-eval: each task's metric is the mean over its docs."""
+    import lm_eval
+
+    import gs.inference
+    from gs.evaluation import GSRoutedLM
+
+    records = _records()
+    code_right = "```python\n" + CODE_PROMPT + "    return a + b\n```"
+    three_endings = "\n\n".join(f"Words. {s}" for s in [*ENDINGS[::-1][:3], "Something else entirely."])
+    completions = {
+        "math": ["#### 42", "#### 10"],  # gold 42, 9
+        "finance": ["#### 1.00", "#### 100.5"],  # gold 1.00; 100.00 within 1%
+        "code": [code_right, "    return x\n"],  # passes; returns +x
+        "writing": ["\n\n".join(f"Opening. {s}" for s in ENDINGS), three_endings],  # 4/4 endings, then 3/4
+    }
+    expected = {
+        "gs_math": {"exact_match": (1 + 0) / 2},
+        "gs_finance": {"exact_match_1pct": (1 + 1) / 2},
+        "gs_code": {"pass@1": (1 + 0) / 2},
+        "gs_writing": {"constraint": (1 + 0) / 2, "ending_match": (1 + 0.75) / 2},
+    }
+    _KnownAnswers.answers = {
+        user_message(r): c for d, rows in records.items() for r, c in zip(rows, completions[d], strict=True)
+    }
+    monkeypatch.setattr(gs.inference, "RoutedLM", _KnownAnswers)
+    results = lm_eval.simple_evaluate(
+        model=GSRoutedLM(model_dir="unused", mode="base"),
+        tasks=list(GENERATION_METRICS),
+        task_manager=task_manager,
+        log_samples=True,
+        confirm_run_unsafe_code=True,
+        random_seed=0,
+    )
+    for task, metrics in expected.items():
+        for metric, value in metrics.items():
+            assert results["results"][task][f"{metric},none"] == pytest.approx(value, abs=1e-12), (task, metric)
+
+
+def _plain_nll(model_dir: Path, text: str) -> tuple[float, int]:
+    """NLL (nats) of ``text`` after the BOS token and its token count, from a plain transformers forward."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    inputs = torch.tensor([[prefix, *ids]])
+    labels = torch.tensor([[-100, *ids]])
+    with torch.no_grad():
+        loss = model(input_ids=inputs, labels=labels).loss  # mean NLL over the len(ids) predicted tokens
+    return float(loss) * len(ids), len(ids)
+
+
+@pytest.fixture(scope="module")
+def wordy_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model with the (tied) embeddings of whitespace-only tokens zeroed.
+
+    The random tiny model answers the writing prompt with blank lines, an empty passage once
+    stripped, whose perplexity is never computed; without those tokens it writes words.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    blank = [i for i in range(len(tok)) if not tok.decode([i]).strip()]
+    with torch.no_grad():
+        model.get_input_embeddings().weight[blank] = 0.0
+    out = tmp_path_factory.mktemp("wordy_model")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_cli_writes_the_report(data_dir, wordy_model_dir, tmp_path, offline):
     from gs.evaluation import main
 
     out = tmp_path / "eval" / "base.json"
-    system = {"name": "base", "mode": "base", "model_dir": str(tiny_model_dir), "device": "cpu"}
+    system = {"name": "base", "mode": "base", "model_dir": str(wordy_model_dir), "device": "cpu"}
     params = {"max_gen_toks": {"gs_writing": 12, "math": 4, "code": 8, "finance": 8}, "batch_size": 2}
     argv = ["--system", json.dumps(system), "--data-dir", str(data_dir), "--tasks", "gs_all", "--limit", "1"]
     main([*argv, "--params", json.dumps(params), "--seed", "3", "--out", str(out)])
     report = json.loads(out.read_text())
     assert report["seed"] == 3 and report["limit"] == 1
     assert set(report["tasks"]) == {"gs_math", "gs_code", "gs_finance", "gs_writing"}
+    # The metric each domain is ranked by (the paper's: exact match, pass@1, 1% tolerance, the constraint).
+    assert {t: p["metric"] for t, p in report["primary"].items()} == {
+        "gs_math": "exact_match",
+        "gs_code": "pass@1",
+        "gs_finance": "exact_match_1pct",
+        "gs_writing": "constraint",
+    }
     for task, entry in report["tasks"].items():
         assert entry["n_examples"] == 1
         primary = report["primary"][task]
-        assert entry["metrics"][primary["metric"]] == primary["value"]
-        assert 0.0 <= primary["value"] <= 1.0
-        assert entry["metric_info"][primary["metric"]]["higher_is_better"] is True
         (sample,) = entry["samples"]
+        # The reported value is lm-eval's mean of the per-sample scores, here of the one sample.
+        assert primary["value"] == sample["scores"][primary["metric"]]
+        assert primary["value"] in (0.0, 1.0)
+        assert entry["metric_info"][primary["metric"]]["higher_is_better"] is True
         assert set(sample) >= {"prompt", "completion", "scores", "routing"}
+        assert sample["prompt"] == user_message(_records()[entry["domain"]][0])
         assert sample["routing"] == {"experts": [], "weights": []}  # base mode: no expert
     assert report["tasks"]["gs_math"]["generation_kwargs"]["max_gen_toks"] == 4
     writing = report["tasks"]["gs_writing"]
     assert writing["generation_kwargs"]["max_gen_toks"] == 12
-    ppl = writing["samples"][0]["scores"]["perplexity"]
-    assert ppl is None or ppl > 1.0
-    assert writing["metrics"]["fluency_perplexity"] == ppl
+    # Fluency: the base model's perplexity of the passage alone, exp(NLL / tokens), recomputed here.
+    passage = writing["samples"][0]["completion"].strip()
+    assert passage, "the tiny model wrote nothing: fluency would not be computed"
+    nll, n = _plain_nll(wordy_model_dir, passage)
+    assert n > 0
+    assert writing["samples"][0]["scores"]["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-4)
+    assert writing["metrics"]["fluency_perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-4)
+    assert writing["metrics"]["fluency_perplexity_median"] == pytest.approx(math.exp(nll / n), rel=1e-4)
+    assert writing["fluency"]["n_passages"] == 1 and writing["fluency"]["n_empty"] == 0
     assert writing["metric_info"]["fluency_perplexity"]["higher_is_better"] is False
     assert report["lm_eval"]["version"] == "0.4.13"
+
+
+def _rolling_nll(model, ids: list[int], prefix: int, window: int) -> float:
+    """NLL of ``ids`` scored ``window`` tokens at a time, each forward seeing at most ``window`` tokens.
+
+    Written from lm-eval's definition of loglikelihood_rolling (context_len=1), not with its helpers:
+    the first block of ``window`` tokens follows ``prefix`` alone; every later block follows as many
+    of the tokens before it as fit (one for a full block, more for a shorter last block).
+    """
+    import torch
+
+    total = 0.0
+    for start in range(0, len(ids), window):
+        block = ids[start : start + window]
+        context = [prefix] if start == 0 else ids[start - (window - len(block) + 1) : start]
+        inputs = torch.tensor([(context + block)[:-1]])
+        assert inputs.shape[1] <= window
+        with torch.no_grad():
+            logits = model(input_ids=inputs).logits[0, len(context) - 1 :]
+        total += float(torch.nn.functional.cross_entropy(logits, torch.tensor(block), reduction="sum"))
+    return total
+
+
+def test_passage_nll_rolls_windows_like_lm_eval(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gs.evaluation import passage_nll
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    text = " ".join(ENDINGS)  # 30-odd tokens
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    assert len(ids) > 20 and len(ids) % 8 != 0  # full windows of 8 and a shorter last one
+    whole, n = passage_nll(model, tok, text, max_length=512)
+    assert n == len(ids)
+    assert whole == pytest.approx(_plain_nll(tiny_model_dir, text)[0], rel=1e-5)
+    for window in (8, 7, len(ids)):
+        nll, n = passage_nll(model, tok, text, max_length=window)
+        assert n == len(ids)
+        assert nll == pytest.approx(_rolling_nll(model, ids, prefix, window), rel=1e-5), window
+    # Windows change the number: each block after the first loses its earlier context.
+    assert passage_nll(model, tok, text, max_length=8)[0] != pytest.approx(whole, rel=1e-4)
+    assert passage_nll(model, tok, "", max_length=8) == (0.0, 0)
 
 
 def test_task_dir_keeps_the_yaml_settings_unless_overridden(data_dir, tmp_path, offline):
