@@ -203,12 +203,11 @@ def _domains(records: list[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(Counter(str(r.get("domain", "unknown")) for r in records).items()))
 
 
-def _load_base(model_dir: str | os.PathLike, params: dict[str, Any]) -> tuple[Any, Any]:
+def _load_base(model_dir: str | os.PathLike) -> tuple[Any, Any]:
+    """The base model in the dtype and on the device it was prepared for (``gs_model.json``)."""
     from gs.models import load_model, load_tokenizer
 
-    tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, dtype=params.get("dtype", "float32"))
-    return model, tokenizer
+    return load_model(model_dir), load_tokenizer(model_dir)
 
 
 def train_experts(
@@ -232,7 +231,8 @@ def train_experts(
 
     ``params``: ``lora`` {rank, alpha, dropout, target_modules}, ``train`` {epochs, learning_rate,
     batch_size, max_length, warmup_ratio, loss_on, max_steps?}, ``min_cluster_size``,
-    ``small_clusters`` ("error" | "merge"), optional ``dtype``. Returns the manifest.
+    ``small_clusters`` ("error" | "merge"). The base model's dtype and device are the prepared
+    folder's (:func:`gs.models.load_model`). Returns the manifest.
     """
     if not records:
         raise InputError("no training records")
@@ -248,7 +248,7 @@ def train_experts(
     expert_ids = sorted(set(mapping.values()))
     from gs.training import train_lora
 
-    model, tokenizer = _load_base(model_dir, params)
+    model, tokenizer = _load_base(model_dir)
     experts = []
     with atomic_path(out_dir, is_dir=True) as tmp:
         for j in expert_ids:
@@ -318,7 +318,7 @@ def train_multitask(
         raise InputError(f"sample id {dup[0]!r} appears more than once in the records")
     from gs.training import train_lora
 
-    model, tokenizer = _load_base(model_dir, params)
+    model, tokenizer = _load_base(model_dir)
     with atomic_path(out_dir, is_dir=True) as tmp:
         summary = train_lora(
             model,

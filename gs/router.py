@@ -66,20 +66,22 @@ def _sentence_encoder(name_or_path: str, device: str) -> Any:
 
 
 @functools.lru_cache(maxsize=2)
-def _base_encoder(model_dir: str, device: str) -> tuple[Any, Any]:
+def _base_encoder(model_dir: str, device: str | None) -> tuple[Any, Any]:
     from gs.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
     # Right padding: with a causal LM, left padding shifts the positions of the real tokens.
     tokenizer.padding_side = "right"
-    model = load_model(model_dir, device=device).eval()
+    # dtype and (unless overridden) device: the prepared folder's (config model.dtype / model.device).
+    model = load_model(model_dir, device=device)
     return model, tokenizer
 
 
-def _embed_base(texts: list[str], model_dir: str, device: str, batch_size: int, max_length: int) -> np.ndarray:
+def _embed_base(texts: list[str], model_dir: str, device: str | None, batch_size: int, max_length: int) -> np.ndarray:
     import torch
 
     model, tokenizer = _base_encoder(model_dir, device)
+    device = str(next(model.parameters()).device)
     body = model.base_model  # the decoder without the LM head: no (t, vocab) logits to compute
     out = []
     with torch.no_grad():
@@ -112,11 +114,12 @@ def embed_prompts(
     ``encoder``: ``"minilm"`` (h = 384, L2-normalised), ``"base"`` (h = the base LM's hidden size,
     mean over non-padding tokens; needs ``model_dir``), or ``"st:<name-or-path>"`` (normalised).
     ``max_length`` truncates prompts for ``"base"`` (sentence encoders use their own limit).
+    ``device``: default, the base model's configured device (``model.device``) for ``"base"``, and
+    :func:`gs.models.default_device` for the small sentence encoders.
     """
     from gs.models import default_device
 
     texts = [str(t) for t in texts]
-    device = device or default_device()
     if encoder == "base":
         if model_dir is None:
             raise InputError("encoder 'base' needs the base model folder (model_dir)")
@@ -131,7 +134,7 @@ def embed_prompts(
         name = encoder[3:]
     else:
         raise InputError(f"unknown router encoder {encoder!r}; expected 'minilm', 'base' or 'st:<name-or-path>'")
-    model = _sentence_encoder(name, device)
+    model = _sentence_encoder(name, device or default_device())
     emb = model.encode(
         texts,
         batch_size=batch_size,

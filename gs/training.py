@@ -4,6 +4,15 @@ and the ClusterUCB fine-tunes.
 Plain PyTorch with peft (AdamW, linear schedule with warm-up ratio, as LESS's warm-up:
 ``../shared/papers.md``), so that the loop is small, seeded and deterministic on CPU, and so that
 the Adam moments LESS needs for its preconditioned gradients can be saved per checkpoint.
+
+Precision: the base model stays in the dtype it was loaded in (``model.dtype``, bfloat16 at paper
+scale); peft's ``autocast_adapter_dtype`` (its default, passed explicitly) keeps the LoRA weights in
+float32, so their gradients and the AdamW state are float32 too (no autocast, no master copy needed:
+only the adapter is trained). ``train.gradient_checkpointing`` recomputes each decoder layer in the
+backward pass (transformers' ``gradient_checkpointing_enable`` with ``use_reentrant=False``, as
+peft's ``prepare_model_for_kbit_training`` sets it up; non-reentrant checkpointing needs no
+``enable_input_require_grads`` hook, peft skips it too). Its RNG state is replayed, so LoRA dropout
+draws the same masks and the losses and gradients equal those without checkpointing.
 """
 
 from __future__ import annotations
@@ -11,6 +20,8 @@ from __future__ import annotations
 import math
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +57,8 @@ class LoraSpec:
 
 @dataclass
 class TrainSpec:
-    """Optimisation settings. ``max_steps`` (if set) caps the steps, for smoke tests."""
+    """Optimisation settings. ``max_steps`` (if set) caps the steps, for smoke tests;
+    ``gradient_checkpointing`` trades a second forward pass for activation memory."""
 
     epochs: float = 1.0
     learning_rate: float = 2e-4
@@ -56,6 +68,7 @@ class TrainSpec:
     weight_decay: float = 0.0
     loss_on: str = "response"
     max_steps: int | None = None
+    gradient_checkpointing: bool = False
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> TrainSpec:
@@ -99,7 +112,7 @@ def attach_lora(model: Any, spec: LoraSpec, seed: int) -> Any:
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         try:
-            return get_peft_model(model, config)
+            return get_peft_model(model, config, autocast_adapter_dtype=True)
         except ValueError as e:
             raise InputError(f"cannot attach LoRA to {list(spec.target_modules)}: {e}") from None
 
@@ -113,6 +126,24 @@ def load_adapter(model: Any, adapter_dir: str | os.PathLike, trainable: bool = F
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
 
 
+@contextmanager
+def gradient_checkpointing(model: Any, enabled: bool) -> Iterator[None]:
+    """Within the block, ``model`` (a transformers model, or a peft model around one) recomputes its
+    decoder layers' activations in the backward pass; afterwards it is switched off again, so a base
+    model reused for the next adapter or for gradient features runs as loaded."""
+    if not enabled:
+        yield
+        return
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise InputError(f"train.gradient_checkpointing: {type(base).__name__} does not support it")
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        yield
+    finally:
+        base.gradient_checkpointing_disable()
+
+
 def trainable_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
     """The trainable (LoRA) parameters in ``named_parameters`` order: the order of every flat vector."""
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -123,8 +154,9 @@ def adam_moments(model: Any, optimizer: torch.optim.Optimizer) -> dict[str, torc
     avg, avg_sq = [], []
     for _, p in trainable_parameters(model):
         state = optimizer.state.get(p, {})
-        avg.append(state["exp_avg"].flatten() if "exp_avg" in state else torch.zeros(p.numel()))
-        avg_sq.append(state["exp_avg_sq"].flatten() if "exp_avg_sq" in state else torch.zeros(p.numel()))
+        zeros = torch.zeros(p.numel(), dtype=torch.float32, device=p.device)
+        avg.append(state["exp_avg"].flatten().float() if "exp_avg" in state else zeros)
+        avg_sq.append(state["exp_avg_sq"].flatten().float() if "exp_avg_sq" in state else zeros)
     return {"exp_avg": torch.cat(avg).float().cpu(), "exp_avg_sq": torch.cat(avg_sq).float().cpu()}
 
 
@@ -154,6 +186,7 @@ def train_lora(
     encoded = [encode_example(tokenizer, r, train.max_length, train.loss_on) for r in records]
     peft_model = attach_lora(model, lora, seed)
     params = [p for _, p in trainable_parameters(peft_model)]
+    # float32 LoRA weights (attach_lora), so float32 gradients and AdamW moments.
     optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay)
     steps_per_epoch = math.ceil(len(encoded) / train.batch_size)
     total = max(1, math.ceil(steps_per_epoch * train.epochs))
@@ -170,7 +203,7 @@ def train_lora(
     losses: list[float] = []
     epoch_lrs: list[float] = []
     step = 0
-    with atomic_path(out_dir, is_dir=True) as tmp:
+    with atomic_path(out_dir, is_dir=True) as tmp, gradient_checkpointing(peft_model, train.gradient_checkpointing):
         bar = tqdm(total=total, desc=desc, mininterval=2.0)
         epoch = 0
         while step < total:
@@ -180,7 +213,7 @@ def train_lora(
                     break
                 batch = collate([encoded[i] for i in order[start : start + train.batch_size]], tokenizer.pad_token_id)
                 batch = {k: v.to(device) for k, v in batch.items()}
-                loss = peft_model(**batch).loss
+                loss = peft_model(**batch, use_cache=False).loss
                 if not torch.isfinite(loss):
                     raise InputError(f"{out_dir}: training loss became {loss.item()} at step {step}")
                 loss.backward()
