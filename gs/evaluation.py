@@ -107,7 +107,13 @@ SYSTEM_KEYS = (
 )
 ROUTED_PATH_ARGS = ("experts_dir", "router_dir", "warmup_dir", "features_path", "projector_path", "assignments_path")
 #: Keys of the evaluation settings (``--params``); see :func:`evaluate_system`.
-PARAM_KEYS = ("batch_size", "max_gen_toks", "fluency", "dtype", "device", "inference")
+PARAM_KEYS = ("batch_size", "max_gen_toks", "fluency", "dtype", "device", "inference", "likelihood")
+#: Keys of the ``likelihood`` settings and the ``gs-routed`` model arguments they become.
+LIKELIHOOD_ARGS = {
+    "batch_size": "likelihood_batch_size",
+    "max_answer_tokens": "max_answer_tokens",
+    "chunk_tokens": "likelihood_chunk_tokens",
+}
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_GEN_TOKS = 256  # only for requests that name no limit; the gs_* tasks all do
 
@@ -129,6 +135,14 @@ def parse_json_arg(value: Any, what: str) -> dict[str, Any]:
     if not value.lstrip().startswith("{") and Path(value).is_file():
         text = Path(value).read_text(encoding="utf-8")
     return parse_params(text, what)
+
+
+def _positive_arg(value: Any, name: str) -> int:
+    """A model argument (int or digit string) as a positive int."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise InputError(f"gs-routed: {name} must be a positive integer, got {value!r}")
+    return int(text)
 
 
 def _batch_size(value: Any, max_batch_size: Any) -> int:
@@ -222,14 +236,19 @@ class GSRoutedLM(LM):
     (``experts_dir``, ``router_dir``, ``warmup_dir``, ``features_path``, ``projector_path``,
     ``assignments_path``), ``params`` (RoutedLM parameters: a dict, JSON text or a JSON file; the
     comma-separated ``--model_args`` string cannot carry JSON with commas, so give a file there),
-    ``batch_size``, ``device``, ``dtype`` and ``seed``.
+    ``batch_size``, ``device``, ``dtype`` (default: the prepared folder's own) and ``seed``; for
+    likelihood requests ``likelihood_batch_size`` (default ``batch_size``), ``max_answer_tokens``
+    (answers are scored on their first that many tokens; default no cap) and
+    ``likelihood_chunk_tokens`` (answer positions whose vocabulary log-probabilities are held at
+    once; default :data:`gs.inference.DEFAULT_CHUNK_TOKENS`).
 
     Prompts are user-message texts: RoutedLM applies the model's chat template, so lm-eval's
     ``apply_chat_template`` must stay off. Each request's domain (``request.doc["domain"]``) is passed
     along for the oracle mode; the routing of each request is kept in :attr:`routing_log`, keyed by
     ``(task_name, doc_id)``; per task, the time in ``RoutedLM.generate`` or ``RoutedLM.loglikelihood``
     (routing included), the part spent routing and the new tokens in :attr:`generation_seconds`,
-    :attr:`routing_seconds` and :attr:`generated_tokens`.
+    :attr:`routing_seconds` and :attr:`generated_tokens`; per likelihood request, the answer's
+    tokens scored and in all in :attr:`likelihood_tokens` (``{"n_tokens", "answer_tokens"}``).
     """
 
     def __init__(
@@ -246,9 +265,12 @@ class GSRoutedLM(LM):
         batch_size: int | str = DEFAULT_BATCH_SIZE,
         max_batch_size: int | None = None,
         device: str | None = None,
-        dtype: str = "float32",
+        dtype: str | None = None,
         seed: int = 0,
         max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
+        likelihood_batch_size: int | str | None = None,
+        max_answer_tokens: int | str | None = None,
+        likelihood_chunk_tokens: int | str | None = None,
         **unknown: Any,
     ) -> None:
         super().__init__()
@@ -284,6 +306,19 @@ class GSRoutedLM(LM):
         self.generation_seconds: dict[str, float] = defaultdict(float)
         self.generated_tokens: dict[str, int] = defaultdict(int)
         self.routing_seconds: dict[str, float] = defaultdict(float)
+        self.likelihood_batch_size = (
+            self.batch_size if likelihood_batch_size is None else _batch_size(likelihood_batch_size, None)
+        )
+        # Passed on only when set, so RoutedLM's own defaults apply otherwise.
+        self.likelihood_kwargs: dict[str, int] = {
+            k: _positive_arg(v, name)
+            for k, name, v in (
+                ("max_answer_tokens", "max_answer_tokens", max_answer_tokens),
+                ("chunk_tokens", "likelihood_chunk_tokens", likelihood_chunk_tokens),
+            )
+            if v is not None
+        }
+        self.likelihood_tokens: dict[tuple[str, int], dict[str, int]] = {}
         # lm-eval records the tokenizer's special tokens in its results when the model has one.
         self.tokenizer = getattr(self.routed, "tokenizer", None)
 
@@ -360,14 +395,18 @@ class GSRoutedLM(LM):
                 [requests[i].args[0] for i in indices],
                 [requests[i].args[1] for i in indices],
                 domains=domains,
-                batch_size=self.batch_size,
+                batch_size=self.likelihood_batch_size,
+                **self.likelihood_kwargs,
             )
             self.generation_seconds[task] += time.perf_counter() - t0
             self.routing_seconds[task] += float((getattr(self.routed, "last_timing", None) or {}).get("route_s", 0.0))
             routing = split_routing(getattr(self.routed, "last_routing", None), len(indices))
-            for i, (logprob, greedy, _), route in zip(indices, scores, routing, strict=True):
+            # Tokens of each whole answer; more than n_tokens when max_answer_tokens cut it.
+            lengths = getattr(self.routed, "last_answer_tokens", None) or [n for _, _, n in scores]
+            for i, (logprob, greedy, n), total, route in zip(indices, scores, lengths, routing, strict=True):
                 out[i] = (float(logprob), bool(greedy))
                 self.routing_log[(task, requests[i].doc_id)] = route
+                self.likelihood_tokens[(task, requests[i].doc_id)] = {"n_tokens": int(n), "answer_tokens": int(total)}
                 self.cache_hook.add_partial("loglikelihood", requests[i].args, out[i])
             bar.update(len(indices))
         bar.close()
@@ -506,7 +545,7 @@ def passage_nll(model: Any, tokenizer: Any, text: str, *, max_length: int | None
 
 
 def fluency_scores(
-    model_dir: str | os.PathLike, passages: Sequence[str], *, dtype: str = "float32", device: str | None = None
+    model_dir: str | os.PathLike, passages: Sequence[str], *, dtype: str | None = None, device: str | None = None
 ) -> tuple[list[float | None], dict[str, Any]]:
     """Each passage's perplexity under the base model (``None`` if empty) and their summary.
 
@@ -583,9 +622,17 @@ def model_args_for(system: dict[str, Any], params: dict[str, Any], seed: int) ->
     args: dict[str, Any] = {
         "model_dir": str(system["model_dir"]),
         "mode": system.get("mode", "base"),
-        "dtype": system.get("dtype") or params.get("dtype", "float32"),
         "seed": int(seed),
     }
+    dtype = system.get("dtype") or params.get("dtype")
+    if dtype:  # else the prepared folder's own dtype
+        args["dtype"] = str(dtype)
+    likelihood = params.get("likelihood") or {}
+    if not isinstance(likelihood, dict) or set(likelihood) - set(LIKELIHOOD_ARGS):
+        raise InputError(
+            f"evaluation likelihood: expected an object with keys {sorted(LIKELIHOOD_ARGS)}, got {likelihood!r}"
+        )
+    args.update({LIKELIHOOD_ARGS[k]: v for k, v in likelihood.items() if v is not None})
     args.update({k: str(system[k]) for k in ROUTED_PATH_ARGS if system.get(k)})
     routed_params = {**(params.get("inference") or {}), **(system.get("params") or {})}
     if routed_params:
@@ -640,6 +687,7 @@ def _task_report(task: str, results: dict[str, Any], lm: GSRoutedLM) -> dict[str
         if task in LIKELIHOOD_TASKS:
             logprob, greedy = filtered[0]
             sample.update(loglikelihood=_number(logprob), is_greedy=bool(greedy))
+            sample.update(lm.likelihood_tokens.get((task, s["doc_id"]), {}))
         else:
             sample["completion"] = filtered[0] if isinstance(filtered[0], str) else str(filtered[0])
         sample.update(
@@ -650,7 +698,11 @@ def _task_report(task: str, results: dict[str, Any], lm: GSRoutedLM) -> dict[str
         samples.append(sample)
     config = results.get("configs", {}).get(task, {})
     seconds, new_tokens = lm.generation_seconds.get(task, 0.0), lm.generated_tokens.get(task, 0)
+    extra: dict[str, Any] = {}
+    if task in LIKELIHOOD_TASKS:
+        extra["likelihood"] = _likelihood_summary(task, samples, lm)
     return {
+        **extra,
         "domain": TASK_DOMAINS.get(task),
         "metrics": metrics,
         "stderr": stderr,
@@ -670,6 +722,33 @@ def _task_report(task: str, results: dict[str, Any], lm: GSRoutedLM) -> dict[str
             "new_tokens_per_s": round(new_tokens / seconds, 2) if seconds > 0 else None,
         },
         "samples": samples,
+    }
+
+
+def _likelihood_summary(task: str, samples: list[dict[str, Any]], lm: GSRoutedLM) -> dict[str, Any]:
+    """A likelihood task's scoring settings and how many answers the ``max_answer_tokens`` cap cut.
+
+    lm-eval's bits per byte divides by the bytes of the WHOLE answers; a cut answer contributes the
+    log-probability of its first tokens only, so any ``n_truncated > 0`` makes bits per byte too low.
+    """
+    counted = [s for s in samples if "n_tokens" in s]
+    truncated = sum(s["n_tokens"] < s["answer_tokens"] for s in counted)
+    if truncated:
+        log.warning(
+            "%s: %d of %d answers were cut to max_answer_tokens=%s; bits_per_byte counts all their bytes "
+            "but only the scored tokens' log-probabilities, so it is too low",
+            task,
+            truncated,
+            len(counted),
+            lm.likelihood_kwargs.get("max_answer_tokens"),
+        )
+    return {
+        "batch_size": lm.likelihood_batch_size,
+        "max_answer_tokens": lm.likelihood_kwargs.get("max_answer_tokens"),
+        "chunk_tokens": lm.likelihood_kwargs.get("chunk_tokens"),
+        "n_truncated": truncated,
+        "tokens_scored": sum(s["n_tokens"] for s in counted),
+        "answer_tokens": sum(s["answer_tokens"] for s in counted),
     }
 
 
@@ -712,6 +791,11 @@ def evaluate_system(
     allow_code = os.environ.get("HF_ALLOW_CODE_EVAL") == "1"
     if "gs_code" in leaves and not allow_code:
         raise InputError("gs_code runs model-generated code: set HF_ALLOW_CODE_EVAL=1 to allow it (see gs.sandbox)")
+    code_sandbox = None  # how generated code is isolated; without bubblewrap gs.sandbox logs one warning line
+    if "gs_code" in leaves:
+        from gs.sandbox import isolation as sandbox_isolation
+
+        code_sandbox = sandbox_isolation().description
     if limit is not None and int(limit) < 1:
         raise InputError(f"limit must be a positive integer, got {limit}")
 
@@ -756,7 +840,7 @@ def evaluate_system(
         per_passage, summary = fluency_scores(
             system["model_dir"],
             [s["completion"] for s in writing["samples"]],
-            dtype=model_args["dtype"],
+            dtype=model_args.get("dtype"),
             device=device,
         )
         for sample, ppl in zip(writing["samples"], per_passage, strict=True):
@@ -784,6 +868,7 @@ def evaluate_system(
         "limit": limit,
         "seed": seed,
         "params": params,
+        "code_sandbox": code_sandbox,
         "lm_eval": {
             "version": getattr(lm_eval, "__version__", None),
             "model": MODEL_NAME,

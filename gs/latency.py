@@ -202,14 +202,16 @@ def make_synthetic_suite(
     seed: int = 0,
     b_std: float = 0.02,
     modes: Sequence[str] = LATENCY_MODES,
+    device: str | None = None,
 ) -> dict[int, dict[str, Path]]:
     """All synthetic artifacts, per n: ``{n: {experts_dir, router_dir, warmup_dir, features_path,
     projector_path, assignments_path}}`` (router only if ``single`` is timed). The base model is
-    loaded once; one warm-up adapter is shared by every n."""
+    loaded once, in its own (the configured) dtype, straight to ``device`` (default: CUDA if
+    visible): no float32 copy on the host; one warm-up adapter is shared by every n."""
     from gs.models import load_model
 
     work = Path(work_dir)
-    model = load_model(model_dir, device="cpu")
+    model = load_model(model_dir) if device is None else load_model(model_dir, device=device)
     warmup_dir = work / "warmup"
     d = make_synthetic_adapter(model, warmup_lora or lora, seed + 1000, warmup_dir, b_std)
     suite: dict[int, dict[str, Path]] = {}
@@ -326,7 +328,7 @@ def measure(
     b_std: float = 0.02,
     trained: dict[str, str | os.PathLike] | None = None,
     device: str | None = None,
-    dtype: str = "float32",
+    dtype: str | None = None,
     seed: int = 0,
     work_dir: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
@@ -340,6 +342,7 @@ def measure(
             and ``router_dir`` (single, uniform), ``elrea_experts_dir``, ``warmup_dir``,
             ``features_path``, ``projector_path``, ``assignments_path`` (elrea).
         work_dir: where the synthetic artifacts go (default: a temporary folder, removed after).
+        dtype: the weights' dtype name; default (None): the prepared model's own (the configured one).
 
     Returns:
         One row per (artifacts, mode, n) with the columns of :data:`COLUMNS`.
@@ -383,6 +386,7 @@ def measure(
             seed=seed,
             b_std=b_std,
             modes=modes,
+            device=str(dev),
         )
         jobs = [(m, n) for n in suite for m in modes if m != "base"]
         if "base" in modes:
@@ -566,7 +570,7 @@ def main(argv: list[str] | None = None) -> None:
         b_std=float(params.get("b_std", 0.02)),
         trained={k: v for k, v in trained.items() if v},
         device=args.device,
-        dtype=str(params.get("dtype", "float32")),
+        dtype=params.get("dtype"),
         seed=args.seed,
         work_dir=args.work_dir,
     )
