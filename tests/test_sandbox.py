@@ -166,3 +166,345 @@ def test_bad_entry_point_is_an_input_error():
 def test_sequence_good_loop_good_scores_one_zero_one():
     scores = [code_pass_at_1(c, PROMPT, TEST, "add", timeout_s=1.0) for c in (GOOD, LOOP, GOOD)]
     assert scores == [1.0, 0.0, 1.0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Escape attempts against the bubblewrap layer (issue 14). Each program does what a hostile completion
+# would, through ctypes so that the Python-level guards never see it, and asserts that the attack
+# worked: contained, it is scored as not passed. The host side is then checked independently (the
+# planted file, the listener, the decoy process, the process table), the evaluator runs the next
+# problem, and one line per attempt goes to the terminal summary ("sandbox escape attempts").
+# ---------------------------------------------------------------------------------------------------
+
+LIBC = "import ctypes, os, struct\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+NEXT_PROBLEM = (PROMPT + GOOD, TEST, "add")
+
+
+class _EscapeSummary:
+    """A pytest plugin that prints the recorded escape outcomes at the end of the run."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.lines:
+            terminalreporter.write_sep("-", "sandbox escape attempts")
+            for line in self.lines:
+                terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def escape_log(request):
+    """Append ``(attack, outcome)`` lines; registered once, printed in the terminal summary."""
+    plugin = request.config.pluginmanager.get_plugin("gs-sandbox-escapes")
+    if plugin is None:
+        plugin = _EscapeSummary()
+        request.config.pluginmanager.register(plugin, "gs-sandbox-escapes")
+    return plugin.lines
+
+
+@pytest.fixture()
+def isolated():
+    """Skip without bwrap; with it, the sandbox must really be isolated (else fail, never run unconfined)."""
+    from gs.bubblewrap import bwrap_path
+    from gs.sandbox import isolation
+
+    if bwrap_path() is None:
+        pytest.skip("bwrap not installed (apt-get install bubblewrap): escape tests need the namespace sandbox")
+    iso = isolation()
+    assert iso.namespaces, iso.description
+    return iso
+
+
+def _processes_named(name: str) -> list[int]:
+    """Host pids whose command name (``/proc/PID/comm``) is ``name``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm", encoding="utf-8", errors="replace") as f:
+                    comm = f.read().strip()
+            except OSError:
+                continue
+            if comm == name:
+                found.append(int(entry))
+    return found
+
+
+def _no_survivors(name: str, wait_s: float = 2.0) -> bool:
+    """True once no host process carries ``name`` (the kernel tears a PID namespace down asynchronously)."""
+    deadline = time.monotonic() + wait_s
+    while _processes_named(name):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _record(log: list[str], attack: str, result: SandboxResult, host: str) -> None:
+    """One summary line: the score, the sandbox's status, what the program saw, what the host shows."""
+    detail = " ".join(result.detail.split())[:100]
+    saw = "; ".join(line.strip() for line in result.output.splitlines()[:2])[:120] or "-"
+    log.append(
+        f"escape {attack}: {'NOT PASSED' if not result.passed else 'PASSED'} (status={result.status}: {detail}) "
+        f"| inside: {saw} | host: {host}"
+    )
+
+
+def _next_problem_passes() -> bool:
+    return check_program(*NEXT_PROBLEM).passed
+
+
+@pytest.mark.sandbox
+@pytest.mark.parametrize("target", ["absolute", "parent"])
+def test_escape_ctypes_write_outside(isolated, sandbox_parent, escape_log, target):
+    outside = sandbox_parent / "outside"
+    outside.mkdir()
+    path = str(outside / "escape.txt") if target == "absolute" else "../escape.txt"
+    program = LIBC + (
+        f"fd = libc.open({path!r}.encode(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n"
+        "print('open ->', fd, os.strerror(ctypes.get_errno()))\n"
+        "assert fd >= 0, 'the outside file could not be opened'\n"
+        "assert libc.write(fd, b'escaped', 7) == 7\n"
+    )
+    result = run_untrusted(program)
+    written = [p for p in (outside / "escape.txt", sandbox_parent / "escape.txt") if p.exists()]
+    _record(escape_log, f"write-outside-{target}", result, f"files written outside: {written or 'none'}")
+    assert not result.passed, result
+    assert not written
+    assert _next_problem_passes()
+
+
+@pytest.mark.sandbox
+def test_escape_ctypes_system(isolated, tmp_path, escape_log):
+    marker = tmp_path / "system-was-here"
+    program = LIBC + f"rc = libc.system(b'touch {marker}')\nprint('system ->', rc)\nassert rc == 0\n"
+    result = run_untrusted(program)
+    _record(escape_log, "system", result, f"marker file exists: {marker.exists()}")
+    assert not result.passed and result.status == "blocked", result
+    assert "started a process" in result.detail
+    assert not marker.exists()
+    assert _next_problem_passes()
+
+
+@pytest.mark.sandbox
+def test_escape_ctypes_fork_outlives_the_run(isolated, tmp_path, escape_log):
+    # The child renames itself so the host can look for it, outlives the runner, then writes outside.
+    name = "gsfork" + os.urandom(4).hex()
+    marker = tmp_path / "forked-child-was-here"
+    program = LIBC + (
+        "pid = libc.fork()\n"
+        "if pid == 0:\n"
+        f"    libc.prctl(15, {name!r}.encode(), 0, 0, 0)\n"
+        "    libc.sleep(1)\n"
+        f"    libc.open({str(marker)!r}.encode(), os.O_WRONLY | os.O_CREAT, 0o644)\n"
+        "    libc._exit(0)\n"
+        "assert pid > 0\n"
+    )
+    result = run_untrusted(program)
+    survivors_gone = _no_survivors(name)
+    time.sleep(1.2)  # past the child's sleep: had it survived, the marker would be there now
+    _record(escape_log, "fork", result, f"forked child gone after the run: {survivors_gone}; marker: {marker.exists()}")
+    assert not result.passed and result.status == "blocked", result
+    assert survivors_gone
+    assert not marker.exists()
+    assert _next_problem_passes()
+
+
+@pytest.mark.sandbox
+def test_escape_ctypes_socket_to_host_listener(isolated, escape_log):
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+        program = LIBC + (
+            "s = libc.socket(2, 1, 0)\n"  # AF_INET, SOCK_STREAM, straight from libc
+            "assert s >= 0, os.strerror(ctypes.get_errno())\n"
+            f"addr = struct.pack('=H', 2) + struct.pack('!H', {port}) + bytes([127, 0, 0, 1]) + bytes(8)\n"
+            "rc = libc.connect(s, addr, len(addr))\n"
+            "print('connect ->', rc, os.strerror(ctypes.get_errno()))\n"
+            "raw = libc.socket(2, 3, 1)\n"  # AF_INET, SOCK_RAW, ICMP
+            "print('raw socket ->', raw, os.strerror(ctypes.get_errno()))\n"
+            "assert rc == 0, 'no connection to the listener'\n"
+            "assert libc.send(s, b'escaped', 7, 0) == 7\n"
+        )
+        result = run_untrusted(program)
+        server.setblocking(False)
+        try:
+            conn, _ = server.accept()
+            conn.close()
+            connected = True
+        except BlockingIOError:
+            connected = False
+    _record(escape_log, "socket", result, f"listener on 127.0.0.1:{port} got a connection: {connected}")
+    assert not result.passed, result
+    assert not connected
+    assert _next_problem_passes()
+
+
+@pytest.mark.sandbox
+@pytest.mark.parametrize("which", ["planted-file", "etc-shadow"])
+def test_escape_read_host_secret(isolated, tmp_path, escape_log, which):
+    if which == "planted-file":
+        secret_path = tmp_path / "secret.txt"
+        secret = "gs-secret-" + os.urandom(8).hex()
+        secret_path.write_text(secret + "\n")
+        secret_path = str(secret_path)
+    else:
+        secret_path = "/etc/shadow"
+        try:
+            with open(secret_path, encoding="utf-8") as f:
+                secret = f.readline().strip()
+        except OSError:
+            pytest.skip("/etc/shadow is not readable by this user (nothing to protect)")
+    program = LIBC + (
+        f"fd = libc.open({secret_path!r}.encode(), os.O_RDONLY)\n"
+        "print('open ->', fd, os.strerror(ctypes.get_errno()))\n"
+        "assert fd >= 0, 'the secret could not be opened'\n"
+        "buf = ctypes.create_string_buffer(4096)\n"
+        "n = libc.read(fd, buf, 4096)\n"
+        "print(buf.raw[:n].decode(errors='replace'))\n"
+        "assert n > 0\n"
+    )
+    result = run_untrusted(program)
+    leaked = bool(secret) and secret in result.output + result.detail
+    _record(escape_log, f"read-{which}", result, f"secret in the program's output: {leaked}")
+    assert not result.passed, result
+    assert not leaked
+    assert _next_problem_passes()
+
+
+@pytest.mark.sandbox
+def test_escape_ctypes_signal_parent(isolated, escape_log):
+    import subprocess
+
+    decoy = subprocess.Popen(["sleep", "60"])
+    try:
+        program = LIBC + (
+            "ppid = os.getppid()\n"
+            "r_parent = libc.kill(ppid, 9)\n"
+            f"r_evaluator = libc.kill({os.getpid()}, 9)\n"
+            f"r_decoy = libc.kill({decoy.pid}, 9)\n"
+            "r_all = libc.kill(-1, 9)\n"
+            "print('kill parent', ppid, r_parent, 'evaluator', r_evaluator, 'decoy', r_decoy, 'all', r_all)\n"
+            "assert r_decoy == 0 and r_evaluator == 0, 'the host processes were not signalled'\n"
+        )
+        result = run_untrusted(program)
+        time.sleep(0.2)
+        decoy_alive = decoy.poll() is None
+    finally:
+        decoy.kill()
+        decoy.wait()
+    _record(escape_log, "signal-parent", result, f"evaluator alive: True; decoy host process alive: {decoy_alive}")
+    assert not result.passed, result
+    assert decoy_alive
+    assert _next_problem_passes()
+
+
+@pytest.mark.sandbox
+def test_escape_ctypes_process_flood_is_bounded(isolated, escape_log):
+    from gs.sandbox import MAX_PROCESSES
+
+    name = "gsflood" + os.urandom(4).hex()
+    attempts = 400
+    program = LIBC + (
+        "started = 0\n"
+        f"for _ in range({attempts}):\n"
+        "    pid = libc.fork()\n"
+        "    if pid == 0:\n"
+        f"        libc.prctl(15, {name!r}.encode(), 0, 0, 0)\n"
+        "        libc.pause()\n"
+        "        libc._exit(0)\n"
+        "    if pid < 0:\n"
+        "        print('fork refused:', os.strerror(ctypes.get_errno()))\n"
+        "        break\n"
+        "    started += 1\n"
+        "print('forked', started)\n"
+        f"assert started == {attempts}\n"
+    )
+    start = time.monotonic()
+    result = run_untrusted(program, timeout_s=10.0)
+    elapsed = time.monotonic() - start
+    forked = [int(line.split()[1]) for line in result.output.splitlines() if line.startswith("forked ")]
+    survivors_gone = _no_survivors(name)
+    _record(
+        escape_log,
+        "process-flood",
+        result,
+        f"forks that succeeded: {forked[0] if forked else '?'} of {attempts} (limit {MAX_PROCESSES}); "
+        f"all gone after the run: {survivors_gone}; {elapsed:.1f} s",
+    )
+    assert not result.passed, result
+    assert forked and forked[0] < MAX_PROCESSES
+    assert survivors_gone
+    assert _next_problem_passes()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Without bubblewrap: the evaluation still runs, and says once, on one line, that it is not isolated.
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def fresh_isolation():
+    """Forget the probed isolation before and after the test (it is cached per process)."""
+    from gs.bubblewrap import isolation as cached
+
+    cached.cache_clear()
+    yield
+    cached.cache_clear()
+
+
+@pytest.mark.parametrize("bwrap", ["missing", "broken"])
+def test_without_working_bwrap_code_still_runs_and_one_line_says_so(
+    tmp_path, monkeypatch, caplog, fresh_isolation, bwrap
+):
+    import logging
+
+    from gs.sandbox import isolation
+
+    if bwrap == "broken":  # installed but unable to start a sandbox (e.g. namespaces disabled)
+        fake = tmp_path / "bwrap"
+        fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+        fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        first = check_program(*NEXT_PROBLEM)
+        second = check_program(*NEXT_PROBLEM)
+        iso = isolation()
+    assert first.passed and second.passed
+    assert not iso.namespaces and iso.description.startswith("none: ")
+    warnings = [r.getMessage() for r in caplog.records if "WITHOUT namespace isolation" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    assert ("not found" if bwrap == "missing" else "No permissions") in warnings[0]
+
+
+def test_bwrap_command_exposes_only_the_interpreter_and_private_tmpfs():
+    import sys
+
+    from gs.bubblewrap import bwrap_command
+
+    workdir = "/tmp/gs-sandbox-example"
+    argv = bwrap_command("bwrap", workdir, [sys.executable, "-c", "pass"], as_root=False)
+    sep = argv.index("--")
+    opts, command = argv[:sep], argv[sep + 1 :]
+    assert command == [sys.executable, "-c", "pass"]
+    for flag in ("--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"):
+        assert flag in opts
+    assert "--die-with-parent" in opts and "--new-session" in opts
+    # Every host path is bound read-only; nothing is bound writable.
+    binds = [(opts[i], opts[i + 1], opts[i + 2]) for i, a in enumerate(opts) if a.endswith("bind")]
+    assert binds and all(kind == "--ro-bind" for kind, _, _ in binds)
+    sources = {src for _, src, _ in binds}
+    assert "/usr" in sources
+    assert os.path.realpath(sys.base_prefix) in sources or os.path.realpath(sys.base_prefix).startswith("/usr/")
+    for secret in ("/etc", "/root", "/home", "/etc/shadow", "/etc/passwd", os.getcwd()):
+        assert secret not in sources
+    # The writable places are size-capped tmpfs mounts: /tmp and the working directory.
+    tmpfs = [opts[i + 1] for i, a in enumerate(opts) if a == "--tmpfs"]
+    assert sorted(tmpfs) == sorted(["/tmp", workdir])
+    assert opts[opts.index("--remount-ro") + 1] == "/" and opts[opts.index("--chdir") + 1] == workdir
+    root_argv = bwrap_command("bwrap", workdir, ["python"], as_root=True)
+    assert "--unshare-user" not in root_argv and root_argv.count("--cap-add") == 2
