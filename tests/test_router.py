@@ -134,19 +134,56 @@ def test_holdout_falls_back_when_a_class_is_too_small():
     assert none.metrics["holdout_strategy"] == "none" and none.metrics["heldout_accuracy"] is None
 
 
+def _masked_mean_hidden(model_dir, texts: list[str]) -> np.ndarray:
+    """Each text's mean last hidden state over its own tokens, from a plain transformers ``AutoModel``
+    run on one unpadded text at a time (n, h)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    body = AutoModel.from_pretrained(model_dir).eval()  # the decoder without the LM head
+    out = []
+    with torch.no_grad():
+        for text in texts:
+            ids = tok(text, return_tensors="pt")["input_ids"]
+            out.append(body(input_ids=ids).last_hidden_state[0].mean(0).numpy())
+    return np.stack(out)
+
+
 def test_base_encoder_on_tiny_model(tiny_model_dir):
-    emb = embed_prompts(NEW, "base", model_dir=tiny_model_dir, batch_size=2)
-    assert emb.shape == (3, 32) and np.isfinite(emb).all()
-    # Mean pooling masks padding: a prompt embeds the same alone as in a padded batch.
-    alone = embed_prompts(NEW[:1], "base", model_dir=tiny_model_dir)
-    np.testing.assert_allclose(alone[0], emb[0], atol=1e-5)
+    texts = [*NEW, "x"]  # lengths differ: in a batch of 2 the shorter prompt is padded
+    emb = embed_prompts(texts, "base", model_dir=tiny_model_dir, batch_size=2)
+    assert emb.shape == (4, 32) and emb.dtype == np.float32
+    # The embedding is the mean of the last hidden state over the prompt's tokens, padding excluded.
+    np.testing.assert_allclose(emb, _masked_mean_hidden(tiny_model_dir, texts), rtol=1e-4, atol=1e-5)
     router = Router("base", model_dir=tiny_model_dir, holdout=0.25, seed=0).fit(TEXTS, LABELS)
-    assert router.predict(NEW).shape == (3,)
-    assert set(router.predict(TEXTS).tolist()) <= {0, 1, 2}
-    assert router.predict_proba(NEW).shape == (3, 3)
     assert router.metrics["embedding_dim"] == 32 and router.metrics["n_heldout"] == 9
+    assert router.expert_ids == [0, 1, 2]
+    proba = router.predict_proba(TEXTS)
+    assert proba.shape == (len(TEXTS), 3)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-6)
+    # Each prediction is the expert of the most probable column.
+    predicted = router.predict(TEXTS)
+    np.testing.assert_array_equal(predicted, np.asarray(router.expert_ids)[proba.argmax(1)])
+    # The reported training accuracy is that of these predictions (the final classifier is fit on all).
+    assert router.metrics["train_accuracy"] == pytest.approx(float(np.mean(predicted == np.asarray(LABELS))))
     with pytest.raises(InputError, match="needs the base model folder"):
         embed_prompts(NEW, "base")
+
+
+def test_predictions_follow_the_probabilities_with_non_contiguous_experts():
+    # Expert ids 3, 7, 9 (clusters merged away): columns are in expert_ids order, predictions are ids.
+    rng = np.random.default_rng(0)
+    centers = np.array([[4.0, 0.0], [0.0, 4.0], [-4.0, -4.0]])
+    X = np.concatenate([c + rng.normal(size=(8, 2)) for c in centers])
+    y = np.repeat([7, 3, 9], 8)
+    router = Router("minilm", holdout=0.0, seed=0).fit_embeddings(X, y)
+    assert router.expert_ids == [3, 7, 9]
+    probe = np.concatenate([centers, rng.normal(size=(20, 2)) * 3])
+    proba = router.predict_proba_embeddings(probe)
+    np.testing.assert_array_equal(router.predict_embeddings(probe), np.array([3, 7, 9])[proba.argmax(1)])
+    np.testing.assert_array_equal(router.predict_embeddings(centers), [7, 3, 9])
+    assert (proba[np.arange(3), [1, 0, 2]] > 0.8).all()  # column of 7, of 3, of 9
 
 
 def test_unknown_encoder():
