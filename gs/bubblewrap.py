@@ -43,6 +43,7 @@ import os
 import secrets
 import shutil
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,6 +60,7 @@ UID_RANGE = (0x70000000, 0x7FFF0000)
 ROOT_ENTRIES = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 #: Host files bound read-only: the dynamic loader's cache (library paths only, no secret).
 EXTRA_FILES = ("/etc/ld.so.cache",)
+_PROBE_LOCK = threading.Lock()  # one probe (and one warning line) even when the first runs are concurrent
 NO_ISOLATION_WARNING = "generated code runs WITHOUT namespace isolation (bubblewrap unavailable: {reason})"
 
 
@@ -149,13 +151,19 @@ def bwrap_command(bwrap: str, workdir: str, argv: list[str], *, as_root: bool) -
     return args + list(argv)
 
 
-@functools.cache
 def isolation(probe: Callable[[], tuple[bool, str]] | None = None) -> Isolation:
     """Whether sandboxed code runs in bubblewrap here; probed once per process, logged once if not.
 
     ``probe`` (called only when ``bwrap`` is on ``PATH``) runs an empty program through the real
-    sandbox and returns ``(passed, detail)``; :mod:`gs.sandbox` passes its own.
+    sandbox and returns ``(passed, detail)``; :mod:`gs.sandbox` passes its own. The answer is cached
+    (:func:`reset_isolation` forgets it).
     """
+    with _PROBE_LOCK:
+        return _probed(probe)
+
+
+@functools.cache
+def _probed(probe: Callable[[], tuple[bool, str]] | None) -> Isolation:
     bwrap = bwrap_path()
     if bwrap is None:
         reason = "`bwrap` not found on PATH; install the `bubblewrap` package"
@@ -171,3 +179,8 @@ def isolation(probe: Callable[[], tuple[bool, str]] | None = None) -> Isolation:
         reason = f"`{bwrap}` failed to start a sandbox: {' '.join(detail.split())[:300]}"
     log.warning(NO_ISOLATION_WARNING.format(reason=reason))
     return Isolation(False, "none: " + reason)
+
+
+def reset_isolation() -> None:
+    """Forget the cached answer of :func:`isolation` (for tests, or after installing bubblewrap)."""
+    _probed.cache_clear()

@@ -450,11 +450,11 @@ def test_escape_ctypes_process_flood_is_bounded(isolated, escape_log):
 @pytest.fixture()
 def fresh_isolation():
     """Forget the probed isolation before and after the test (it is cached per process)."""
-    from gs.bubblewrap import isolation as cached
+    from gs.bubblewrap import reset_isolation
 
-    cached.cache_clear()
+    reset_isolation()
     yield
-    cached.cache_clear()
+    reset_isolation()
 
 
 @pytest.mark.parametrize("bwrap", ["missing", "broken"])
