@@ -1,12 +1,26 @@
-"""Random projection of gradients: the ELREA/LESS baseline that GradientSpace argues against.
+"""Random projection of gradients: the LESS/ELREA baseline that GradientSpace argues against.
 
-LESS projects LoRA gradients with TRAK's Rademacher projector on the GPU; ELREA (arXiv 2502.00089)
-likewise reduces them with a random projection before clustering. A dense d x p Rademacher matrix
-for d = 460,800 (SmolLM2-135M, LoRA r=8 on q/v) and p = 1024 would take 1.9 GB, so the CPU default
-uses very sparse random projections (Li, Hastie & Church, KDD 2006; entries +-sqrt(s) with
-probability 1/(2s), s = sqrt(d)), which preserve inner products like the dense one, through
-scikit-learn's ``SparseRandomProjection``; ``kind="gaussian"`` gives the dense Gaussian matrix for
-small d. The projector is fitted from (kind, d, p, seed) alone, so it is regenerated exactly.
+Three kinds, each fixed by ``(kind, d, dim, seed)`` alone, so a saved projector is regenerated exactly:
+
+* ``rademacher``: the projector LESS uses, from its own library: TRAK's projectors (``trak.projectors``,
+  PyPI ``traker``). LESS (``less/data_selection/collect_grad_reps.py``, ``get_trak_projector`` and
+  ``collect_grads``) builds ``CudaProjector(grad_dim, proj_dim, seed=0, proj_type=rademacher, device,
+  dtype, block_size=128, max_batch_size=16)`` when CUDA and ``fast_jl`` run, else TRAK's
+  ``BasicProjector`` with the same arguments; so do we (backend ``"fast_jl"`` or ``"basic"``). The two
+  backends draw different matrices, and ``BasicProjector`` draws with the device's own generator (a CUDA
+  draw differs from a CPU one), so the backend and device are saved with the projector and one drawn
+  on CUDA cannot be reloaded without CUDA. ``BasicProjector`` generates the (d, 128) blocks of its
+  Rademacher matrix on the device from the seeds ``seed + 1000 * block`` on every ``project`` call
+  (8.9 s for 8 gradients at d = 460,800, p = 1024 on this suite's CPU). On the CPU we therefore
+  generate the same matrix once, block by block with TRAK's own ``generate_sketch_matrix``, keep it
+  as int8 (d * p bytes: 0.47 GB at d = 460,800, p = 1024) and multiply in float32 blocks of 128 rows;
+  the result equals ``BasicProjector.project`` up to float32 summation order. Above
+  ``cache_limit_bytes`` (default 8 GiB) the matrix is not kept and ``BasicProjector`` regenerates it
+  per call, as TRAK does. Departures from LESS: inputs are projected in float32 (LESS casts them to
+  float16 first) and the matrix is not scaled (TRAK's is not either; cosines ignore the scale).
+* ``sparse``: very sparse random projections (Li, Hastie & Church, KDD 2006; entries +-sqrt(s) with
+  probability 1/(2s), s = sqrt(d)) through scikit-learn's ``SparseRandomProjection``; cheap on a CPU.
+* ``gaussian``: scikit-learn's dense ``GaussianRandomProjection``, for small d.
 """
 
 from __future__ import annotations
@@ -17,44 +31,171 @@ from typing import Any
 
 import joblib
 import numpy as np
+import torch
 
 from gs.io import InputError, atomic_path
 
-KINDS = ("sparse", "gaussian")
+KINDS = ("sparse", "gaussian", "rademacher")
+BACKENDS = ("fast_jl", "basic")
+LESS_BLOCK_SIZE = 128  # LESS collect_grad_reps.py: ``block_size = 128``
+LESS_MAX_BATCH_SIZE = 16  # LESS collect_grad_reps.py: ``projector_batch_size = 16``
+CACHE_LIMIT_BYTES = 8 * 2**30  # ours: the largest int8 matrix kept on the CPU
+
+
+def fast_jl_available(device: torch.device) -> bool:
+    """Whether TRAK's ``CudaProjector`` runs here: a CUDA device and a working ``fast_jl`` (LESS's test run)."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    try:
+        import fast_jl  # noqa: F401
+
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        fast_jl.project_rademacher_8(torch.zeros(8, 1_000, device=device), 512, 0, sms)
+    except Exception:  # LESS's get_trak_projector: any failure falls back to BasicProjector
+        return False
+    return True
+
+
+def _as_torch(grads: Any) -> torch.Tensor:
+    if isinstance(grads, torch.Tensor):
+        return grads.detach()
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(grads)))
+
+
+class _TrakRademacher:
+    """TRAK's Rademacher projection (``CudaProjector`` or ``BasicProjector``), the CPU matrix kept as int8."""
+
+    def __init__(self, d: int, dim: int, seed: int, device: torch.device, backend: str | None, cache_limit: int):
+        from trak.projectors import BasicProjector, CudaProjector, ProjectionType
+
+        if backend is None:
+            backend = "fast_jl" if fast_jl_available(device) else "basic"
+        if backend not in BACKENDS:
+            raise InputError(f"unknown rademacher backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        if backend == "fast_jl" and not fast_jl_available(device):
+            raise InputError(
+                f"this projector uses TRAK's CudaProjector (fast_jl), which does not run on {device}: "
+                "its matrix cannot be regenerated without CUDA and fast_jl"
+            )
+        self.backend, self.device, self.dim = backend, device, dim
+        # CPU cache of BasicProjector's matrix: (blocks, d, 128) int8, block i = columns [128 i, 128 (i + 1)).
+        self.blocks: torch.Tensor | None = None
+        self._buffer: torch.Tensor | None = None  # (d, 128) float32, reused for every block and call
+        args = {"grad_dim": d, "proj_dim": dim, "seed": seed, "proj_type": ProjectionType.rademacher, "device": device}
+        if backend == "fast_jl":
+            self.trak = CudaProjector(**args, max_batch_size=LESS_MAX_BATCH_SIZE)
+            return
+        self.trak = BasicProjector(**args, block_size=LESS_BLOCK_SIZE, dtype=torch.float32)
+        if device.type == "cpu" and d * self.trak.num_blocks * self.trak.block_size <= cache_limit:
+            size = self.trak.block_size
+            self.blocks = torch.zeros(self.trak.num_blocks, d, size, dtype=torch.int8)
+            for i, state in enumerate(self.trak.generator_states):
+                self.trak.generate_sketch_matrix(state)  # (d, block) +-1 float32, TRAK's own draw
+                self.blocks[i, :, : min(size, dim - i * size)] = self.trak.proj_matrix[:, : dim - i * size]
+            self.trak.free_memory()
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """(b, d) -> (b, dim) float32 on ``self.device``."""
+        x = x.to(self.device, torch.float32).contiguous()
+        if self.blocks is None:
+            return self.trak.project(x, model_id=0).float()
+        if self._buffer is None:
+            self._buffer = torch.empty(self.blocks.shape[1], self.blocks.shape[2], dtype=torch.float32)
+        size = self.blocks.shape[2]
+        out = torch.empty(x.shape[0], self.blocks.shape[0] * size, dtype=torch.float32)
+        for i in range(self.blocks.shape[0]):
+            self._buffer.copy_(self.blocks[i])  # int8 -> float32 into the reused (d, 128) buffer
+            torch.mm(x, self._buffer, out=out[:, i * size : (i + 1) * size])
+        return out[:, : self.dim].contiguous()
 
 
 class Projector:
-    """A seeded random projection from gradient space (d) to ``dim`` coordinates."""
+    """A seeded random projection from gradient space (d) to ``dim`` coordinates.
 
-    def __init__(self, kind: str, d: int, dim: int, seed: int) -> None:
-        from sklearn.random_projection import GaussianRandomProjection, SparseRandomProjection
+    ``device`` (``rademacher`` only): where TRAK projects; default CUDA when visible, else the CPU.
+    ``backend`` (``rademacher`` only): ``"fast_jl"`` or ``"basic"``; default: ``fast_jl`` when it runs.
+    """
 
+    def __init__(
+        self,
+        kind: str,
+        d: int,
+        dim: int,
+        seed: int,
+        *,
+        device: str | torch.device | None = None,
+        backend: str | None = None,
+        cache_limit_bytes: int = CACHE_LIMIT_BYTES,
+    ) -> None:
         if kind not in KINDS:
             raise InputError(f"unknown projector {kind!r}; expected one of {', '.join(KINDS)}")
         if dim < 1 or d < 1:
             raise InputError(f"projection needs d >= 1 and dim >= 1, got d={d}, dim={dim}")
         self.kind, self.d, self.dim, self.seed = kind, int(d), int(dim), int(seed)
+        self.backend: str | None = None
+        if kind == "rademacher":
+            dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            self._trak = _TrakRademacher(self.d, self.dim, self.seed, dev, backend, int(cache_limit_bytes))
+            self.backend = self._trak.backend
+            return
+        from sklearn.random_projection import GaussianRandomProjection, SparseRandomProjection
+
         cls = SparseRandomProjection if kind == "sparse" else GaussianRandomProjection
         kwargs = {"dense_output": True} if kind == "sparse" else {}
         self._proj = cls(n_components=self.dim, random_state=self.seed, **kwargs)
         # fit() only reads the number of features; a one-row placeholder avoids a (n, d) input.
         self._proj.fit(np.zeros((1, self.d), dtype=np.float32))
 
+    def _check(self, shape: tuple[int, ...]) -> None:
+        if len(shape) != 2 or shape[1] != self.d:
+            raise InputError(f"projector expects (b, {self.d}) gradients, got shape {tuple(shape)}")
+
+    def project(self, grads: Any) -> torch.Tensor:
+        """Project a (b, d) block (numpy or torch) to a (b, dim) float32 tensor (on the projector's
+        device for ``rademacher``, else on the CPU)."""
+        self._check(tuple(grads.shape))
+        if self.kind == "rademacher":
+            return self._trak.project(_as_torch(grads))
+        x = grads.detach().cpu().numpy() if isinstance(grads, torch.Tensor) else np.asarray(grads)
+        return torch.from_numpy(np.asarray(self._proj.transform(x.astype(np.float32, copy=False)), dtype=np.float32))
+
     def transform(self, grads: Any) -> np.ndarray:
-        """Project a (b, d) block (numpy or torch) to (b, dim) float32."""
-        x = grads.detach().cpu().numpy() if hasattr(grads, "detach") else np.asarray(grads)
-        if x.ndim != 2 or x.shape[1] != self.d:
-            raise InputError(f"projector expects (b, {self.d}) gradients, got shape {tuple(x.shape)}")
-        return np.asarray(self._proj.transform(x.astype(np.float32, copy=False)), dtype=np.float32)
+        """Project a (b, d) block (numpy or torch) to (b, dim) float32 numpy."""
+        return self.project(grads).cpu().numpy()
+
+    def spec(self) -> dict[str, Any]:
+        """What :func:`load_projector` needs to regenerate this projection (``backend`` and the drawing
+        ``device`` type for ``rademacher``, None otherwise)."""
+        device = self._trak.device.type if self.kind == "rademacher" else None
+        return {
+            "kind": self.kind,
+            "d": self.d,
+            "dim": self.dim,
+            "seed": self.seed,
+            "backend": self.backend,
+            "device": device,
+        }
 
     def save(self, path: str | os.PathLike) -> None:
         with atomic_path(path) as tmp:
-            joblib.dump({"kind": self.kind, "d": self.d, "dim": self.dim, "seed": self.seed}, tmp)
+            joblib.dump(self.spec(), tmp)
 
 
 def load_projector(path: str | os.PathLike) -> Projector:
-    """Rebuild a saved projector (only its spec is stored; the matrix is regenerated)."""
+    """Rebuild a saved projector (only its spec is stored; the matrix is regenerated on the device it was
+    drawn on). Specs saved before ``rademacher`` existed (no ``backend``) load as they were."""
     if not Path(path).is_file():
         raise InputError(f"{path}: projector file not found")
     spec = joblib.load(path)
-    return Projector(spec["kind"], spec["d"], spec["dim"], spec["seed"])
+    missing = [k for k in ("kind", "d", "dim", "seed") if k not in spec]
+    if missing:
+        raise InputError(f"{path}: projector spec lacks field(s) {missing}")
+    if spec["kind"] != "rademacher":
+        return Projector(spec["kind"], spec["d"], spec["dim"], spec["seed"])
+    device = spec.get("device") or "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError(
+            f"{path}: this Rademacher projector was drawn on a CUDA device (TRAK {spec.get('backend')}); "
+            "its matrix cannot be regenerated without one"
+        )
+    return Projector(spec["kind"], spec["d"], spec["dim"], spec["seed"], device=device, backend=spec.get("backend"))

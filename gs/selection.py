@@ -163,31 +163,81 @@ def adam_precondition(
     ``1 - beta**t``) and eps **inside** the square root. Bias correction would only rescale every
     coordinate by the same factor ``sqrt(1 - beta2**t) / (1 - beta1**t)``, which a cosine ignores.
     The learning rate is omitted for the same reason.
+
+    Torch tensors (all three) are computed with torch on their device and returned as a float32 (or
+    float64) tensor, so the influence pass need not move a GPU block to numpy. Memory: two arrays of
+    ``grads``' shape (the result and one temporary), no float64 copy of float32 input.
     """
+    if any(type(a).__module__.startswith("torch") for a in (grads, exp_avg, exp_avg_sq)):
+        return _adam_precondition_torch(grads, exp_avg, exp_avg_sq, beta1, beta2, eps, eps_inside_sqrt)
     g = _float_array(grads, "grads")
     m = _float_array(exp_avg, "exp_avg")
     v = _float_array(exp_avg_sq, "exp_avg_sq")
-    if g.ndim not in (1, 2):
-        raise InputError(f"grads: expected shape (n, d) or (d,), got {g.shape}")
-    d = g.shape[-1]
-    for arr, name in ((m, "exp_avg"), (v, "exp_avg_sq")):
-        if arr.shape != (d,):
-            raise InputError(f"{name}: expected shape ({d},) to match grads {g.shape}, got {arr.shape}")
-    b1, b2, e = _finite_float(beta1, "beta1"), _finite_float(beta2, "beta2"), _finite_float(eps, "eps")
-    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-        raise InputError(f"beta1 and beta2 must lie in [0, 1), got {b1} and {b2}")
-    if e <= 0.0:
-        raise InputError(f"eps must be > 0, got {e}")
+    b1, b2, e = _adam_hyper(g.shape, m.shape, v.shape, beta1, beta2, eps)
     if (v < 0).any():
         raise InputError("exp_avg_sq: the second moment estimate has negative entries")
     # float16/float32 inputs stay float32 (gradients are large); float64 stays float64.
     dtype = np.result_type(g.dtype, m.dtype, v.dtype, np.float32)
     g, m, v = g.astype(dtype, copy=False), m.astype(dtype, copy=False), v.astype(dtype, copy=False)
-    m_new = b1 * m + (1.0 - b1) * g
-    v_new = b2 * v + (1.0 - b2) * np.square(g)
-    denom = np.sqrt(v_new + e) if eps_inside_sqrt else np.sqrt(v_new) + e
-    out = m_new / denom
+    denom = np.square(g)  # v' = beta2 * v + (1 - beta2) * g**2, in place
+    denom *= dtype.type(1.0 - b2)
+    denom += dtype.type(b2) * v
+    if eps_inside_sqrt:
+        denom += dtype.type(e)
+        np.sqrt(denom, out=denom)
+    else:
+        np.sqrt(denom, out=denom)
+        denom += dtype.type(e)
+    out = g * dtype.type(1.0 - b1)  # m' = beta1 * m + (1 - beta1) * g
+    out += dtype.type(b1) * m
+    out /= denom
+    del denom
     if not np.isfinite(out).all():
+        raise InputError("adam_precondition: non-finite values in grads or the optimizer state")
+    return out
+
+
+def _adam_hyper(
+    g_shape: tuple[int, ...], m_shape: tuple[int, ...], v_shape: tuple[int, ...], beta1: float, beta2: float, eps: float
+) -> tuple[float, float, float]:
+    """Check :func:`adam_precondition`'s shapes and hyperparameters; returns (beta1, beta2, eps)."""
+    if len(g_shape) not in (1, 2):
+        raise InputError(f"grads: expected shape (n, d) or (d,), got {tuple(g_shape)}")
+    d = g_shape[-1]
+    for shape, name in ((m_shape, "exp_avg"), (v_shape, "exp_avg_sq")):
+        if tuple(shape) != (d,):
+            raise InputError(f"{name}: expected shape ({d},) to match grads {tuple(g_shape)}, got {tuple(shape)}")
+    b1, b2, e = _finite_float(beta1, "beta1"), _finite_float(beta2, "beta2"), _finite_float(eps, "eps")
+    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+        raise InputError(f"beta1 and beta2 must lie in [0, 1), got {b1} and {b2}")
+    if e <= 0.0:
+        raise InputError(f"eps must be > 0, got {e}")
+    return b1, b2, e
+
+
+def _adam_precondition_torch(
+    grads: Any, exp_avg: Any, exp_avg_sq: Any, beta1: float, beta2: float, eps: float, eps_inside_sqrt: bool
+) -> Any:
+    """:func:`adam_precondition` for torch tensors, on ``grads``' device (same formula, in place)."""
+    import torch
+
+    if not all(isinstance(a, torch.Tensor) for a in (grads, exp_avg, exp_avg_sq)):
+        raise InputError("adam_precondition: pass grads, exp_avg and exp_avg_sq all as numpy or all as torch")
+    b1, b2, e = _adam_hyper(tuple(grads.shape), tuple(exp_avg.shape), tuple(exp_avg_sq.shape), beta1, beta2, eps)
+    dtype = torch.promote_types(torch.promote_types(grads.dtype, exp_avg.dtype), exp_avg_sq.dtype)
+    dtype = torch.promote_types(dtype, torch.float32)
+    g = grads.detach().to(dtype)
+    m, v = exp_avg.to(g.device, dtype), exp_avg_sq.to(g.device, dtype)
+    if bool((v < 0).any()):
+        raise InputError("exp_avg_sq: the second moment estimate has negative entries")
+    denom = g.square().mul_(1.0 - b2).add_(v, alpha=b2)
+    if eps_inside_sqrt:
+        denom.add_(e).sqrt_()
+    else:
+        denom.sqrt_().add_(e)
+    out = g.mul(1.0 - b1).add_(m, alpha=b1).div_(denom)
+    del denom
+    if not bool(torch.isfinite(out).all()):
         raise InputError("adam_precondition: non-finite values in grads or the optimizer state")
     return out
 
@@ -226,19 +276,27 @@ def _checkpoint_weights(weights: Sequence[float] | None, n_ckpt: int) -> np.ndar
     return w / w.sum()
 
 
-def _target_directions(v: np.ndarray, group_of: np.ndarray, n_groups: int, reduction: str, ckpt: int) -> np.ndarray:
-    """(d, G) matrix whose column g, dotted with a unit training feature, gives its group-g score."""
-    v = v.astype(np.float64)
-    if not np.isfinite(v).all():
-        raise InputError(f"target_grads[{ckpt}]: non-finite values")
-    norms = np.linalg.norm(v, axis=1, keepdims=True)
-    if reduction == "mean_cosine":
-        # Mean over validation samples of cos(x, v_j) = <x/|x|, mean_j v_j/|v_j|>; a zero validation
-        # gradient contributes cosine 0 (LESS normalises it to the zero vector and still averages it).
-        v = np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
-    counts = np.bincount(group_of, minlength=n_groups).astype(np.float64)
-    sums = np.zeros((n_groups, v.shape[1]))
-    np.add.at(sums, group_of, v)
+def _target_directions(
+    v: np.ndarray, group_of: np.ndarray, n_groups: int, reduction: str, ckpt: int, chunk: int
+) -> np.ndarray:
+    """(d, G) matrix whose column g, dotted with a unit training feature, gives its group-g score.
+
+    Streams ``v`` in row chunks in its own precision (float32 stays float32): memory ``chunk * d``
+    plus the (G, d) sums, never a float64 copy of the (m, d) target matrix.
+    """
+    dtype = np.result_type(v.dtype, np.float32)
+    sums = np.zeros((n_groups, v.shape[1]), dtype=dtype)
+    for start in range(0, v.shape[0], chunk):
+        vc = np.asarray(v[start : start + chunk], dtype=dtype)
+        if not np.isfinite(vc).all():
+            raise InputError(f"target_grads[{ckpt}]: non-finite values")
+        if reduction == "mean_cosine":
+            # Mean over validation samples of cos(x, v_j) = <x/|x|, mean_j v_j/|v_j|>; a zero validation
+            # gradient contributes cosine 0 (LESS normalises it to the zero vector and still averages it).
+            norms = np.linalg.norm(vc, axis=1, keepdims=True)
+            vc = np.divide(vc, norms, out=np.zeros_like(vc), where=norms > 0)
+        np.add.at(sums, group_of[start : start + chunk], vc)
+    counts = np.bincount(group_of, minlength=n_groups).astype(dtype)
     t = sums / counts[:, None]
     t_norms = np.linalg.norm(t, axis=1)
     zero = np.flatnonzero(t_norms == 0)
@@ -318,10 +376,10 @@ def influence_scores(
             raise InputError(f"target_grads[{c}]: {v.shape[0]} rows but target_groups has {group_of.size}")
         else:
             g = group_of
-        t = _target_directions(v, g, n_groups, target_reduction, c)
-        # Chunks of rows keep a float64 copy of a large (n, d) feature matrix out of memory.
+        t = _target_directions(v, g, n_groups, target_reduction, c, chunk)
+        # Chunks of rows in the features' own precision (float32 stays float32): no float64 copy.
         for start in range(0, n, chunk):
-            xc = np.asarray(x[start : start + chunk], dtype=np.float64)
+            xc = np.asarray(x[start : start + chunk], dtype=np.result_type(x.dtype, t.dtype))
             if not np.isfinite(xc).all():
                 bad = start + int(np.flatnonzero(~np.isfinite(xc).all(axis=1))[0])
                 raise InputError(f"train_features[{c}]: non-finite values in row {bad}")

@@ -1,0 +1,123 @@
+"""gs.projection against TRAK's projectors called directly and against inner-product statistics in numpy."""
+
+from __future__ import annotations
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from trak.projectors import BasicProjector, ProjectionType
+
+from gs.io import InputError
+from gs.projection import Projector, load_projector
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _trak_basic(d: int, p: int, seed: int, x: torch.Tensor) -> np.ndarray:
+    """The reference: TRAK's BasicProjector as LESS builds it (block_size 128, model_id 0), on the CPU."""
+    ref = BasicProjector(d, p, seed, ProjectionType.rademacher, torch.device("cpu"), block_size=128)
+    return ref.project(x, model_id=0).numpy()
+
+
+@pytest.mark.parametrize(("d", "p", "seed"), [(3000, 300, 0), (2500, 128, 7), (1000, 64, 3)])
+def test_rademacher_equals_trak_basic_projector_kept_or_regenerated(d, p, seed):
+    x = torch.randn(5, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+    expected = _trak_basic(d, p, seed, x)
+    kept = Projector("rademacher", d, p, seed, device="cpu")
+    regenerated = Projector("rademacher", d, p, seed, device="cpu", cache_limit_bytes=0)
+    assert kept.backend == regenerated.backend == "basic"
+    assert kept._trak.blocks is not None and regenerated._trak.blocks is None
+    scale = np.abs(expected).max()
+    for proj in (kept, regenerated):
+        out = proj.transform(x)
+        assert out.shape == (5, p) and out.dtype == np.float32
+        np.testing.assert_allclose(out, expected, atol=1e-5 * scale)
+    # numpy input, and a different seed gives a different matrix
+    np.testing.assert_allclose(kept.transform(x.numpy()), expected, atol=1e-5 * scale)
+    other = Projector("rademacher", d, p, seed + 1, device="cpu").transform(x)
+    assert not np.allclose(other, expected, atol=1e-2 * scale)
+
+
+def test_kept_matrix_is_a_balanced_sign_matrix():
+    proj = Projector("rademacher", 4000, 200, 0, device="cpu")
+    blocks = proj._trak.blocks.numpy()  # (2, 4000, 128); the last block's unused columns stay 0
+    used = np.concatenate([blocks[0], blocks[1][:, :72]], axis=1)
+    assert set(np.unique(used)) == {-1, 1}
+    assert abs((used == 1).mean() - 0.5) < 0.01
+    assert not blocks[1][:, 72:].any()
+
+
+def test_save_and_load_regenerate_the_same_projection(tmp_path):
+    x = np.random.default_rng(0).standard_normal((3, 900)).astype(np.float32)
+    for kind in ("rademacher", "sparse", "gaussian"):
+        proj = Projector(kind, 900, 40, 5)
+        proj.save(tmp_path / f"{kind}.joblib")
+        loaded = load_projector(tmp_path / f"{kind}.joblib")
+        assert loaded.kind == kind and loaded.backend == proj.backend
+        np.testing.assert_array_equal(loaded.transform(x), proj.transform(x))
+    # a spec saved before the rademacher kind existed (no backend, no device) still loads
+    joblib.dump({"kind": "sparse", "d": 900, "dim": 40, "seed": 5}, tmp_path / "old.joblib")
+    np.testing.assert_array_equal(
+        load_projector(tmp_path / "old.joblib").transform(x), Projector("sparse", 900, 40, 5).transform(x)
+    )
+
+
+def _standardised_errors(x: np.ndarray, proj: Projector, sparse_s: float | None = None) -> np.ndarray:
+    """(<Px, Py>/p - <x, y>) / sd over all pairs, sd from the known variance of each random matrix."""
+    p = proj.dim
+    y = proj.transform(x).astype(np.float64)
+    est = y @ y.T / (p if sparse_s is None else 1.0)  # sklearn's sparse matrix is already scaled by 1/sqrt(p)
+    gram = x.astype(np.float64) @ x.T.astype(np.float64)
+    sq = np.square(x.astype(np.float64))
+    norms2 = np.diag(gram)
+    cross4 = sq @ sq.T  # sum_k x_ik^2 x_jk^2
+    # Rademacher: Var = (|x|^2 |y|^2 + <x,y>^2 - 2 sum x^2 y^2) / p; very sparse (Li et al. 2006, s = sqrt(d)):
+    # Var = (|x|^2 |y|^2 + <x,y>^2 + (s - 3) sum x^2 y^2) / p.
+    extra = -2.0 if sparse_s is None else sparse_s - 3.0
+    var = (np.outer(norms2, norms2) + gram**2 + extra * cross4) / p
+    iu = np.triu_indices(len(x), 1)
+    return (est - gram)[iu] / np.sqrt(var[iu])
+
+
+@pytest.mark.parametrize("kind", ["rademacher", "sparse"])
+def test_inner_products_are_preserved_with_the_known_variance(kind):
+    d, p = 4096, 512
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((30, d)).astype(np.float32)
+    x[:10] += 0.8 * x[10:20]  # some correlated pairs, so <x, y> is not always near 0
+    proj = Projector(kind, d, p, 11, device="cpu")
+    z = _standardised_errors(x, proj, sparse_s=None if kind == "rademacher" else float(np.sqrt(d)))
+    assert abs(z.mean()) < 0.25
+    assert 0.75 < z.std() < 1.25
+
+
+def test_bad_inputs():
+    with pytest.raises(InputError, match="unknown projector"):
+        Projector("fourier", 10, 2, 0)
+    with pytest.raises(InputError, match="dim >= 1"):
+        Projector("rademacher", 10, 0, 0)
+    proj = Projector("rademacher", 10, 2, 0, device="cpu")
+    with pytest.raises(InputError, match=r"expects \(b, 10\)"):
+        proj.transform(np.zeros((2, 9), dtype=np.float32))
+    with pytest.raises(InputError, match="fast_jl"):
+        Projector("rademacher", 10, 2, 0, device="cpu", backend="fast_jl")
+    with pytest.raises(InputError, match="not found"):
+        load_projector("/nonexistent/projector.joblib")
+
+
+@pytest.mark.gpu
+def test_cuda_projection_is_a_rademacher_sketch():
+    """On a GPU: TRAK's CudaProjector (fast_jl) when it runs, else BasicProjector drawn on the device;
+    either way the default CUDA projector equals TRAK called directly with LESS's arguments."""
+    from trak.projectors import CudaProjector
+
+    d, p = 4096, 512
+    x = torch.randn(16, d, device="cuda")
+    proj = Projector("rademacher", d, p, 0, device="cuda")
+    if proj.backend == "fast_jl":
+        ref = CudaProjector(d, p, 0, ProjectionType.rademacher, torch.device("cuda"), max_batch_size=16)
+    else:
+        ref = BasicProjector(d, p, 0, ProjectionType.rademacher, torch.device("cuda"), block_size=128)
+    expected = ref.project(x, model_id=0).float().cpu().numpy()
+    np.testing.assert_allclose(proj.transform(x), expected, rtol=1e-4, atol=1e-3)
