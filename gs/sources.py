@@ -321,11 +321,18 @@ def _format(template: str, row: dict[str, Any], field: str, where: str) -> str:
         raise InputError(f"{where}: field {field!r}: template {template!r} is not a format string ({e})") from None
 
 
-def _check_columns(columns: list[str], options: dict[str, Any], where: str) -> None:
-    """Every column the ``hf`` options name exists, checked once before any row is read."""
+def _check_columns(columns: list[str], options: dict[str, Any], where: str) -> set[str]:
+    """Check that every column the ``hf`` options name exists, once, before any row is read.
+
+    Returns the columns the first pass over all rows needs: those of the instruction and input
+    templates, ``meta_columns`` and the ``answer`` column (the output's are read for kept rows only).
+    """
+    needed: set[str] = set()
     for field, template in options["templates"].items():
         if field not in ("instruction", "input", "output"):
             raise InputError(f"{where}: templates has unknown field {field!r}; expected instruction, input, output")
+        if not isinstance(template, str):
+            raise InputError(f"{where}: field {field!r}: template must be a string, got {type(template).__name__}")
         try:
             names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
         except ValueError as e:
@@ -337,18 +344,16 @@ def _check_columns(columns: list[str], options: dict[str, Any], where: str) -> N
                     f"{where}: field {field!r}: template {template!r} names no column {col!r} "
                     f"(columns: {', '.join(columns)})"
                 )
+            if field != "output":
+                needed.add(col)
     named = [("meta_columns", c) for c in options.get("meta_columns", [])]
     if options.get("answer"):
         named.append(("answer", options["answer"].get("column")))
     for what, col in named:
         if col not in columns:
             raise InputError(f"{where}: {what} names no column {col!r} (columns: {', '.join(columns)})")
-
-
-def _column(row: dict[str, Any], column: str, where: str, what: str) -> Any:
-    if column not in row:
-        raise InputError(f"{where}: {what} names no column {column!r} (columns: {', '.join(row)})")
-    return row[column]
+        needed.add(col)
+    return needed
 
 
 def hf(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
@@ -376,28 +381,30 @@ def hf(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
     templates = options["templates"]
     rule = options.get("answer")
     ds = _load_hf(path, name, split)
-    _check_columns(list(ds.column_names), options, f"hf dataset {path!r} split {split!r}")
+    needed = _check_columns(list(ds.column_names), options, f"hf dataset {path!r} split {split!r}")
+    # First pass, over every row but only the short columns: instruction, input, meta, answer.
     items = []
-    for i, row in enumerate(tqdm(ds, desc=f"hf {path} {split}", mininterval=10)):
-        row = dict(row)
+    rows = ds.select_columns([c for c in ds.column_names if c in needed]) if needed else ({} for _ in range(len(ds)))
+    for i, row in enumerate(tqdm(rows, total=len(ds), desc=f"hf {path} {split}", mininterval=10)):
         where = f"hf dataset {path!r} split {split!r} row {i}"
         item = {k: tidy(_format(templates.get(k, ""), row, k, where)) for k in ("instruction", "input")}
-        # Outputs (long stories) are formatted and cleaned only for the rows kept, below.
-        meta = {c: _column(row, c, where, "meta_columns") for c in options.get("meta_columns", [])}
+        meta = {c: row[c] for c in options.get("meta_columns", [])}
         if rule:
-            value = str(_column(row, rule["column"], where, "answer"))
+            value = str(row[rule["column"]])
             m = re.search(rule.get("regex", r"(.+)"), value, re.S)
             meta["answer"] = (m.group(1) if m else value).strip().replace(",", "")
         meta["source_row"] = i
-        items.append({**item, "meta": meta, "_row": row, "_where": where})
+        items.append({**item, "meta": meta, "_where": where})
     items = _distinct(items)
     if len(items) < n:
         raise InputError(
             f"hf dataset {path!r} (split {split!r}): {len(items)} distinct (instruction, input) rows, {n} needed"
         )
     chosen = _shuffled(items, seed)[:n]
-    for item in chosen:
-        item["output"] = tidy(_format(templates.get("output", ""), item.pop("_row"), "output", item["_where"]))
+    # Outputs (long stories) are read, formatted and cleaned for the kept rows only.
+    kept = ds.select([item["meta"]["source_row"] for item in chosen])
+    for item, row in zip(chosen, kept, strict=True):
+        item["output"] = tidy(_format(templates.get("output", ""), row, "output", item["_where"]))
     return [{k: item[k] for k in ("instruction", "input", "output", "meta", "_where")} for item in chosen]
 
 

@@ -113,6 +113,20 @@ def test_splits_from_one_hub_split_are_disjoint(gsm):
     assert out["reference"] == out["test"]
 
 
+def test_writing_train_validation_and_reference_from_one_hub_split_are_disjoint(wp):
+    opts = {**WP_OPTIONS, "path": str(wp)}
+    spec = {
+        "train": {"source": "hf", "n": 1, "options": opts},
+        "validation": {"source": "hf", "n": 1, "options": opts},
+        "test": {"source": "tot_writing", "n": 1},
+        "reference": {"source": "hf", "n": 1, "options": opts},
+    }
+    out = build_domain("writing", spec, seed=0)
+    drawn = {s: [(r["instruction"], r["output"]) for r in out[s]] for s in ("train", "validation", "reference")}
+    assert sorted(sum(drawn.values(), [])) == sorted(WP_EXPECTED.items()), "three distinct prompts, one per split"
+    assert out["reference"] != out["test"]
+
+
 def test_repeated_prompts_are_dropped_before_n_and_markers_cleaned(wp):
     items = hf(3, 0, {**WP_OPTIONS, "path": str(wp)})
     assert {it["instruction"]: it["output"] for it in items} == WP_EXPECTED
