@@ -9,10 +9,11 @@ Precision: the base model stays in the dtype it was loaded in (``model.dtype``, 
 scale); peft's ``autocast_adapter_dtype`` (its default, passed explicitly) keeps the LoRA weights in
 float32, so their gradients and the AdamW state are float32 too (no autocast, no master copy needed:
 only the adapter is trained). ``train.gradient_checkpointing`` recomputes each decoder layer in the
-backward pass (transformers' ``gradient_checkpointing_enable`` with ``use_reentrant=False``, as
-peft's ``prepare_model_for_kbit_training`` sets it up; non-reentrant checkpointing needs no
-``enable_input_require_grads`` hook, peft skips it too). Its RNG state is replayed, so LoRA dropout
-draws the same masks and the losses and gradients equal those without checkpointing.
+backward pass (transformers' ``activation_checkpointing_enable``, formerly
+``gradient_checkpointing_enable``, with ``use_reentrant=False`` as peft's
+``prepare_model_for_kbit_training`` sets it up; transformers adds the ``enable_input_require_grads``
+hook itself). Its RNG state is replayed, so LoRA dropout draws the same masks and the losses and
+gradients equal those without checkpointing.
 """
 
 from __future__ import annotations
@@ -129,19 +130,28 @@ def load_adapter(model: Any, adapter_dir: str | os.PathLike, trainable: bool = F
 @contextmanager
 def gradient_checkpointing(model: Any, enabled: bool) -> Iterator[None]:
     """Within the block, ``model`` (a transformers model, or a peft model around one) recomputes its
-    decoder layers' activations in the backward pass; afterwards it is switched off again, so a base
-    model reused for the next adapter or for gradient features runs as loaded."""
+    decoder layers' activations in the backward pass; afterwards it is switched off again (and the
+    embedding-output ``requires_grad`` hook that goes with it removed), so a base model reused for
+    the next adapter runs as loaded."""
     if not enabled:
         yield
         return
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not getattr(base, "supports_gradient_checkpointing", False):
         raise InputError(f"train.gradient_checkpointing: {type(base).__name__} does not support it")
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # the name from transformers 5.24 on
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     try:
         yield
     finally:
-        base.gradient_checkpointing_disable()
+        if hasattr(base, "activation_checkpointing_disable"):
+            base.activation_checkpointing_disable()
+        else:
+            base.gradient_checkpointing_disable()
+        base.disable_input_require_grads()
 
 
 def trainable_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:

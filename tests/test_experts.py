@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -248,3 +249,109 @@ def test_cli(tiny_model_dir, tmp_path, capsys):
         run_cli(main, argv)
     assert exc.value.code == 1
     assert "error: cluster 2 has 1 sample(s)" in capsys.readouterr().err
+
+
+# -- precision and memory: gradient checkpointing, bf16 base with float32 LoRA ------------------------
+
+
+def _batch(tokenizer):
+    from gs.prompting import collate, encode_example
+
+    return collate([encode_example(tokenizer, r, 48, "response") for r in make_records()[:4]], tokenizer.pad_token_id)
+
+
+def _checkpointing(model) -> bool:
+    return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_model_dir, tokenizer):
+    from gs.models import load_model
+    from gs.training import LoraSpec, attach_lora, gradient_checkpointing, trainable_parameters
+
+    batch = _batch(tokenizer)
+    # Dropout on: checkpointing must replay the same dropout masks in its recomputation.
+    lora = LoraSpec(rank=4, alpha=8, dropout=0.2, target_modules=["q_proj", "v_proj"])
+    runs = []
+    for enabled in (False, True):
+        model = load_model(tiny_model_dir, device="cpu")
+        peft_model = attach_lora(model, lora, seed=0)
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():  # LoRA B starts at zero, which would zero every A gradient
+            for name, p in trainable_parameters(peft_model):
+                if "lora_B" in name:
+                    p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+        calls = []
+        # A module inside the checkpointed layer's forward: it runs again when the backward recomputes it.
+        model.model.layers[0].self_attn.register_forward_hook(lambda *a, calls=calls: calls.append(1))
+        peft_model.train()
+        torch.manual_seed(3)
+        with gradient_checkpointing(peft_model, enabled):
+            assert _checkpointing(model) == enabled
+            loss = peft_model(**batch, use_cache=False).loss
+            loss.backward()
+        assert not _checkpointing(model), "switched off after the block"
+        assert not getattr(model, "_require_grads_hooks", None), "input-grad hook removed after the block"
+        runs.append((loss.detach(), {n: p.grad.clone() for n, p in trainable_parameters(peft_model)}, len(calls)))
+    (loss_plain, grads_plain, calls_plain), (loss_ckpt, grads_ckpt, calls_ckpt) = runs
+    assert (calls_plain, calls_ckpt) == (1, 2), "the checkpointed layer runs again in the backward pass"
+    torch.testing.assert_close(loss_ckpt, loss_plain)
+    assert grads_plain.keys() == grads_ckpt.keys() and len(grads_plain) == 8
+    for name, g in grads_plain.items():
+        assert g.abs().sum() > 0, name
+        torch.testing.assert_close(grads_ckpt[name], g, msg=name)
+
+
+def test_training_with_checkpointing_matches_training_without(tiny_model_dir, tokenizer, tmp_path):
+    from gs.models import load_model
+    from gs.training import LoraSpec, TrainSpec, train_lora
+
+    lora = LoraSpec(rank=4, alpha=8, dropout=0.1, target_modules=["q_proj", "v_proj"])
+    out = {}
+    for enabled in (False, True):
+        train = TrainSpec.from_config({**PARAMS["train"], "max_steps": 3, "gradient_checkpointing": enabled})
+        assert train.gradient_checkpointing is enabled
+        model = load_model(tiny_model_dir, device="cpu")
+        summary = train_lora(model, tokenizer, make_records(), lora, train, tmp_path / str(enabled), seed=0)
+        out[enabled] = (summary, load_file(tmp_path / str(enabled) / "adapter_model.safetensors"))
+    assert out[True][0]["train"]["gradient_checkpointing"] is True
+    for key in ("first_loss", "last_loss"):
+        assert out[True][0][key] == pytest.approx(out[False][0][key], rel=1e-5)
+    for name, w in out[False][1].items():
+        torch.testing.assert_close(out[True][1][name], w, msg=name)
+
+
+def test_bf16_base_keeps_bf16_weights_and_trains_float32_lora(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
+    from gs.models import load_model
+    from gs.training import LoraSpec, TrainSpec, attach_lora, train_lora, trainable_parameters
+
+    lora = LoraSpec(rank=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    model = load_model(tiny_model_dir, dtype="bfloat16", device="cpu")
+    peft_model = attach_lora(model, lora, seed=0)
+    trainable = dict(trainable_parameters(peft_model))
+    assert {p.dtype for p in trainable.values()} == {torch.float32}
+    frozen = {p.dtype for n, p in peft_model.named_parameters() if n not in trainable}
+    assert frozen == {torch.bfloat16}
+    peft_model.unload()
+
+    optimizers = []
+    adamw = torch.optim.AdamW
+
+    class Recorded(adamw):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            optimizers.append(self)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recorded)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train = TrainSpec.from_config({**PARAMS["train"], "gradient_checkpointing": True})
+    summary = train_lora(model, tokenizer, make_records(), lora, train, tmp_path / "a", seed=0)
+    assert np.isfinite([summary["first_loss"], summary["last_loss"]]).all()
+    states = [t for s in optimizers[0].state.values() for k, t in s.items() if k != "step"]
+    assert len(states) == 2 * 8 and {t.dtype for t in states} == {torch.float32}
+    saved = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    assert any(t.abs().sum() > 0 for n, t in saved.items() if "lora_B" in n), "the adapter was trained"
+    # The base weights are frozen and stay bf16 (unloaded again, untouched).
+    for name, p in model.named_parameters():
+        assert p.dtype == torch.bfloat16
+        assert torch.equal(p, before[name]), name
