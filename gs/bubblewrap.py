@@ -42,6 +42,7 @@ import logging
 import os
 import secrets
 import shutil
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -102,19 +103,32 @@ def _interpreter_dirs() -> list[str]:
     return dirs
 
 
+@functools.cache
+def _options(bwrap: str) -> frozenset[str]:
+    """The long options this ``bwrap`` knows (from ``--help``): ``--size`` is 0.7+, ``--disable-userns`` 0.8+."""
+    try:
+        done = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    return frozenset(word for word in (done.stdout + done.stderr).split() if word.startswith("--"))
+
+
 def bwrap_command(bwrap: str, workdir: str, argv: list[str], *, as_root: bool) -> list[str]:
     """The ``bwrap`` argv that runs ``argv`` (the interpreter and its arguments) isolated in ``workdir``.
 
     ``workdir`` (absolute) becomes a private writable tmpfs at the same path and the working
     directory. ``as_root`` selects privileged mode (the runner then drops to :func:`sandbox_uid`);
-    otherwise a user namespace is created. See the module docstring for what is visible.
+    otherwise a user namespace is created. See the module docstring for what is visible. Options an
+    older bwrap lacks (``--size``, ``--disable-userns``) are left out rather than failing.
     """
+    known = _options(bwrap)
     args = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     if as_root:
         args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
-        args += ["--unshare-user", "--disable-userns"]
+        args += ["--unshare-user"] + (["--disable-userns"] if "--disable-userns" in known else [])
     args += ["--die-with-parent", "--new-session", "--hostname", "gs-sandbox"]
+    size = ["--size", str(TMPFS_BYTES)] if "--size" in known else []
     made: set[str] = {"/"}
 
     def parents(path: str) -> list[str]:
@@ -127,7 +141,7 @@ def bwrap_command(bwrap: str, workdir: str, argv: list[str], *, as_root: bool) -
             head = os.path.dirname(head)
         return [a for d in out for a in ("--perms", "0755", "--dir", d)]
 
-    bound = ["/usr"]
+    bound = ["/usr", "/proc", "/dev"]
     args += ["--ro-bind", "/usr", "/usr"]
     for name in ROOT_ENTRIES:
         path = "/" + name
@@ -136,6 +150,9 @@ def bwrap_command(bwrap: str, workdir: str, argv: list[str], *, as_root: bool) -
         elif os.path.isdir(path):
             args += ["--ro-bind", path, path]
             bound.append(path)
+    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", *size, "--tmpfs", "/tmp"]
+    made.add("/tmp")
+    # After /tmp, so that an interpreter living under /tmp (a throwaway venv) stays visible.
     for path in _interpreter_dirs():
         if not _within(path, bound):
             args += parents(path) + ["--ro-bind", os.path.realpath(path), path]
@@ -143,10 +160,7 @@ def bwrap_command(bwrap: str, workdir: str, argv: list[str], *, as_root: bool) -
     for path in EXTRA_FILES:
         if os.path.isfile(path):
             args += parents(path) + ["--ro-bind", path, path]
-    args += ["--proc", "/proc", "--dev", "/dev"]
-    args += ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
-    made.add("/tmp")
-    args += parents(workdir) + ["--perms", "0777", "--size", str(TMPFS_BYTES), "--tmpfs", workdir]
+    args += parents(workdir) + ["--perms", "0777", *size, "--tmpfs", workdir]
     args += ["--remount-ro", "/", "--chdir", workdir, "--"]
     return args + list(argv)
 

@@ -383,12 +383,15 @@ def test_escape_ctypes_signal_parent(isolated, escape_log):
     decoy = subprocess.Popen(["sleep", "60"])
     try:
         program = LIBC + (
+            "def kill(pid):\n"
+            "    r = libc.kill(pid, 9)\n"
+            "    return r, f'{r} ({os.strerror(ctypes.get_errno())})' if r else '0'\n"
             "ppid = os.getppid()\n"
-            "r_parent = libc.kill(ppid, 9)\n"
-            f"r_evaluator = libc.kill({os.getpid()}, 9)\n"
-            f"r_decoy = libc.kill({decoy.pid}, 9)\n"
-            "r_all = libc.kill(-1, 9)\n"
-            "print('kill parent', ppid, r_parent, 'evaluator', r_evaluator, 'decoy', r_decoy, 'all', r_all)\n"
+            "r_parent, s_parent = kill(ppid)\n"
+            f"r_evaluator, s_evaluator = kill({os.getpid()})\n"
+            f"r_decoy, s_decoy = kill({decoy.pid})\n"
+            "r_all, s_all = kill(-1)\n"
+            "print('kill: parent', ppid, s_parent, '| evaluator', s_evaluator, '| decoy', s_decoy, '| -1', s_all)\n"
             "assert r_decoy == 0 and r_evaluator == 0, 'the host processes were not signalled'\n"
         )
         result = run_untrusted(program)
@@ -508,3 +511,29 @@ def test_bwrap_command_exposes_only_the_interpreter_and_private_tmpfs():
     assert opts[opts.index("--remount-ro") + 1] == "/" and opts[opts.index("--chdir") + 1] == workdir
     root_argv = bwrap_command("bwrap", workdir, ["python"], as_root=True)
     assert "--unshare-user" not in root_argv and root_argv.count("--cap-add") == 2
+
+
+@pytest.mark.sandbox
+def test_escape_disk_fill_is_capped(isolated, escape_log):
+    from gs.bubblewrap import TMPFS_BYTES
+
+    chunk, files = 4 * 2**20, 40  # 160 MiB asked for in each of the two writable places
+    program = LIBC + (
+        f"buf, written = bytes({chunk}), 0\n"
+        "for d in (os.getcwd(), '/tmp'):\n"
+        f"    for i in range({files}):\n"
+        "        fd = libc.open(f'{d}/fill{i}'.encode(), os.O_WRONLY | os.O_CREAT, 0o644)\n"
+        f"        n = libc.write(fd, buf, {chunk}) if fd >= 0 else -1\n"
+        "        if n <= 0:\n"
+        "            print(d, 'refused:', os.strerror(ctypes.get_errno()))\n"
+        "            break\n"
+        "        written += n\n"
+        "print('written', written)\n"
+        f"assert written == 2 * {files} * {chunk}\n"
+    )
+    result = run_untrusted(program, timeout_s=10.0)
+    written = [int(line.split()[1]) for line in result.output.splitlines() if line.startswith("written ")]
+    _record(escape_log, "disk-fill", result, f"bytes written in total: {written[0] if written else '?'}")
+    assert not result.passed, result
+    assert written and written[0] <= 2 * TMPFS_BYTES
+    assert _next_problem_passes()
