@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -61,7 +66,7 @@ def _stacked_gradients(tiny_model_dir, warmup, loss_on="response"):
     from gs.features import _gradient_model, normalise_rows
     from gs.gradients import iter_gradients
 
-    model, tok = _gradient_model(str(tiny_model_dir), str(warmup), "float32")
+    model, tok = _gradient_model(str(tiny_model_dir), str(warmup))
     grads = torch.cat(
         [
             g
@@ -73,16 +78,61 @@ def _stacked_gradients(tiny_model_dir, warmup, loss_on="response"):
     return normalise_rows(grads).numpy().astype(np.float64)
 
 
-def test_warmup_writes_adapter_checkpoints_and_adam_moments(stage):
+def _plain_torch_warmup(tiny_model_dir) -> list[dict[str, torch.Tensor]]:
+    """The warm-up redone as a plain torch loop (AdamW, transformers' linear schedule, the same seeded
+    order): Adam's flattened moments after each epoch, from the optimizer itself."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from gs.models import load_model, load_tokenizer
+    from gs.prompting import collate, encode_example
+    from gs.training import LoraSpec, attach_lora, seed_everything
+
+    w = PARAMS["warmup"]
+    seed_everything(0)
+    tok = load_tokenizer(tiny_model_dir)
+    model = attach_lora(load_model(tiny_model_dir, device="cpu"), LoraSpec.from_config(w["lora"]), 0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=w["train"]["learning_rate"], weight_decay=0.0)
+    sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=0, num_training_steps=4)
+    encoded = [encode_example(tok, r, 48, "response") for r in RECORDS]
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    moments = []
+    for _ in range(2):
+        order = torch.randperm(8, generator=gen).tolist()
+        for start in (0, 4):
+            batch = collate([encoded[i] for i in order[start : start + 4]], tok.pad_token_id)
+            model(**batch, use_cache=False).loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+        moments.append({k: torch.cat([opt.state[p][k].flatten() for p in params]) for k in ("exp_avg", "exp_avg_sq")})
+    return moments
+
+
+def test_warmup_writes_adapter_checkpoints_and_adam_moments(stage, tiny_model_dir):
     tmp, _ = stage
     warm = tmp / "warmup"
     assert (warm / "adapter_config.json").is_file()
     ckpts = sorted(warm.glob("checkpoint-*"))
     assert [c.name for c in ckpts] == ["checkpoint-1", "checkpoint-2"]
-    moments = torch.load(ckpts[-1] / "adam_moments.pt")
-    assert moments["exp_avg_sq"].abs().sum() > 0, "Adam's second moment must hold the warm-up's gradients"
     summary = json.loads((warm / "training.json").read_text())
     assert summary["steps"] == 4
+    # LESS weights each checkpoint by its epoch's mean learning rate. 8 samples, batch 4, 2 epochs:
+    # 4 steps, no warm-up; transformers' linear schedule lr * (4 - s) / 4 for s = 0..3 gives
+    # epoch 1: lr * (1 + 3/4) / 2, epoch 2: lr * (2/4 + 1/4) / 2.
+    lr = PARAMS["warmup"]["train"]["learning_rate"]
+    mean_lrs = [json.loads((c / "checkpoint.json").read_text())["mean_lr"] for c in ckpts]
+    assert mean_lrs == pytest.approx([lr * 0.875, lr * 0.375], rel=1e-12)
+    # d by hand: 2 layers x (q_proj A 2x32 + B 32x2, v_proj A 2x32 + B 16x2) = 2 x 224.
+    d = 448
+    expected = _plain_torch_warmup(tiny_model_dir)
+    for ckpt, ref in zip(ckpts, expected, strict=True):
+        moments = torch.load(ckpt / "adam_moments.pt")
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert moments[key].shape == (d,)
+            assert ref[key].abs().sum() > 0
+            torch.testing.assert_close(moments[key], ref[key].float(), rtol=1e-4, atol=1e-12)
 
 
 def test_extract_matches_the_stacked_svd_and_keeps_no_gradients(stage, tiny_model_dir):
@@ -100,7 +150,11 @@ def test_extract_matches_the_stacked_svd_and_keeps_no_gradients(stage, tiny_mode
     ours = np.load(tmp / "grad" / "svd_components.npy").astype(np.float64)
     assert np.degrees(principal_angles(ours, comps)).max() < 0.5
     np.testing.assert_allclose(arrays["singular_values"], sv, rtol=1e-4)
-    np.testing.assert_allclose(np.abs(arrays["svd_coords"]), np.abs(stacked @ ours.T), atol=1e-4)
+    # Signed comparison against the EXACT components: align each of ours to its exact counterpart
+    # (singular vectors are defined up to sign), then components and coordinates must agree.
+    signs = np.sign(np.sum(ours * comps, axis=1))
+    np.testing.assert_allclose(ours * signs[:, None], comps, atol=1e-4)
+    np.testing.assert_allclose(arrays["svd_coords"] * signs, stacked @ comps.T, atol=1e-4)
     # ELREA's features are projections of the instruction-token gradients, not of the response ones.
     inst = _stacked_gradients(tiny_model_dir, tmp / "warmup", "instruction")
     from gs.projection import load_projector
@@ -108,6 +162,7 @@ def test_extract_matches_the_stacked_svd_and_keeps_no_gradients(stage, tiny_mode
     proj = load_projector(tmp / "grad" / "projector_16.joblib")
     np.testing.assert_allclose(arrays["elrea_features"], proj.transform(inst.astype(np.float32)), atol=1e-4)
     assert not np.allclose(arrays["elrea_features"], arrays["projected_16"], atol=1e-3)
+    assert not (tmp / "grad" / ".extract_state").exists()
 
 
 def test_coherence_pass_equals_the_pairwise_mean_on_stacked_gradients(stage, tiny_model_dir):
@@ -117,9 +172,22 @@ def test_coherence_pass_equals_the_pairwise_mean_on_stacked_gradients(stage, tin
     labels = [0, 0, 0, 1, 1, 2, 2, 2]
     pd.DataFrame({"id": [r["id"] for r in RECORDS], "cluster": labels}).to_csv(cdir / "assignments.csv", index=False)
     sums = cluster_gradient_sums(str(tiny_model_dir), str(tmp / "warmup"), str(train), [str(cdir)], PARAMS, 0)
-    streamed = coherence_from_sums(sums["toy"]["sums"], sums["toy"]["counts"])
-    direct = coherence_from_features(_stacked_gradients(tiny_model_dir, tmp / "warmup"), np.array(labels))
-    assert streamed["overall"] == pytest.approx(direct["overall"], abs=1e-5)
+    stacked = _stacked_gradients(tiny_model_dir, tmp / "warmup")
+    direct = coherence_from_features(stacked, np.array(labels))
+    # The CLI passes only the (k, 1) norms; the full sums must give the same answer.
+    toy = sums["toy"]
+    for given in (toy["sums"], np.sqrt(toy["sq_norms"])[:, None]):
+        streamed = coherence_from_sums(given, toy["counts"])
+        assert streamed["overall"] == pytest.approx(direct["overall"], abs=1e-5)
+        assert streamed["per_cluster"] == pytest.approx(direct["per_cluster"], abs=1e-5)
+    # Per-cluster mean pairwise cosine by hand, from the stacked unit rows.
+    for c in range(3):
+        rows = stacked[np.array(labels) == c]  # float32-normalised (batch of 8, not 3): ~1e-7 apart
+        assert toy["sq_norms"][c] == pytest.approx(float(np.square(rows.sum(axis=0)).sum()), rel=1e-6)
+        unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        cos = unit @ unit.T
+        n = rows.shape[0]
+        assert direct["per_cluster"][c] == pytest.approx((cos.sum() - n) / (n * (n - 1)), abs=1e-9)
 
 
 def test_bad_inputs(stage, tiny_model_dir):
@@ -134,3 +202,60 @@ def test_bad_inputs(stage, tiny_model_dir):
     write_jsonl(empty_answer, [{**RECORDS[0], "output": " "}])
     with pytest.raises(InputError, match="field 'output' is empty"):
         extract_features(str(tiny_model_dir), str(tmp / "warmup"), str(empty_answer), PARAMS, 0, str(tmp / "bad2"))
+
+
+RESUME_PARAMS = {**PARAMS, "batch_size": 2, "checkpoint_every": 2}  # 4 batches, a checkpoint after batch 2
+
+
+def _extract_cli(tiny_model_dir, warmup, train, out, *, die_after: int | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("GS_TEST_DIE_AFTER_BATCHES", None)
+    if die_after is not None:
+        env["GS_TEST_DIE_AFTER_BATCHES"] = str(die_after)
+    cmd = [sys.executable, "-m", "gs.features", "extract", "--model-dir", str(tiny_model_dir), "--warmup", str(warmup)]
+    cmd += ["--train", str(train), "--params", json.dumps(RESUME_PARAMS), "--seed", "0", "--out-dir", str(out)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _features(out: Path) -> dict[str, np.ndarray]:
+    with np.load(out / "features.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+@pytest.mark.slow  # two CLI subprocesses: ~30 s each on a loaded 2-core machine
+def test_killed_extraction_resumes_with_the_same_features(stage, tiny_model_dir, capsys):
+    """SIGKILL after batch 3 (checkpoint after batch 2), rerun: the result equals an uninterrupted run."""
+    tmp, train = stage
+    warmup = tmp / "warmup"
+    killed = tmp / "killed"
+    run = _extract_cli(tiny_model_dir, warmup, train, killed, die_after=3)
+    assert run.returncode == -9, run.stderr[-2000:]
+    state = killed / ".extract_state" / "state.pt"
+    assert state.is_file() and not (killed / "features.npz").exists()
+    assert torch.load(state, weights_only=True)["batches"] == 2  # batch 3's work was lost with the process
+    stale = tmp / "stale"
+    shutil.copytree(killed / ".extract_state", stale / ".extract_state")
+
+    run = _extract_cli(tiny_model_dir, warmup, train, killed)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "resuming the extraction" in run.stderr and "after 2 batches" in run.stderr
+    assert not (killed / ".extract_state").exists()
+
+    whole = tmp / "whole"
+    extract_features(str(tiny_model_dir), str(warmup), str(train), RESUME_PARAMS, 0, str(whole))
+    a, b = _features(killed), _features(whole)
+    assert sorted(a) == sorted(b)
+    assert a["ids"].tolist() == b["ids"].tolist() == [r["id"] for r in RECORDS]
+    for key in sorted(a):
+        if a[key].dtype.kind == "f":
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        else:
+            assert np.array_equal(a[key], b[key]), key
+    np.testing.assert_allclose(np.load(killed / "svd_components.npy"), np.load(whole / "svd_components.npy"), atol=1e-6)
+
+    # A state made for other inputs (here another seed) is discarded, not resumed.
+    capsys.readouterr()
+    extract_features(str(tiny_model_dir), str(warmup), str(train), RESUME_PARAMS, 1, str(stale))
+    err = capsys.readouterr().err
+    assert "discarding the extraction state" in err and "resuming" not in err
+    assert not (stale / ".extract_state").exists() and _features(stale)["ids"].shape == (8,)
