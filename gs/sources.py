@@ -224,12 +224,21 @@ def _read_user_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     return rows
 
 
+#: Strings ``pandas.read_csv`` reads as a missing value by default (its ``na_values``): an id like
+#: these would be lost in the suite's ``id,cluster`` CSV files.
+CSV_MISSING = frozenset(
+    "#N/A,#N/A N/A,#NA,-1.#IND,-1.#QNAN,-NaN,-nan,1.#IND,1.#QNAN,<NA>,N/A,NA,NULL,NaN,None,n/a,nan,null".split(",")
+)
+
+
 def _user_id(value: Any, where: str) -> str | int:
-    """A user's ``id``: a non-empty string (no surrounding whitespace) or an integer."""
+    """A user's ``id``: a non-empty string (no surrounding whitespace, not a CSV missing value) or an integer."""
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise InputError(f"{where}: field 'id' must be a string or an integer, got {type(value).__name__}")
     if isinstance(value, str) and (not value.strip() or value != value.strip() or "\n" in value):
         raise InputError(f"{where}: field 'id' {value!r} must be non-empty, one line, without surrounding spaces")
+    if isinstance(value, str) and value in CSV_MISSING:
+        raise InputError(f"{where}: field 'id' {value!r} reads as a missing value in CSV files; rename it")
     return value
 
 

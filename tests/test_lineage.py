@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from gs.data import SPLITS, build_domain, pool_splits, write_domain
-from gs.io import InputError, read_jsonl, write_jsonl
+from gs.io import InputError, read_jsonl, run_cli, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 SELECTION = {
@@ -141,17 +141,23 @@ def test_rows_without_ids_get_suite_ids_and_rows_with_ids_keep_theirs(tmp_path):
     assert out["test"][0]["meta"]["source_id"] == 4 and "source_id" not in out["test"][1]["meta"]
 
 
-def _domain_cli(tmp_path: Path, domain: str, spec: dict) -> tuple[subprocess.CompletedProcess, Path]:
+def _data_cli(capsys, *args: str) -> str:
+    """``python -m gs.data`` run in this process (as ``gs.io.run_cli`` runs it): its one error line."""
+    from gs.data import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        run_cli(main, list(args))
+    assert info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def _domain_cli(capsys, tmp_path: Path, domain: str, spec: dict) -> tuple[str, Path]:
     out = tmp_path / "out" / domain
     args = ["domain", "--domain", domain, "--params", json.dumps(spec), "--seed", "0", "--out-dir", str(out)]
-    return _cli("gs.data", *args), out
-
-
-def _one_error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
+    return _data_cli(capsys, *args), out
 
 
 GOOD = [{"id": f"r{k}", "instruction": f"Say {k}.", "input": "", "output": str(k)} for k in range(9)]
@@ -170,22 +176,21 @@ GOOD = [{"id": f"r{k}", "instruction": f"Say {k}.", "input": "", "output": str(k
         ([GOOD[0], {**GOOD[1], "id": True}], ":2: field 'id' must be a string or an integer, got bool"),
         ([GOOD[0], {**GOOD[1], "id": " a "}], ":2: field 'id' ' a ' must be non-empty"),
         ([GOOD[0], {**GOOD[1], "id": ""}], ":2: field 'id' '' must be non-empty"),
+        ([GOOD[0], {**GOOD[1], "id": "NA"}], ":2: field 'id' 'NA' reads as a missing value in CSV files"),
     ],
 )
-def test_bad_user_ids_fail_with_one_line_naming_file_line_and_field(tmp_path, lines, expected):
+def test_bad_user_ids_fail_with_one_line_naming_file_line_and_field(capsys, tmp_path, lines, expected):
     src = _write(tmp_path / "rows.jsonl", [*lines, *GOOD[3:]])
-    result, out = _domain_cli(tmp_path, "math", _spec(dict.fromkeys(SPLITS, src), dict.fromkeys(SPLITS, 1)))
-    line = _one_error_line(result)
+    line, out = _domain_cli(capsys, tmp_path, "math", _spec(dict.fromkeys(SPLITS, src), dict.fromkeys(SPLITS, 1)))
     assert f"{src}{expected}" in line
     assert not out.exists()
 
 
-def test_a_file_that_is_not_utf8_fails_naming_the_line(tmp_path):
+def test_a_file_that_is_not_utf8_fails_naming_the_line(capsys, tmp_path):
     src = tmp_path / "latin1.jsonl"
     good = "".join(json.dumps(r) + "\n" for r in GOOD[:4])
     src.write_bytes(good.encode() + '{"instruction": "Caf\xe9?", "input": "", "output": "x"}\n'.encode("latin-1"))
-    result, out = _domain_cli(tmp_path, "math", _spec(dict.fromkeys(SPLITS, src), dict.fromkeys(SPLITS, 1)))
-    line = _one_error_line(result)
+    line, out = _domain_cli(capsys, tmp_path, "math", _spec(dict.fromkeys(SPLITS, src), dict.fromkeys(SPLITS, 1)))
     assert f"{src}:5: not UTF-8 (byte 0xe9 at column 21)" in line
     assert not out.exists()
 
@@ -197,30 +202,28 @@ def test_a_byte_order_mark_is_accepted(tmp_path):
     assert sorted(r["id"] for s in SPLITS for r in out[s]) == ["r0", "r1", "r2"]
 
 
-def test_an_id_in_two_split_files_fails_naming_both(tmp_path):
+def test_an_id_in_two_split_files_fails_naming_both(capsys, tmp_path):
     train = _write(tmp_path / "train.jsonl", GOOD[:4])
     other = [{**r, "instruction": r["instruction"] + " Again."} for r in GOOD[:4]]
     test = _write(tmp_path / "test.jsonl", other)
     spec = _spec({"train": train, "validation": train, "test": test}, {"train": 2, "validation": 2, "test": 1})
     spec["train"]["options"]["shuffle"] = spec["validation"]["options"]["shuffle"] = False
     spec["test"]["options"]["shuffle"] = False
-    result, out = _domain_cli(tmp_path, "math", spec)
-    line = _one_error_line(result)
+    line, out = _domain_cli(capsys, tmp_path, "math", spec)
     assert f"{test}:1: field 'id' 'r0' is also the id of {train}:1" in line
     assert not out.exists()
 
 
-def test_an_item_in_two_split_files_fails_naming_both(tmp_path):
+def test_an_item_in_two_split_files_fails_naming_both(capsys, tmp_path):
     train = _write(tmp_path / "train.jsonl", GOOD[:4])
     test = _write(tmp_path / "test.jsonl", [{**GOOD[2], "id": "t0"}])
     spec = _spec({"train": train, "validation": train, "test": test}, {"train": 2, "validation": 2, "test": 1})
-    result, out = _domain_cli(tmp_path, "math", spec)
-    line = _one_error_line(result)
+    line, out = _domain_cli(capsys, tmp_path, "math", spec)
     assert f"{test}:1: fields 'instruction' and 'input' repeat {train}:3" in line
     assert not out.exists()
 
 
-def test_an_id_in_two_domain_files_fails_the_pool_naming_both(tmp_path):
+def test_an_id_in_two_domain_files_fails_the_pool_naming_both(capsys, tmp_path):
     dirs = []
     for domain, rows in (("math", GOOD[:6]), ("finance", [{**r, "instruction": r["instruction"] * 2} for r in GOOD])):
         src = _write(tmp_path / f"{domain}.jsonl", rows)
@@ -238,10 +241,10 @@ def test_an_id_in_two_domain_files_fails_the_pool_naming_both(tmp_path):
     assert str(info.value) == expected
     pooled = tmp_path / "pooled"
     specs = {d.name: {s: {"source": "jsonl", "n": 2} for s in SPLITS} for d in dirs}
-    result = _cli(
-        "gs.data",
+    line = _data_cli(
+        capsys,
         *("pool", "--domain-dirs", *map(str, dirs), "--params", json.dumps(specs), "--seed", "0"),
         *("--out-dir", str(pooled), "--summary", str(tmp_path / "summary.csv")),
     )
-    assert _one_error_line(result) == f"error: {expected}"
+    assert line == f"error: {expected}"
     assert not pooled.exists() and not (tmp_path / "summary.csv").exists()
