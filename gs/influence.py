@@ -1,18 +1,36 @@
-"""LESS influence of every pooled training sample on each target domain, with the model.
+"""LESS influence of every pooled training sample on each target domain, with the model, in one stream.
 
 For every warm-up checkpoint c (``results/gradients/warmup/checkpoint-<e>/``: adapter, Adam moments
-and the epoch's mean learning rate), following LESS (Xia et al., ICML 2024; ``../shared/papers.md``):
+and the epoch's mean learning rate), following LESS (Xia et al., ICML 2024; ``princeton-nlp/LESS``,
+``less/data_selection/collect_grad_reps.py`` and ``matching.py``):
 
-* target gradients: plain (SGD) per-sample LoRA gradients of the target domain's validation samples;
+* target gradients: plain (SGD) per-sample LoRA gradients of each target's validation samples,
+  projected (``gradients.influence.projection_dim`` p; ``null`` = full dimension d) and L2-normalised;
 * training features: each pool sample's per-sample LoRA gradient turned into the Adam update
-  direction with that checkpoint's moments (:func:`gs.selection.adam_precondition`);
-* influence: :func:`gs.selection.influence_scores`, summed over checkpoints with weights
-  proportional to their mean learning rates.
+  direction with *that checkpoint's* moments (:func:`gs.selection.adam_precondition`, LESS's
+  ``obtain_gradients_with_adam``: no bias correction, eps inside the square root), then projected
+  with the same projector, then L2-normalised. LESS normalises *after* projecting (``collect_grads``
+  projects the raw Adam/SGD vectors; ``merge_and_normalize_info`` normalises the projected rows), and
+  so do we, for both sides;
+* influence of sample i on target T: the mean over T's validation samples j of ``<x_i, v_j>`` (LESS
+  ``matching.py``: ``training_info @ validation_info.T``, then ``.mean(-1)``; no subtask max here, each
+  target domain is one task), summed over checkpoints with weights proportional to their mean
+  learning rates, renormalised to sum to 1 (LESS passes each checkpoint's average learning rate).
 
-The gradients are full-dimensional (no random projection: at this suite's LoRA size the exact cosine
-is affordable), computed in one streaming pass per checkpoint that scores every target at once, since
-the training features do not depend on the target. This pass is the "full gradient-based selection"
-reference (n x checkpoints per-sample gradient computations) whose cost ClusterUCB reduces.
+Memory: the mean over j commutes with the inner product, ``mean_j <x_i, v_j> = <x_i, mean_j v_j>``,
+so each target is kept as one (p,) float32 vector, the running sum of its normalised projected
+validation gradients (exactly LESS's score, without storing T x n_val x p); the pool is streamed
+batch by batch and scored against all targets at once, since the training features do not depend on
+the target. No float64 copy of a gradient block is made; only the (C, T, n) scores are float64.
+Per pool block of b samples, with d the LoRA dimension and p the projection dimension (p = d when
+full): device ``model + 4 b d (per-sample gradients) + 8 b d (Adam direction and one temporary) +
+8 d (the moments) + 4 b p + 4 T p`` plus the projector (TRAK ``CudaProjector``: none; ``BasicProjector``
+on a GPU: 4 d 128 per generated block); host ``4 b d`` (the block :func:`gs.gradients.iter_gradients`
+hands over) ``+ 8 d`` (the moments as numpy) ``+ 8 C T n`` and, for a CPU Rademacher projector,
+``d p`` int8 + ``4 d 128`` (the kept matrix and its conversion buffer).
+
+The pass costs n x C per-sample gradient computations: the "full gradient-based selection" reference
+whose cost ClusterUCB reduces.
 """
 
 from __future__ import annotations
@@ -28,28 +46,114 @@ import torch
 from gs.data import load_records
 from gs.io import InputError, atomic_path, parse_params, run_cli
 from gs.models import load_model, load_tokenizer
-from gs.selection import adam_precondition, influence_scores
+from gs.projection import KINDS, Projector
+from gs.selection import adam_precondition
 from gs.training import load_adapter, seed_everything
+
+DEFAULT_KIND = "rademacher"  # LESS collect_grad_reps.py: TRAK's Rademacher projector
 
 
 def read_checkpoints(warmup_dir: str | Path) -> list[dict[str, Any]]:
-    """The warm-up checkpoints in epoch order: ``{"dir", "exp_avg", "exp_avg_sq", "mean_lr"}``."""
+    """The warm-up checkpoints in epoch order: ``{"dir", "exp_avg", "exp_avg_sq", "mean_lr"}``,
+    the moments as (d,) float32 tensors."""
     dirs = sorted(Path(warmup_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     if not dirs:
         raise InputError(f"{warmup_dir}: no checkpoint-<epoch> folders (the warm-up saves them)")
     out = []
     for d in dirs:
+        for name in ("adam_moments.pt", "checkpoint.json"):
+            if not (d / name).is_file():
+                raise InputError(f"{d / name}: file not found (the warm-up writes it with each checkpoint)")
         moments = torch.load(d / "adam_moments.pt")
         meta = json.loads((d / "checkpoint.json").read_text())
+        if "mean_lr" not in meta:
+            raise InputError(f"{d / 'checkpoint.json'}: field 'mean_lr' missing")
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key not in moments:
+                raise InputError(f"{d / 'adam_moments.pt'}: field {key!r} missing")
         out.append(
             {
                 "dir": d,
-                "exp_avg": moments["exp_avg"].numpy(),
-                "exp_avg_sq": moments["exp_avg_sq"].numpy(),
+                "exp_avg": moments["exp_avg"].float(),
+                "exp_avg_sq": moments["exp_avg_sq"].float(),
                 "mean_lr": float(meta["mean_lr"]),
             }
         )
     return out
+
+
+def checkpoint_weights(mean_lrs: list[float]) -> np.ndarray:
+    """LESS's checkpoint weights: the mean learning rates renormalised to sum to 1 (equal if all 0)."""
+    w = np.asarray(mean_lrs, dtype=np.float64)
+    if (w < 0).any() or not np.isfinite(w).all():
+        raise InputError(f"checkpoint mean learning rates must be finite and >= 0, got {w.tolist()}")
+    return w / w.sum() if w.sum() > 0 else np.full(len(w), 1 / len(w))
+
+
+def influence_settings(params: dict[str, Any]) -> tuple[int | None, str]:
+    """``(projection_dim, kind)`` from the ``gradients`` section's ``influence`` block (defaults: full
+    dimension, TRAK Rademacher)."""
+    cfg = params.get("influence") or {}
+    dim = cfg.get("projection_dim")
+    kind = cfg.get("projection_kind", DEFAULT_KIND)
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+        raise InputError(f"gradients.influence.projection_dim must be a positive integer or null, got {dim!r}")
+    if kind not in KINDS:
+        raise InputError(f"gradients.influence.projection_kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    return dim, kind
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit L2 norm in place; a zero row stays zero (LESS's ``normalize``)."""
+    return x.div_(x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny))
+
+
+class _Features:
+    """Projection (or none) of gradient blocks to (b, p) float32 on the model's device, then unit rows.
+
+    Without projection the block is normalised in place (no copy when it is already float32 there).
+    """
+
+    def __init__(self, dim: int | None, kind: str, seed: int, device: torch.device) -> None:
+        self.dim, self.kind, self.seed, self.device = dim, kind, seed, device
+        self.projector: Projector | None = None
+
+    def __call__(self, grads: torch.Tensor) -> torch.Tensor:
+        if self.dim is None:
+            return _unit_rows(grads.to(self.device, torch.float32))  # in place: the block is not reused
+        if self.projector is None:
+            # One projector for every checkpoint and both sides: LESS builds it with the same seed each time.
+            self.projector = Projector(self.kind, grads.shape[1], self.dim, self.seed, device=self.device)
+        return _unit_rows(self.projector.project(grads).to(self.device, torch.float32))
+
+
+def _target_directions(
+    model: Any, tok: Any, targets: dict[str, list[dict[str, Any]]], names: list[str], feats: _Features, params: dict
+) -> torch.Tensor:
+    """(T, p) float32: per target, the mean of its validation samples' normalised projected SGD gradients."""
+    from gs.gradients import iter_gradients
+
+    rows = []
+    for t in names:
+        total, count = None, 0
+        for _, g in iter_gradients(
+            model,
+            tok,
+            targets[t],
+            batch_size=int(params["batch_size"]),
+            max_length=int(params["max_length"]),
+            loss_on="response",
+            progress=False,
+        ):
+            f = feats(g).sum(dim=0)
+            total = f if total is None else total.add_(f)
+            count += g.shape[0]
+        if total is None:
+            raise InputError(f"target {t!r}: no validation samples")
+        if not bool(total.abs().max() > 0):
+            raise InputError(f"target {t!r}: every validation gradient is zero (no gradient direction)")
+        rows.append(total / count)
+    return torch.stack(rows)
 
 
 def compute_influence(
@@ -62,43 +166,55 @@ def compute_influence(
 ) -> dict[str, np.ndarray]:
     """Influence of each pool sample on each target; returns arrays for ``influence.npz``.
 
-    Keys: ``ids`` (n,), ``targets`` (T,), ``scores`` (T, n) checkpoint-weighted influence,
-    ``per_checkpoint`` (C, T, n), ``weights`` (C,), ``gradient_computations`` (n * C).
+    ``params`` is the ``gradients`` config section (``batch_size``, ``max_length``, ``influence``).
+    Keys: ``ids`` (n,) in pool order, ``targets`` (T,) sorted, ``scores`` (T, n) checkpoint-weighted
+    influence, ``per_checkpoint`` (C, T, n), ``weights`` (C,), ``gradient_computations`` (n * C),
+    ``projection_dim`` (p; d when not projected), ``projection_kind`` (``"none"`` when not projected)
+    and ``gradient_dim`` (d).
     """
+    from tqdm.auto import tqdm
+
     from gs.gradients import iter_gradients
 
+    if not pool:
+        raise InputError("the training pool is empty")
+    dim, kind = influence_settings(params)
     seed_everything(seed)
-    batch, length = int(params["batch_size"]), int(params["max_length"])
     tok = load_tokenizer(model_dir)
     names = sorted(targets)
     checkpoints = read_checkpoints(warmup_dir)
     per_ckpt = np.zeros((len(checkpoints), len(names), len(pool)))
     ids: list[str] = []
-    for c, ckpt in enumerate(checkpoints):
-        model = load_adapter(load_model(model_dir, params.get("dtype", "float32")), ckpt["dir"], trainable=True)
-        target_grads = {
-            t: torch.cat(
-                [
-                    g
-                    for _, g in iter_gradients(
-                        model, tok, targets[t], batch_size=batch, max_length=length, loss_on="response", progress=False
-                    )
-                ]
-            ).numpy()
-            for t in names
-        }
-        start, ids = 0, []
+    d = 0
+    feats: _Features | None = None
+    for c, ckpt in enumerate(tqdm(checkpoints, desc="influence checkpoints", unit="checkpoint")):
+        model = load_adapter(load_model(model_dir), ckpt["dir"], trainable=True)
+        device = next(model.parameters()).device
+        feats = feats or _Features(dim, kind, seed, device)
+        directions = _target_directions(model, tok, targets, names, feats, params)  # (T, p)
+        m, v = ckpt["exp_avg"].to(device), ckpt["exp_avg_sq"].to(device)
+        start, batch_order = 0, []
         for batch_ids, grads in iter_gradients(
-            model, tok, pool, batch_size=batch, max_length=length, loss_on="response"
+            model,
+            tok,
+            pool,
+            batch_size=int(params["batch_size"]),
+            max_length=int(params["max_length"]),
+            loss_on="response",  # LESS: the loss on the answer tokens
         ):
-            feats = adam_precondition(grads.numpy(), ckpt["exp_avg"], ckpt["exp_avg_sq"])
-            for t_i, t in enumerate(names):
-                per_ckpt[c, t_i, start : start + len(batch_ids)] = influence_scores(feats, target_grads[t])
+            d = grads.shape[1]
+            if m.shape[0] != d:
+                raise InputError(f"{ckpt['dir']}: Adam moments have d={m.shape[0]}, the LoRA gradients d={d}")
+            x = feats(adam_precondition(grads.to(device), m, v))  # (b, p) unit rows
+            scores = (x @ directions.T).double().cpu().numpy()  # (b, T)
+            per_ckpt[c, :, start : start + len(batch_ids)] = scores.T
             start += len(batch_ids)
-            ids.extend(batch_ids)
-        del model
-    weights = np.array([ck["mean_lr"] for ck in checkpoints], dtype=np.float64)
-    weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(checkpoints), 1 / len(checkpoints))
+            batch_order.extend(batch_ids)
+        if ids and batch_order != ids:
+            raise InputError(f"{ckpt['dir']}: the pool came back in a different order than for checkpoint 0")
+        ids = batch_order
+        del model, m, v, directions
+    weights = checkpoint_weights([ck["mean_lr"] for ck in checkpoints])
     return {
         "ids": np.array(ids),
         "targets": np.array(names),
@@ -106,6 +222,9 @@ def compute_influence(
         "per_checkpoint": per_ckpt,
         "weights": weights,
         "gradient_computations": np.array(len(pool) * len(checkpoints)),
+        "projection_dim": np.array(d if dim is None else dim),
+        "projection_kind": np.array("none" if dim is None else kind),
+        "gradient_dim": np.array(d),
     }
 
 
