@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -21,15 +22,48 @@ class InputError(ValueError):
     """Bad input (malformed row, unknown name, impossible parameter): reported as one line."""
 
 
+def _temporary_pattern(final: Path) -> re.Pattern[str]:
+    """Names of the temporaries :func:`atomic_path` makes for ``final``: ``.<name>.<8 random>`` (a
+    folder) or ``.<name>.<8 random>.tmp`` (a file), with :mod:`tempfile`'s random characters."""
+    return re.compile(rf"\.{re.escape(final.name)}\.[a-z0-9_]{{8}}(\.tmp)?")
+
+
+def clear_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries a killed writer of ``path`` left next to it; return what was removed.
+
+    A failed block removes its own temporary, but a hard kill (SIGKILL, out of memory, a lost node)
+    gives it no chance: its rerun clears them here before writing. Only names of ``path``'s own
+    temporaries match (see :func:`_temporary_pattern`), not those of another target whose name starts
+    alike (``.warmup.json.<random>.tmp`` is not ``warmup``'s). Assumes one writer per output at a
+    time, as in a Snakemake workflow.
+    """
+    final = Path(path)
+    if not final.parent.is_dir():
+        return []
+    pattern = _temporary_pattern(final)
+    removed = []
+    for entry in final.parent.iterdir():
+        if not pattern.fullmatch(entry.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it into place only if the block succeeds.
 
     Works for files and (``is_dir=True``) directories. On an exception the temporary is removed
-    and ``path`` is left untouched, so no partial output survives.
+    and ``path`` is left untouched, so no partial output survives. Temporaries of ``path`` that a
+    killed earlier run left behind are removed first (:func:`clear_stale_temporaries`).
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    clear_stale_temporaries(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent)) if is_dir else None
     if not is_dir:
         fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
