@@ -125,9 +125,10 @@ class RoutedLM:
         assignments_path: cluster assignments CSV ``id,cluster`` the ELREA experts were trained on;
             mapped to experts through the manifest's ``cluster_to_expert``; mode ``"elrea"``.
         params: the ``inference`` config section (keys and defaults: :data:`DEFAULT_PARAMS`).
-        device: ``"cuda"``/``"cpu"``/...; default :func:`gs.models.default_device`.
+        device: ``"cuda"``/``"cpu"``/...; default (None): the prepared folder's own
+            (:func:`gs.models.load_model`).
         dtype: weights' dtype name (``"float32"``, ``"bfloat16"``, ``"float16"``); default (None):
-            the prepared model's own dtype.
+            the prepared folder's own.
         seed: seeds torch/numpy (decoding itself is greedy and deterministic).
 
     Attributes:
@@ -163,14 +164,13 @@ class RoutedLM:
         dtype: str | None = None,
         seed: int = 0,
     ) -> None:
-        from gs.models import default_device, load_tokenizer
+        from gs.models import load_tokenizer
         from gs.training import seed_everything
 
         if mode not in MODES:
             raise InputError(f"unknown inference mode {mode!r}; expected one of {', '.join(MODES)}")
         self.mode = mode
         self.params = self._check_params(params)
-        self.device = torch.device(device or default_device())
         seed_everything(seed)
 
         # Validate every path before the (slow) model load, so a typo fails at once.
@@ -202,7 +202,7 @@ class RoutedLM:
         router = load_router(router_dir, model_dir, self.expert_ids, self.experts_dir) if mode == "single" else None
         self.tokenizer = load_tokenizer(model_dir)
         self.tokenizer.padding_side = "left"
-        self._load_model(model_dir, dtype, warmup_dir if mode == "elrea" else None)
+        self._load_model(model_dir, dtype, device, warmup_dir if mode == "elrea" else None)
         elrea = None
         if mode == "elrea":
             assert features_path is not None and assignments_path is not None and self.manifest is not None
@@ -241,16 +241,14 @@ class RoutedLM:
             raise InputError(f"max_prompt_tokens must be at least 1, got {merged['max_prompt_tokens']}")
         return merged
 
-    def _load_model(self, model_dir: str | os.PathLike, dtype: str | None, warmup_dir: Any) -> None:
-        """The base model (its own dtype unless ``dtype`` names one) with every adapter loaded."""
+    def _load_model(self, model_dir: str | os.PathLike, dtype: str | None, device: str | None, warmup_dir: Any) -> None:
+        """The base model (the folder's dtype and device unless named) with every adapter loaded."""
         from gs.models import load_model
 
-        base = (
-            load_model(model_dir, device=str(self.device))
-            if dtype is None
-            else load_model(model_dir, dtype=dtype, device=str(self.device))
-        )
-        base.eval()
+        # Only what the caller names overrides the prepared folder's own dtype and device.
+        overrides = {k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None}
+        base = load_model(model_dir, **overrides).eval()
+        self.device = base.device
         self.peft: Any = None
         if self.experts:
             from peft import PeftModel

@@ -111,3 +111,31 @@ def test_measure_rejects_bad_settings(tiny_model_dir):
         measure(tiny_model_dir, modes=["oracle"])
     with pytest.raises(InputError, match="n_experts_list"):
         measure(tiny_model_dir, n_experts_list=[0])
+
+
+def test_synthetic_suite_loads_the_model_in_its_own_dtype_on_the_device(tiny_model_dir, tmp_path, monkeypatch):
+    """No float32 host copy: the base model is loaded once, in the prepared folder's dtype, on the device."""
+    import torch
+
+    import gs.models
+    from gs.training import LoraSpec
+
+    bf16 = tmp_path / "bf16"
+    gs.models.load_model(tiny_model_dir, device="cpu").to(torch.bfloat16).save_pretrained(bf16)
+    gs.models.load_tokenizer(tiny_model_dir).save_pretrained(bf16)
+    loaded, real = [], gs.models.load_model
+
+    def spy(model_dir, *args, **kwargs):
+        model = real(model_dir, *args, **kwargs)
+        loaded.append((args, kwargs, model.dtype, model.device.type))
+        return model
+
+    monkeypatch.setattr(gs.models, "load_model", spy)
+    suite = make_synthetic_suite(
+        bf16, [2], tmp_path / "work", lora=LoraSpec.from_config(LORA), modes=("uniform",), device="cpu"
+    )
+    assert loaded == [((), {"device": "cpu"}, torch.bfloat16, "cpu")]
+    # The adapters it wrote are usable by a model in that dtype.
+    lm = RoutedLM(bf16, mode="uniform", experts_dir=suite[2]["experts_dir"], device="cpu")
+    assert lm.model.dtype == torch.bfloat16
+    assert len(lm.generate(["What is 2 + 2?"], max_new_tokens=2, ignore_eos=True)) == 1
