@@ -276,6 +276,7 @@ def extract_features(
     fingerprint = extraction_fingerprint(model_dir, warmup_dir, train_path, params, seed, svd)
     done = _Progress(dims)
     _load_state(state_file, fingerprint, done, svd)
+    resumed_at = done.batches
     projectors: dict[int, Projector] = {}
     if done.d is not None:
         projectors = {p: Projector(proj_cfg.get("kind", "sparse"), done.d, p, seed + p) for p in dims}
@@ -311,8 +312,9 @@ def extract_features(
         if ran == die_after:
             os.kill(os.getpid(), signal.SIGKILL)  # tests only: a real, uncatchable kill
     coords = svd.seen_coordinates()
-    if coords is None:  # methods that do not track the left factor need a second pass
-        if every and not state_file.is_file():
+    second_pass = coords is None
+    if second_pass:  # methods that do not track the left factor need a second pass
+        if every and not (state_file.is_file() and resumed_at == n_batches):
             _save_state(state_file, done.payload(fingerprint, svd, done.seconds + time.perf_counter() - start))
         parts = [
             svd.transform(normalise_rows(g) if normalise else g)
@@ -350,7 +352,7 @@ def extract_features(
         "singular_values": arrays["singular_values"].tolist(),
         "projection_dims": dims,
         "seconds": round(seconds, 2),
-        "second_pass": svd.seen_coordinates() is None,
+        "second_pass": second_pass,
         "streaming_state_mb": round(state_bytes * (int(d or 0) * (rank + batch_size)) / 2**20, 1),
         "stacked_gradients_mb": round(4 * int(d or 0) * len(done.ids) / 2**20, 1),
     }

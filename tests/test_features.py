@@ -259,3 +259,17 @@ def test_killed_extraction_resumes_with_the_same_features(stage, tiny_model_dir,
     err = capsys.readouterr().err
     assert "discarding the extraction state" in err and "resuming" not in err
     assert not (stale / ".extract_state").exists() and _features(stale)["ids"].shape == (8,)
+
+
+def test_frequent_directions_extraction_with_checkpoints(stage, tiny_model_dir):
+    """FD (second pass for the coordinates) with a checkpoint after every batch: coordinates are the
+    stacked gradients projected on the saved components, and no state is left behind."""
+    tmp, train = stage
+    params = {**PARAMS, "checkpoint_every": 1, "svd": {"method": "frequent_directions", "rank": 4}}
+    out = tmp / "fd"
+    summary = extract_features(str(tiny_model_dir), str(tmp / "warmup"), str(train), params, 0, str(out))
+    assert summary["second_pass"] is True and summary["svd_method"] == "frequent_directions"
+    assert not (out / ".extract_state").exists()
+    comps = np.load(out / "svd_components.npy").astype(np.float64)
+    stacked = _stacked_gradients(tiny_model_dir, tmp / "warmup")
+    np.testing.assert_allclose(_features(out)["svd_coords"], stacked @ comps.T, atol=1e-5)
