@@ -32,6 +32,7 @@ from gs.io import InputError, atomic_path, read_json, run_cli  # noqa: E402
 
 DOMAIN_TASKS = {"math": "gs_math", "code": "gs_code", "finance": "gs_finance", "writing": "gs_writing"}
 LIKELIHOOD_TASKS = {d: f"{t}_likelihood" for d, t in DOMAIN_TASKS.items()}
+TASK_DOMAIN = {t: d for tasks in (DOMAIN_TASKS, LIKELIHOOD_TASKS) for d, t in tasks.items()}
 
 
 def write_table(df: pd.DataFrame, stem: Path, *, title: str, note: str = "") -> None:
@@ -51,22 +52,45 @@ def save_figure(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
+def primary_result(report: dict[str, Any], path: Path, task: str) -> dict[str, Any]:
+    """The ``{"metric", "value"}`` entry of ``task`` in an evaluation report read from ``path``.
+
+    A task the evaluation did not run is an :class:`InputError`: a table must not quietly show an
+    empty cell (or an average over fewer domains) for a system whose evaluation is incomplete.
+    """
+    entry = (report.get("primary") or {}).get(task)
+    if not isinstance(entry, dict):
+        domain = TASK_DOMAIN.get(task)
+        where = f" (domain {domain})" if domain else ""
+        raise InputError(f"{path}: no result for {task}{where}; rerun its evaluation with that task")
+    return entry
+
+
 def main_table(
     eval_files: dict[str, Path], domains: list[str], tasks: dict[str, str] = DOMAIN_TASKS
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """One row per system, one column per domain (the primary metric of the domain's task in
     ``tasks``: the generation tasks by default, :data:`LIKELIHOOD_TASKS` for the likelihood table)
-    and their mean; returns the table and the metric of each domain."""
+    and their mean; returns the table and the metric of each domain.
+
+    The mean is over every domain: a system lacking a domain's task is an :class:`InputError`
+    (:func:`primary_result`), and one whose metric is undefined there (``None``) gets no mean (NaN),
+    never a mean over the other domains. Systems scored with different metrics for a domain are an
+    :class:`InputError`: their column would mix two measures.
+    """
     rows, metrics = [], {}
     for system, path in eval_files.items():
         report = read_json(path)
         row: dict[str, Any] = {"system": system}
         for d in domains:
-            primary = report["primary"].get(tasks[d], {})
+            primary = primary_result(report, path, tasks[d])
             row[d] = primary.get("value")
-            metrics[d] = primary.get("metric", metrics.get(d, ""))
-        values = [row[d] for d in domains if row[d] is not None]
-        row["average"] = float(np.mean(values)) if values else None
+            metric = primary.get("metric", "")
+            if d in metrics and metric != metrics[d]:
+                raise InputError(f"{path}: {tasks[d]} is scored by {metric!r}, the other systems' by {metrics[d]!r}")
+            metrics[d] = metric
+        values = [row[d] for d in domains]
+        row["average"] = float(np.mean(values)) if values and None not in values else float("nan")
         n = {d: report["tasks"].get(tasks[d], {}).get("n_examples") for d in domains}
         row["n_examples"] = "/".join(str(n[d]) for d in domains)
         rows.append(row)
@@ -169,13 +193,11 @@ def clusterucb_table(selection_dir: Path, targets: list[str], eval_files: dict[s
         for method, m in sel["methods"].items():
             system = f"select-{t}-{method}"
             acc, metric, bpb = None, None, None
-            if system in eval_files:
-                primary = read_json(eval_files[system])["primary"]
-                acc, metric = (
-                    primary.get(DOMAIN_TASKS[t], {}).get("value"),
-                    primary.get(DOMAIN_TASKS[t], {}).get("metric"),
-                )
-                bpb = primary.get(LIKELIHOOD_TASKS[t], {}).get("value")
+            if system in eval_files:  # fine-tuned on this selection and evaluated on its target
+                report = read_json(eval_files[system])
+                generation = primary_result(report, eval_files[system], DOMAIN_TASKS[t])
+                acc, metric = generation.get("value"), generation.get("metric")
+                bpb = primary_result(report, eval_files[system], LIKELIHOOD_TASKS[t]).get("value")
             rows.append(
                 {
                     "target": t,
@@ -253,7 +275,11 @@ def main(argv: list[str] | None = None) -> None:
         return out
 
     main_df, metrics = main_table(pairs(args.eval), args.domains)
-    note = "Primary metric per domain: " + "; ".join(f"{d}: {m}" for d, m in metrics.items()) + "."
+    note = (
+        "Primary metric per domain: "
+        + "; ".join(f"{d}: {m}" for d, m in metrics.items())
+        + ". average: the mean over all domains (none where a domain has no value)."
+    )
     write_table(main_df, tables / "main", title="Accuracy per system and domain", note=note)
     likelihood_df, _ = main_table(pairs(args.eval), args.domains, LIKELIHOOD_TASKS)
     write_table(
