@@ -18,16 +18,20 @@ and the epoch's mean learning rate), following LESS (Xia et al., ICML 2024; ``pr
   learning rates, renormalised to sum to 1 (LESS passes each checkpoint's average learning rate).
 
 Memory: the mean over j commutes with the inner product, ``mean_j <x_i, v_j> = <x_i, mean_j v_j>``,
-so each target is kept as one (p,) float32 vector, the running sum of its normalised projected
-validation gradients (exactly LESS's score, without storing T x n_val x p); the pool is streamed
-batch by batch and scored against all targets at once, since the training features do not depend on
-the target. No float64 copy of a gradient block is made; only the (C, T, n) scores are float64.
-Per pool block of b samples, with d the LoRA dimension and p the projection dimension (p = d when
-full): device ``model + 4 b d (per-sample gradients) + 8 b d (Adam direction and one temporary) +
-8 d (the moments) + 4 b p + 4 T p`` plus the projector (TRAK ``CudaProjector``: none; ``BasicProjector``
-on a GPU: 4 d 128 per generated block); host ``4 b d`` (the block :func:`gs.gradients.iter_gradients`
-hands over) ``+ 8 d`` (the moments as numpy) ``+ 8 C T n`` and, for a CPU Rademacher projector,
-``d p`` int8 + ``4 d 128`` (the kept matrix and its conversion buffer).
+so each target is kept as one (p,) float32 vector, the mean of its normalised projected validation
+gradients (exactly LESS's score, without storing T x n_val x p); the pool is streamed batch by batch
+and scored against all targets at once, since the training features do not depend on the target.
+No float64 copy of a gradient block is made; only the (C, T, n) scores are float64. With b the
+gradient batch, d the LoRA dimension, p the projection dimension (p = d without projection), T
+targets, C checkpoints, n the pool, peak memory per pool block, beyond the model and its activations:
+
+* device (the model's): ``4 b d`` (the per-sample gradients :func:`gs.gradients.iter_gradients`
+  still holds) ``+ 4 b d`` (the block moved back from the host) ``+ 8 b d`` (the Adam direction and
+  one temporary) ``+ 8 d`` (one checkpoint's moments) ``+ 4 b p + 4 T p`` plus the projector's
+  workspace: none for TRAK's ``CudaProjector`` beyond its (32, SMs, p) float32 output, ``4 d 128``
+  for ``BasicProjector`` on a GPU (one generated block). On the CPU the first two terms are one.
+* host: ``4 b d`` (the block iter_gradients hands over) ``+ 8 C T n`` and, for the CPU Rademacher
+  projector, ``d p`` int8 + ``4 d 128`` (the kept matrix and its conversion buffer).
 
 The pass costs n x C per-sample gradient computations: the "full gradient-based selection" reference
 whose cost ClusterUCB reduces.
@@ -54,8 +58,7 @@ DEFAULT_KIND = "rademacher"  # LESS collect_grad_reps.py: TRAK's Rademacher proj
 
 
 def read_checkpoints(warmup_dir: str | Path) -> list[dict[str, Any]]:
-    """The warm-up checkpoints in epoch order: ``{"dir", "exp_avg", "exp_avg_sq", "mean_lr"}``,
-    the moments as (d,) float32 tensors."""
+    """The warm-up checkpoints in epoch order: ``{"dir", "mean_lr"}`` (moments: :func:`load_moments`)."""
     dirs = sorted(Path(warmup_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     if not dirs:
         raise InputError(f"{warmup_dir}: no checkpoint-<epoch> folders (the warm-up saves them)")
@@ -64,22 +67,22 @@ def read_checkpoints(warmup_dir: str | Path) -> list[dict[str, Any]]:
         for name in ("adam_moments.pt", "checkpoint.json"):
             if not (d / name).is_file():
                 raise InputError(f"{d / name}: file not found (the warm-up writes it with each checkpoint)")
-        moments = torch.load(d / "adam_moments.pt")
         meta = json.loads((d / "checkpoint.json").read_text())
         if "mean_lr" not in meta:
             raise InputError(f"{d / 'checkpoint.json'}: field 'mean_lr' missing")
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key not in moments:
-                raise InputError(f"{d / 'adam_moments.pt'}: field {key!r} missing")
-        out.append(
-            {
-                "dir": d,
-                "exp_avg": moments["exp_avg"].float(),
-                "exp_avg_sq": moments["exp_avg_sq"].float(),
-                "mean_lr": float(meta["mean_lr"]),
-            }
-        )
+        out.append({"dir": d, "mean_lr": float(meta["mean_lr"])})
     return out
+
+
+def load_moments(checkpoint_dir: str | Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A checkpoint's Adam moments ``(exp_avg, exp_avg_sq)``, each (d,) float32 on ``device`` (one
+    checkpoint at a time: 8 d bytes)."""
+    path = Path(checkpoint_dir) / "adam_moments.pt"
+    moments = torch.load(path, map_location=device)
+    for key in ("exp_avg", "exp_avg_sq"):
+        if key not in moments:
+            raise InputError(f"{path}: field {key!r} missing")
+    return moments["exp_avg"].float(), moments["exp_avg_sq"].float()
 
 
 def checkpoint_weights(mean_lrs: list[float]) -> np.ndarray:
@@ -192,7 +195,7 @@ def compute_influence(
         device = next(model.parameters()).device
         feats = feats or _Features(dim, kind, seed, device)
         directions = _target_directions(model, tok, targets, names, feats, params)  # (T, p)
-        m, v = ckpt["exp_avg"].to(device), ckpt["exp_avg_sq"].to(device)
+        m, v = load_moments(ckpt["dir"], device)
         start, batch_order = 0, []
         for batch_ids, grads in iter_gradients(
             model,
