@@ -15,6 +15,10 @@ fresh subprocess that regenerates exactly the same rows:
   :func:`gs.svd.exact_top_svd` (``method="gram"``: float64 Gram matrix accumulated over column
   chunks, so no float64 copy of the matrix) and the coordinates ``M @ V^T``.
 
+* ``brand_float32``: the same Brand stream with float32 state (the GPU default; here on the CPU).
+* ``brand_numpy``: the previous numpy-float64 implementation of :mod:`gs.svd` (read from git,
+  ``--baseline-rev``), the baseline the torch port is compared with side by side (ratios printed).
+
 Peak memory is the growth of the child's peak resident set size (``ru_maxrss``) over its value
 right after imports, so it counts every allocation, LAPACK/BLAS workspaces included. The
 ``tracemalloc`` peak (numpy-tracked allocations only, which misses workspaces numpy's linalg
@@ -37,7 +41,23 @@ from collections.abc import Iterator
 
 import numpy as np
 
-MODES = ("brand", "frequent_directions", "stacked")
+MODES = ("brand", "brand_float32", "brand_numpy", "frequent_directions", "stacked")
+BASELINE_REV = "64f2903"  # the last commit with the numpy-float64 gs/svd.py
+
+
+def _baseline_module(rev: str):
+    """The numpy implementation of ``gs/svd.py`` at git revision ``rev``, imported as a module."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = subprocess.run(["git", "-C", root, "show", f"{rev}:gs/svd.py"], capture_output=True, text=True, check=True)
+    path = os.path.join(tempfile.mkdtemp(), "svd_numpy_baseline.py")
+    with open(path, "w") as f:
+        f.write(src.stdout)
+    spec = importlib.util.spec_from_file_location("svd_numpy_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def batches(n: int, d: int, batch: int, true_rank: int, noise: float, seed: int) -> Iterator[np.ndarray]:
@@ -75,7 +95,12 @@ def run_child(args: argparse.Namespace) -> None:
         sig, comps = exact_top_svd(matrix, args.rank, method="gram")
         coords = matrix @ comps.T.astype(np.float32)
     else:
-        svd = make_online_svd(args.child, args.rank)
+        if args.child == "brand_numpy":
+            svd = _baseline_module(args.baseline_rev).make_online_svd("brand", args.rank)
+        elif args.child == "brand_float32":
+            svd = make_online_svd("brand", args.rank, device="cpu", dtype="float32")
+        else:
+            svd = make_online_svd(args.child, args.rank, device="cpu")
         for x in batches(**gen):
             svd.partial_fit(x)
         sig, comps = svd.singular_values_, svd.components_
@@ -103,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--true-rank", type=int, default=8, help="rank of the synthetic signal")
     p.add_argument("--noise", type=float, default=0.5, help="noise norm per row (signal norms ~2-10)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--baseline-rev", default=BASELINE_REV, help="git revision of the numpy gs/svd.py baseline")
     p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -121,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         for mode in MODES:
             out = os.path.join(tmp, f"{mode}.npz")
             cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--out", out]
-            for key in ("n", "d", "rank", "batch", "true_rank", "noise", "seed"):
+            for key in ("n", "d", "rank", "batch", "true_rank", "noise", "seed", "baseline_rev"):
                 cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -144,12 +170,29 @@ def main(argv: list[str] | None = None) -> None:
         angles[mode] = float(np.degrees(principal_angles(comps[:k], ref_comps[:k]).max()))
         err = relative_singular_value_error(sig, ref_sig)
         r = results[mode]
+        angle = float(np.degrees(principal_angles(fits[mode][1], fits["brand_numpy"][1]).max()))
         print(
             f"{mode:<20} {r['rss_peak_mb']:>12.1f} {r['tracemalloc_peak_mb']:>15.1f} {r['seconds']:>8.1f} "
             f"{angles[mode]:>13.2e} {err:>10.2e}"
         )
     online, stacked = results["brand"]["rss_peak_mb"], results["stacked"]["rss_peak_mb"]
     print("peak = growth of the child's peak RSS after imports; angle and error are against 'stacked'.")
+    print("tracemalloc sees numpy's allocations only (not torch's): compare the RSS column across modes.")
+    # Peak formula of gs.svd.OnlineSVD: d (2 m + 3 b) state words, + d b for the float32 block's
+    # conversion to a float64 state; m = rank (no oversampling). The generator's basis is extra.
+    m, b, d = args.rank, args.batch, args.d
+    for mode, word in (("brand", 8), ("brand_float32", 4)):
+        formula = (d * (2 * m + 3 * b) * word + (d * b * 8 if word == 8 else 0)) / 2**20
+        print(f"{mode}: formula peak {formula:.1f} MiB, measured {results[mode]['rss_peak_mb']:.1f} MiB")
+    base = results["brand_numpy"]
+    for mode in ("brand", "brand_float32"):
+        r = results[mode]
+        angle = float(np.degrees(principal_angles(fits[mode][1], fits["brand_numpy"][1]).max()))
+        print(
+            f"{mode} / brand_numpy: memory {r['rss_peak_mb'] / base['rss_peak_mb']:.2f}x, "
+            f"time {r['seconds'] / base['seconds']:.2f}x, "
+            f"angle between them {angle:.1e} deg"
+        )
     print(
         f"online_peak_mb={online:.1f} stacked_peak_mb={stacked:.1f} "
         f"ratio=stacked/online={stacked / online:.1f} max_principal_angle_deg={angles['brand']:.2e}"

@@ -346,4 +346,5 @@ def test_cuda_state_matches_exact_svd(noisy_data, method):
         if method == "brand":
             assert relative_singular_value_error(svd.singular_values_[:TRUE_RANK], s_ex) < 1e-5
             cpu = stream(method, noisy_data.astype(np.float32), 8, dtype="float64")
-            np.testing.assert_allclose(svd.seen_coordinates(), cpu.seen_coordinates(), atol=1e-3)
+            ours, ref = svd.seen_coordinates()[:, :TRUE_RANK], cpu.seen_coordinates()[:, :TRUE_RANK]
+            assert np.abs(ours - ref).max() < 1e-4 * np.abs(ref).max()
