@@ -28,7 +28,7 @@ targets, C checkpoints, n the pool, peak memory per pool block, beyond the model
 * device (the model's): ``4 b d`` (the per-sample gradients :func:`gs.gradients.iter_gradients`
   still holds) ``+ 4 b d`` (the block moved back from the host) ``+ 8 b d`` (the Adam direction and
   one temporary) ``+ 8 d`` (one checkpoint's moments) ``+ 4 b p + 4 T p`` plus the projector's
-  workspace: none for TRAK's ``CudaProjector`` beyond its (32, SMs, p) float32 output, ``4 d 128``
+  workspace: TRAK's ``CudaProjector`` only its (16 ceil(b/16), SMs, p) float32 output, ``4 d 128``
   for ``BasicProjector`` on a GPU (one generated block). On the CPU the first two terms are one.
 * host: ``4 b d`` (the block iter_gradients hands over) ``+ 8 C T n`` and, for the CPU Rademacher
   projector, ``d p`` int8 + ``4 d 128`` (the kept matrix and its conversion buffer).
