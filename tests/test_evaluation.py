@@ -212,7 +212,33 @@ GENERATION_METRICS = {
 }
 
 
-def test_simple_evaluate_base_mode_on_tiny_model(task_manager, tiny_model_dir):
+@pytest.fixture(scope="module")
+def wordy_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A tiny model like ``tiny_model_dir`` whose greedy completions are words that differ by prompt.
+
+    The conftest model (initialiser std 0.02) answers every prompt with the same blank lines: an
+    empty passage once stripped, whose perplexity is never computed, and one answer for all prompts,
+    which cannot show a response landing on the wrong prompt. Here the weights are drawn with std 0.2
+    and the (tied) embeddings of whitespace-only tokens are zeroed.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.initializer_range = 0.2
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    blank = [i for i in range(len(tok)) if not tok.decode([i]).strip()]
+    with torch.no_grad():
+        model.get_input_embeddings().weight[blank] = 0.0
+    out = tmp_path_factory.mktemp("wordy_model")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_simple_evaluate_base_mode_on_tiny_model(task_manager, wordy_model_dir):
     import lm_eval
 
     import gs.evaluation  # noqa: F401 - registers gs-routed
@@ -220,7 +246,7 @@ def test_simple_evaluate_base_mode_on_tiny_model(task_manager, tiny_model_dir):
 
     results = lm_eval.simple_evaluate(
         model="gs-routed",
-        model_args={"model_dir": str(tiny_model_dir), "mode": "base", "device": "cpu"},
+        model_args={"model_dir": str(wordy_model_dir), "mode": "base", "device": "cpu"},
         tasks=list(GENERATION_METRICS),
         task_manager=task_manager,
         limit=2,
@@ -230,7 +256,8 @@ def test_simple_evaluate_base_mode_on_tiny_model(task_manager, tiny_model_dir):
         numpy_random_seed=0,
         torch_random_seed=0,
     )
-    reference = RoutedLM(tiny_model_dir, mode="base", device="cpu")
+    reference = RoutedLM(wordy_model_dir, mode="base", device="cpu")
+    responses = []
     for task, metrics in GENERATION_METRICS.items():
         samples = sorted(results["samples"][task], key=lambda s: s["doc_id"])
         assert [s["doc_id"] for s in samples] == [0, 1]
@@ -246,6 +273,8 @@ def test_simple_evaluate_base_mode_on_tiny_model(task_manager, tiny_model_dir):
             # Each response is RoutedLM's greedy completion of that prompt alone, cut at the task's stops.
             (alone,) = reference.generate([prompt], max_new_tokens=8, stop=gen_kwargs["until"], batch_size=1)
             assert s["filtered_resps"][0] == _cut(alone, gen_kwargs["until"]), (task, s["doc_id"])
+            responses.append(s["filtered_resps"][0])
+    assert len(set(responses)) == len(responses)  # one answer per prompt: a mix-up would show
 
 
 class _KnownAnswers:
@@ -316,27 +345,6 @@ def _plain_nll(model_dir: Path, text: str) -> tuple[float, int]:
     with torch.no_grad():
         loss = model(input_ids=inputs, labels=labels).loss  # mean NLL over the len(ids) predicted tokens
     return float(loss) * len(ids), len(ids)
-
-
-@pytest.fixture(scope="module")
-def wordy_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny model with the (tied) embeddings of whitespace-only tokens zeroed.
-
-    The random tiny model answers the writing prompt with blank lines, an empty passage once
-    stripped, whose perplexity is never computed; without those tokens it writes words.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    blank = [i for i in range(len(tok)) if not tok.decode([i]).strip()]
-    with torch.no_grad():
-        model.get_input_embeddings().weight[blank] = 0.0
-    out = tmp_path_factory.mktemp("wordy_model")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 def test_cli_writes_the_report(data_dir, wordy_model_dir, tmp_path, offline):
