@@ -68,11 +68,11 @@ class _TrakRademacher:
     def __init__(self, d: int, dim: int, seed: int, device: torch.device, backend: str | None, cache_limit: int):
         from trak.projectors import BasicProjector, CudaProjector, ProjectionType
 
-        if backend is None:
-            backend = "fast_jl" if fast_jl_available(device) else "basic"
-        if backend not in BACKENDS:
+        if backend not in (None, *BACKENDS):
             raise InputError(f"unknown rademacher backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-        if backend == "fast_jl" and not fast_jl_available(device):
+        fast = backend != "basic" and fast_jl_available(device)
+        backend = backend or ("fast_jl" if fast else "basic")
+        if backend == "fast_jl" and not fast:
             raise InputError(
                 f"this projector uses TRAK's CudaProjector (fast_jl), which does not run on {device}: "
                 "its matrix cannot be regenerated without CUDA and fast_jl"
