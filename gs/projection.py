@@ -11,10 +11,10 @@ Three kinds, each fixed by ``(kind, d, dim, seed)`` alone, so a saved projector 
   draw differs from a CPU one), so the backend and device are saved with the projector and one drawn
   on CUDA cannot be reloaded without CUDA. ``BasicProjector`` generates the (d, 128) blocks of its
   Rademacher matrix on the device from the seeds ``seed + 1000 * block`` on every ``project`` call
-  (8.9 s for 8 gradients at d = 460,800, p = 1024 in issue 11; 12 s of CPU time on one thread here). On the CPU we therefore
-  generate the same matrix once, block by block with TRAK's own ``generate_sketch_matrix``, keep it
-  as int8 (d * p bytes: 0.47 GB at d = 460,800, p = 1024) and multiply in float32 blocks of 128 columns
-  converted into one reused (d, 128) buffer;
+  (8.9 s for 8 gradients at d = 460,800, p = 1024 in issue 11; 12 s of CPU time on one thread here).
+  On the CPU we therefore generate the same matrix once, block by block with TRAK's own
+  ``generate_sketch_matrix``, keep it as int8 (d * p bytes: 0.47 GB at d = 460,800, p = 1024) and
+  multiply in float32 blocks of 128 columns converted into one reused (d, 128) buffer;
   the result equals ``BasicProjector.project`` up to float32 summation order. Above
   ``cache_limit_bytes`` (default 8 GiB) the matrix is not kept and ``BasicProjector`` regenerates it
   per call, as TRAK does. Departures from LESS: inputs are projected in float32 (LESS casts them to
