@@ -312,7 +312,8 @@ def _block_update(vt: torch.Tensor, s: np.ndarray, x: torch.Tensor) -> _BlockUpd
 
 
 def _cpu(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().cpu().clone()
+    """A CPU copy of ``t`` (exactly one copy, also from an accelerator)."""
+    return t.detach().to("cpu", copy=True)
 
 
 class OnlineSVD(abc.ABC):
@@ -344,6 +345,7 @@ class OnlineSVD(abc.ABC):
         self.dtype = resolve_dtype(dtype, self.device)
         self.dim: int | None = None
         self._n_seen = 0
+        self._signed: torch.Tensor | None = None
 
     # -- input checking shared by all methods ---------------------------------------------------
 
@@ -391,6 +393,7 @@ class OnlineSVD(abc.ABC):
             return self
         self._update(x)
         self._n_seen += x.shape[0]
+        self._signed = None
         return self
 
     @property
@@ -399,15 +402,18 @@ class OnlineSVD(abc.ABC):
         return self._n_seen
 
     def components_tensor(self) -> torch.Tensor:
-        """``(k, d)`` signed components as a state-dtype tensor on the device (no host copy)."""
+        """``(k, d)`` signed components as a state-dtype tensor on the device (no host copy; cached
+        until the next :meth:`partial_fit`, so a second pass of :meth:`transform` calls reuses it)."""
         self._require_data()
-        vt, _ = self._top()
-        return vt * _small(_sign_flips(vt)[:, None], vt)
+        if self._signed is None:
+            vt, _ = self._top()
+            self._signed = vt * _small(_sign_flips(vt)[:, None], vt)
+        return self._signed
 
     @property
     def components_(self) -> np.ndarray:
         """``(k, d)`` float64 numpy, orthonormal rows: the top right singular vectors, ``k <= rank``."""
-        return self.components_tensor().double().cpu().numpy()
+        return np.array(self.components_tensor().double().cpu().numpy(), copy=True)  # never the cache itself
 
     @property
     def singular_values_(self) -> np.ndarray:
@@ -459,6 +465,7 @@ class OnlineSVD(abc.ABC):
         theirs = {k: state.get(k) for k in mine}
         if theirs != mine:
             raise InputError(f"online SVD state is for {theirs}, not {mine}")
+        self._signed = None
         self.dim = None if state["dim"] is None else int(state["dim"])
         self._n_seen = int(state["n_seen"])
         if self.dim is not None:
