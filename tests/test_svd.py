@@ -331,6 +331,9 @@ def test_device_and_dtype_resolution():
         make_online_svd("brand", 2, dtype="float16")
     with pytest.raises(InputError, match="unknown SVD device"):
         make_online_svd("brand", 2, device="nowhere")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device is visible"):
+            make_online_svd("brand", 2, device="cuda")
 
 
 @pytest.mark.gpu
