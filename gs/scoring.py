@@ -6,11 +6,17 @@ runs ONE forward of the decoder body (no KV cache) over ``prompt + answer[:-1]``
 hidden states of the answer positions; the output layer (``lm_head``), the float32 log-softmax, the
 mixture (a logsumexp of ``log w_e + log p_e``), the target's log-probability and the greedy check are
 then computed ``chunk_tokens`` answer positions at a time. No (batch, answer tokens, vocabulary)
-tensor is ever built: per chunk of c positions, for a batch of b rows, expert e serving r_e rows,
-vocabulary V and model dtype size s bytes, the vocabulary-sized tensors are expert e's logits
-r_e * c * V * s bytes and their float32 log-softmax and logsumexp temporaries (about 3 * r_e * c * V * 4
-bytes), plus, for an ensemble, the float32 mixture b * c * V * 4 bytes. The kept hidden states take
-sum_e r_e * n_max * H * s bytes (H: hidden size, n_max: the batch's longest scored answer).
+tensor is ever built.
+
+Memory, for a batch of b rows, a chunk of c positions, vocabulary V, hidden size H, model dtype of
+s bytes, expert e serving r_e rows, n the batch's longest scored answer:
+
+* kept hidden states: sum_e r_e * n * H * s bytes (all experts', answer positions only);
+* per chunk, one adapter for the whole batch: its logits b*c*V*s, their float32 copy (when s < 4)
+  and logsumexp's float32 temporary: at most b*c*V*(s + 8) bytes;
+* per chunk, an ensemble: the float32 mixture b*c*V*4, plus while expert e is added its logits
+  r_e*c*V*s (and float32 copy), its float32 log-softmax r_e*c*V*4 and, when e serves only some of the
+  rows, their gathered mixture r_e*c*V*4: at most b*c*V*4 + r_e*c*V*(s + 12) bytes.
 
 Answers longer than ``max_answer_tokens`` keep their first ``max_answer_tokens`` tokens; the number
 of tokens actually scored is returned with each score.
@@ -121,7 +127,10 @@ def score_batch(
                 lp.add_(torch.log(s.weights)[:, :, None])
                 if mixture is None:
                     mixture = torch.full((b, e - a, lp.shape[-1]), -torch.inf, dtype=torch.float32, device=device)
-                mixture[s.rows, lo - a :] = torch.logaddexp(mixture[s.rows, lo - a :], lp)
+                if len(s.rows) == b:  # every row, in order (adapter_groups): update the mixture in place
+                    torch.logaddexp(mixture[:, lo - a :], lp, out=mixture[:, lo - a :])
+                else:
+                    mixture[s.rows, lo - a :] = torch.logaddexp(mixture[s.rows, lo - a :], lp, out=lp)
                 del lp
             assert mixture is not None  # the longest answer's row has an expert covering column a
             token_lp = mixture.gather(-1, index)[..., 0]
