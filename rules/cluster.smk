@@ -40,8 +40,9 @@ rule gradient_coherence:
         "../envs/torch.yaml"
     threads: HEAVY_THREADS
     resources:
-        gpu=1,
-        mem_mb=16000,
+        gpu=GPU_REQUEST,
+        mem_mb=grow(16000),
+        runtime=grow(60),
     params:
         cfg=json_param(config["gradients"]),
         dirs=expand("results/clusters/{method}", method=QUALITY_METHODS),

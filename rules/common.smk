@@ -2,6 +2,8 @@
 import json
 import shlex
 
+from snakemake.exceptions import WorkflowError
+
 DOMAINS = list(config["data"]["domains"])
 
 
@@ -20,7 +22,24 @@ def json_param(section):
 # Threads of a training or gradient job: half the cores, so two such jobs (or one beside an evaluation)
 # share the machine. A job that asked for every core would wait for both to be free while one-thread
 # jobs kept taking the freed core; on 2 cores that idled a core for about 160 s of a default run.
-HEAVY_THREADS = max(1, (workflow.cores or 1) // 2)
+# A cluster run sets no --cores (workflow.cores raises): there the profile's set-threads decides.
+try:
+    HEAVY_THREADS = max(1, (workflow.cores or 1) // 2)
+except WorkflowError:
+    HEAVY_THREADS = 1
+
+
+# GPU requests. Each stage that runs the base model asks for GPU_REQUEST GPUs; 1 when the config
+# pins the model on CUDA (model.device: cuda, the paper config), else 0. The workflow profile
+# (profiles/default) caps `gpu` at 1, so on a GPU box the paper's GPU jobs run one at a time while the
+# embedded default (model.device: auto) requests none and keeps its CPU jobs side by side. On SLURM
+# the cap does not apply across jobs: `gpu` has a local scope (rules/model.smk).
+GPU_REQUEST = 1 if config["model"].get("device", "auto") == "cuda" else 0
+
+
+def grow(base):
+    """A resource (MB, minutes) that grows with each retry: ``base`` times the attempt (1, 2, ...)."""
+    return lambda wildcards, attempt: base * attempt
 
 
 def model_dir():

@@ -1,3 +1,8 @@
+# Reads the hub for `source: hf` splits (paper config): on SLURM it runs where snakemake runs.
+localrules:
+    prepare_domain,
+
+
 rule prepare_domain:
     output:
         expand(

@@ -20,8 +20,9 @@ rule evaluate_system:
     # finish sooner than one 2-thread job (measured); a GPU box ignores this.
     threads: 1
     resources:
-        gpu=1,
-        mem_mb=16000,
+        gpu=GPU_REQUEST,
+        mem_mb=grow(16000),
+        runtime=grow(60),
     params:
         system=lambda w: quote_json(system_spec(w.system)),
         tasks=system_tasks,

@@ -15,8 +15,9 @@ rule train_experts:
         "../envs/torch.yaml"
     threads: HEAVY_THREADS
     resources:
-        gpu=1,
-        mem_mb=16000,
+        gpu=GPU_REQUEST,
+        mem_mb=grow(16000),
+        runtime=grow(60),
     params:
         cfg=json_param(config["experts"]),
         seed=config["seed"],
@@ -40,8 +41,9 @@ rule train_multitask:
         "../envs/torch.yaml"
     threads: HEAVY_THREADS
     resources:
-        gpu=1,
-        mem_mb=16000,
+        gpu=GPU_REQUEST,
+        mem_mb=grow(16000),
+        runtime=grow(60),
     params:
         cfg=json_param(config["experts"]),
         seed=config["seed"],

@@ -12,8 +12,9 @@ rule warmup_lora:
         "../envs/torch.yaml"
     threads: HEAVY_THREADS
     resources:
-        gpu=1,
-        mem_mb=16000,
+        gpu=GPU_REQUEST,
+        mem_mb=grow(16000),
+        runtime=grow(60),
     params:
         cfg=json_param(config["gradients"]),
         seed=config["seed"],
@@ -46,8 +47,9 @@ rule extract_gradient_features:
         "../envs/torch.yaml"
     threads: HEAVY_THREADS
     resources:
-        gpu=1,
-        mem_mb=16000,
+        gpu=GPU_REQUEST,
+        mem_mb=grow(16000),
+        runtime=grow(60),
     params:
         cfg=json_param(config["gradients"]),
         seed=config["seed"],

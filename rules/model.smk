@@ -1,3 +1,16 @@
+# `gpu` (GPU_REQUEST, rules/common.smk) is a per-job request, not a workflow-wide budget, when jobs go
+# to a cluster: the GPU box's cap of 1 (profiles/default) must not serialise SLURM's GPU jobs. A local
+# scope is checked per submission only; local execution still counts it against the cap.
+resource_scopes:
+    gpu="local",
+
+
+# Reads the hub at paper scale (compute nodes usually have no internet; HF_TOKEN for gated models):
+# on SLURM it runs where snakemake runs. It downloads files and never loads the weights.
+localrules:
+    prepare_model,
+
+
 rule prepare_model:
     output:
         directory(model_dir()),
@@ -8,7 +21,7 @@ rule prepare_model:
     conda:
         "../envs/torch.yaml"
     resources:
-        mem_mb=8000,
+        mem_mb=grow(8000),
     params:
         spec=json_param(config["model"]),
     shell:

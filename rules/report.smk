@@ -14,8 +14,9 @@ rule latency:
     # lets the job overlap another on a 2-core machine.
     threads: 1
     resources:
-        gpu=1,
-        mem_mb=16000,
+        gpu=GPU_REQUEST,
+        mem_mb=grow(16000),
+        runtime=grow(60),
     params:
         cfg=json_param(config["latency"]),
         seed=config["seed"],

@@ -14,6 +14,11 @@ rule train_router:
         method="|".join(METHODS),
     conda:
         "../envs/torch.yaml"
+    # A GPU only for the base-model encoder; the sentence encoders (minilm) are small enough for the CPU.
+    resources:
+        gpu=GPU_REQUEST if config["router"].get("encoder") == "base" else 0,
+        mem_mb=grow(16000),
+        runtime=grow(60),
     params:
         cfg=json_param(config["router"]),
         seed=config["seed"],

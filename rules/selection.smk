@@ -14,8 +14,9 @@ rule less_influence:
         "../envs/torch.yaml"
     threads: HEAVY_THREADS
     resources:
-        gpu=1,
-        mem_mb=16000,
+        gpu=GPU_REQUEST,
+        mem_mb=grow(16000),
+        runtime=grow(60),
     params:
         cfg=json_param(config["gradients"]),
         targets=" ".join(f"{t}=results/data/{t}/validation.jsonl" for t in TARGETS),
@@ -66,8 +67,9 @@ rule finetune_selected:
         "../envs/torch.yaml"
     threads: HEAVY_THREADS
     resources:
-        gpu=1,
-        mem_mb=16000,
+        gpu=GPU_REQUEST,
+        mem_mb=grow(16000),
+        runtime=grow(60),
     params:
         cfg=json_param(config["experts"]),
         seed=config["seed"],
