@@ -91,12 +91,12 @@ def score_batch(
     for r, t in enumerate(targets):
         target[r, keep - len(t) :] = torch.tensor(t, dtype=torch.long)
     hidden = []  # per stream: (r, keep_s, H) in the model's dtype, the answer positions only
-    for s in streams:
+    for s, (_, rows, _) in zip(streams, groups, strict=True):
         activate(s.adapter)
         h = decoder(
             input_ids=s.input_ids, attention_mask=s.attention_mask, position_ids=s.position_ids, use_cache=False
         ).last_hidden_state
-        keep_s = max(len(targets[i]) for i in s.rows.tolist())
+        keep_s = max(len(targets[i]) for i in rows)
         hidden.append(h[:, -keep_s:].clone())  # a copy: the (r, T, H) states are freed
         del h
     whole = len(streams) == 1 and len(streams[0].rows) == b  # one adapter for every row: no mixture tensor
