@@ -7,7 +7,7 @@ and the epoch's mean learning rate), following LESS (Xia et al., ICML 2024; ``pr
 * target gradients: plain (SGD) per-sample LoRA gradients of each target's validation samples,
   projected (``gradients.influence.projection_dim`` p; ``null`` = full dimension d) and L2-normalised;
 * training features: each pool sample's per-sample LoRA gradient turned into the Adam update
-  direction with *that checkpoint's* moments (:func:`gs.selection.adam_precondition`, LESS's
+  direction with *that checkpoint's* moments (:func:`gs.less.adam_precondition`, LESS's
   ``obtain_gradients_with_adam``: no bias correction, eps inside the square root), then projected
   with the same projector, then L2-normalised. LESS normalises *after* projecting (``collect_grads``
   projects the raw Adam/SGD vectors; ``merge_and_normalize_info`` normalises the projected rows), and
@@ -49,9 +49,9 @@ import torch
 
 from gs.data import load_records
 from gs.io import InputError, atomic_path, parse_params, run_cli
+from gs.less import adam_precondition
 from gs.models import load_model, load_tokenizer
 from gs.projection import KINDS, Projector
-from gs.selection import adam_precondition
 from gs.training import load_adapter, seed_everything
 
 DEFAULT_KIND = "rademacher"  # LESS collect_grad_reps.py: TRAK's Rademacher projector

@@ -26,11 +26,53 @@ rule less_influence:
         " --targets {params.targets} --params {params.cfg} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
+rule clusterucb_clusters:
+    # ClusterUCB's own arms (gs.ucb_clustering): Adam-preconditioned, projected pool gradients at an early
+    # warm-up checkpoint, cosine k-means (ZigeW/ClusterUCB kmeans_clustering.py); one pass of n gradients.
+    input:
+        model=model_dir(),
+        warmup="results/gradients/warmup",
+        train="results/data/pool/train.jsonl",
+        validation=expand("results/data/{target}/validation.jsonl", target=TARGETS),
+    output:
+        directory("results/selection/clusterucb_clusters"),
+    log:
+        "logs/clusterucb_clusters/clusters.log",
+    benchmark:
+        "benchmarks/clusterucb_clusters/clusters.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: HEAVY_THREADS
+    resources:
+        gpu=GPU_REQUEST,
+        mem_mb=grow(16000),
+        runtime=grow(60),
+    params:
+        grads=json_param(config["gradients"]),
+        cfg=json_param(config["selection"]["ucb_clustering"]),
+        targets=" ".join(f"{t}=results/data/{t}/validation.jsonl" for t in TARGETS),
+        seed=config["seed"],
+    shell:
+        "python -m gs.ucb_clustering --model-dir {input.model} --warmup {input.warmup} --train {input.train}"
+        " --targets {params.targets} --gradients {params.grads} --params {params.cfg} --seed {params.seed}"
+        " --out-dir {output} > {log} 2>&1"
+
+
+# The bandit's arms: ClusterUCB's own clusters, or another method's (selection.clusters).
+UCB_ARMS = config["selection"]["clusters"]
+COMPARE_ARMS = [m for m in config["selection"].get("compare_clusters", []) if m != UCB_ARMS]
+
+
 rule select_data:
     input:
         influence="results/selection/influence.npz",
-        assignments=f"results/clusters/{config['selection']['clusters']}/assignments.csv",
+        clustering="results/selection/clusterucb_clusters",
+        assignments=[] if UCB_ARMS == "clusterucb" else f"results/clusters/{UCB_ARMS}/assignments.csv",
+        compare=expand("results/clusters/{method}/assignments.csv", method=COMPARE_ARMS),
+        model=model_dir(),
+        warmup="results/gradients/warmup",
         train="results/data/pool/train.jsonl",
+        validation="results/data/{target}/validation.jsonl",
     output:
         selection="results/selection/{target}/selection.json",
         subsets=expand(
@@ -44,10 +86,16 @@ rule select_data:
         "../envs/torch.yaml"
     params:
         cfg=json_param(config["selection"]),
+        grads=json_param(config["gradients"]),
+        arms="" if UCB_ARMS == "clusterucb" else f"--assignments results/clusters/{UCB_ARMS}/assignments.csv",
+        compare=" ".join(f"{m}=results/clusters/{m}/assignments.csv" for m in COMPARE_ARMS),
         seed=config["seed"],
     shell:
-        "python -m gs.selection --influence {input.influence} --assignments {input.assignments}"
-        " --train {input.train} --target {wildcards.target} --params {params.cfg}"
+        # ClusterUCB's draws are computed on demand from the model (gs.on_demand); the full pass is LESS's.
+        "python -m gs.selection --influence {input.influence} --clustering {input.clustering}/clustering.npz"
+        " {params.arms} --compare {params.compare} --model-dir {input.model} --warmup {input.warmup}"
+        " --gradients {params.grads} --train {input.train} --validation {input.validation}"
+        " --target {wildcards.target} --params {params.cfg}"
         " --seed {params.seed} --out-dir results/selection/{wildcards.target} > {log} 2>&1"
 
 

@@ -8,18 +8,11 @@ import math
 import numpy as np
 import pytest
 
+from gs.bandit import ESTIMATORS, cluster_ucb
+from gs.baselines import mean_influence_ratio, overlap, select_random
+from gs.checks import count_from_fraction
 from gs.io import InputError
-from gs.selection import (
-    ESTIMATORS,
-    adam_precondition,
-    cluster_ucb,
-    count_from_fraction,
-    influence_scores,
-    mean_influence_ratio,
-    overlap,
-    select_full,
-    select_random,
-)
+from gs.less import adam_precondition, influence_scores, select_full
 
 MEANS = np.array([-0.2, 0.0, 0.1, 0.3, 0.5])
 # Exploration per estimator for the synthetic bandit: the official default beta=1 for mean_std, 0.5 for
@@ -128,9 +121,7 @@ def test_budget_is_never_exceeded_and_no_sample_is_drawn_twice(budget, draw_size
     np.testing.assert_array_equal(res.pulls_per_cluster, np.bincount(labels[res.drawn], minlength=4))
     assert res.cold_start_per_cluster.tolist() == [2, 3, 3, 3]
     assert all(r.indices.size <= draw_size for r in res.history if r.phase == "ucb")
-    assert [r.n_computations for r in res.history] == np.cumsum(
-        [r.indices.size for r in res.history]
-    ).tolist()
+    assert [r.n_computations for r in res.history] == np.cumsum([r.indices.size for r in res.history]).tolist()
     # An exhausted cluster is never chosen again.
     for r in res.history:
         if r.phase == "ucb":
@@ -139,9 +130,7 @@ def test_budget_is_never_exceeded_and_no_sample_is_drawn_twice(budget, draw_size
 
 def test_cold_start_fraction_follows_the_official_rule():
     labels = np.repeat(np.arange(3), [10, 50, 3])
-    res = cluster_ucb(
-        labels, lambda i: np.zeros(i.size), budget=7, cold_start=0.1, exploration=1, keep=1, seed=0
-    )
+    res = cluster_ucb(labels, lambda i: np.zeros(i.size), budget=7, cold_start=0.1, exploration=1, keep=1, seed=0)
     # max(int(size * csp), 1) per cluster: 1, 5, 1.
     assert res.cold_start_per_cluster.tolist() == [1, 5, 1]
     assert res.n_computations == 7
@@ -152,9 +141,7 @@ def test_cold_start_fraction_follows_the_official_rule():
 # ------------------------------------------------------------------------------------------------
 
 
-def _expected_index(
-    recorded: list[list[float]], estimator: str, c: float, p: float
-) -> tuple[np.ndarray, float]:
+def _expected_index(recorded: list[list[float]], estimator: str, c: float, p: float) -> tuple[np.ndarray, float]:
     n = np.array([len(r) for r in recorded], dtype=float)
     mu = np.array([np.mean(r) for r in recorded])
     sd = np.array([np.std(r) for r in recorded])  # population std, like np.std in the official code
@@ -338,9 +325,7 @@ def test_mean_cosine_is_less_and_differs_from_cosine_to_mean():
     train = np.array([[1.0, 0.0]])
     # LESS: mean of cosines = (1 + 0) / 2; cosine to the mean [0.5, 1]: 0.5 / sqrt(1.25).
     assert influence_scores(train, target)[0] == pytest.approx(0.5)
-    assert influence_scores(train, target, target_reduction="cosine_to_mean")[0] == pytest.approx(
-        0.5 / math.sqrt(1.25)
-    )
+    assert influence_scores(train, target, target_reduction="cosine_to_mean")[0] == pytest.approx(0.5 / math.sqrt(1.25))
 
 
 def test_target_groups_take_the_max_over_subtasks():
@@ -404,10 +389,7 @@ def test_adam_preconditioning_matches_a_hand_computed_case():
         rtol=1e-12,
     )
     assert adam_precondition(g.astype(np.float32), m, v.astype(np.float32)).dtype == np.float64
-    assert (
-        adam_precondition(g.astype(np.float32), m.astype(np.float32), v.astype(np.float32)).dtype
-        == np.float32
-    )
+    assert adam_precondition(g.astype(np.float32), m.astype(np.float32), v.astype(np.float32)).dtype == np.float32
     with pytest.raises(InputError, match="expected shape \\(2,\\)"):
         adam_precondition(g, m[:1], v)
     with pytest.raises(InputError, match="negative"):
