@@ -90,7 +90,8 @@ def _plain_torch_warmup(tiny_model_dir) -> list[dict[str, torch.Tensor]]:
     w = PARAMS["warmup"]
     seed_everything(0)
     tok = load_tokenizer(tiny_model_dir)
-    model = attach_lora(load_model(tiny_model_dir, device="cpu"), LoraSpec.from_config(w["lora"]), 0)
+    model = attach_lora(load_model(tiny_model_dir), LoraSpec.from_config(w["lora"]), 0)  # the warm-up's device
+    device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=w["train"]["learning_rate"], weight_decay=0.0)
     sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=0, num_training_steps=4)
@@ -102,11 +103,14 @@ def _plain_torch_warmup(tiny_model_dir) -> list[dict[str, torch.Tensor]]:
         order = torch.randperm(8, generator=gen).tolist()
         for start in (0, 4):
             batch = collate([encoded[i] for i in order[start : start + 4]], tok.pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
             model(**batch, use_cache=False).loss.backward()
             opt.step()
             sched.step()
             opt.zero_grad()
-        moments.append({k: torch.cat([opt.state[p][k].flatten() for p in params]) for k in ("exp_avg", "exp_avg_sq")})
+        moments.append(
+            {k: torch.cat([opt.state[p][k].flatten() for p in params]).cpu() for k in ("exp_avg", "exp_avg_sq")}
+        )
     return moments
 
 
@@ -132,7 +136,8 @@ def test_warmup_writes_adapter_checkpoints_and_adam_moments(stage, tiny_model_di
         for key in ("exp_avg", "exp_avg_sq"):
             assert moments[key].shape == (d,)
             assert ref[key].abs().sum() > 0
-            torch.testing.assert_close(moments[key], ref[key].float(), rtol=1e-4, atol=1e-12)
+            scale = float(ref[key].abs().max())
+            torch.testing.assert_close(moments[key], ref[key].float(), rtol=1e-4, atol=1e-6 * scale)
 
 
 def test_extract_matches_the_stacked_svd_and_keeps_no_gradients(stage, tiny_model_dir):
