@@ -47,8 +47,12 @@ def gpu_rules() -> set[str]:
 
 
 def _module_file(module: str) -> Path | None:
-    path = ROOT / (module.replace(".", "/") + ".py")
-    return path if path.is_file() else None
+    """The file of a gs module (``gs/x.py``) or package (``gs/x/__init__.py``)."""
+    base = ROOT / module.replace(".", "/")
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
 
 
 def _optional(tree: ast.Module) -> set[int]:
@@ -108,6 +112,8 @@ def module_imports(module: str) -> set[str]:
     module itself and of the gs modules it imports, following those modules' module-level gs imports
     (a gs module's function-level imports of other gs modules serve code paths the rule may not run)."""
     todo, seen, third = [(module, True)], set(), set()
+    if _module_file(f"{module}.__main__"):  # a package run with -m: its __main__ too
+        todo.append((f"{module}.__main__", True))
     while todo:
         name, own = todo.pop()
         if name in seen:
