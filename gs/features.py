@@ -258,9 +258,12 @@ def extract_features(
     if rank > len(records):
         raise InputError(f"svd rank={rank} is larger than the number of samples n={len(records)}")
     device, on_device = _state_device(model, params)
-    svd = make_online_svd(
-        svd_cfg["method"], rank, device=device, dtype=svd_cfg.get("dtype", "auto"), **svd_cfg.get("options", {})
-    )
+
+    def new_svd() -> OnlineSVD:
+        options = svd_cfg.get("options", {})
+        return make_online_svd(svd_cfg["method"], rank, device=device, dtype=svd_cfg.get("dtype", "auto"), **options)
+
+    svd = new_svd()
     dims = sorted({int(p) for p in proj_cfg["dims"]} | {int(proj_cfg["elrea_dim"])})
     normalise = bool(params.get("normalize", True))
     loss_on = params.get("loss_on", "response")
@@ -275,7 +278,8 @@ def extract_features(
     state_file = out / STATE_DIR / "state.pt"
     fingerprint = extraction_fingerprint(model_dir, warmup_dir, train_path, params, seed, svd)
     done = _Progress(dims)
-    _load_state(state_file, fingerprint, done, svd)
+    if not _load_state(state_file, fingerprint, done, svd):
+        done, svd = _Progress(dims), new_svd()  # nothing half-restored from a discarded state survives
     resumed_at = done.batches
     projectors: dict[int, Projector] = {}
     if done.d is not None:

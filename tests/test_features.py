@@ -278,3 +278,44 @@ def test_frequent_directions_extraction_with_checkpoints(stage, tiny_model_dir):
     comps = np.load(out / "svd_components.npy").astype(np.float64)
     stacked = _stacked_gradients(tiny_model_dir, tmp / "warmup")
     np.testing.assert_allclose(_features(out)["svd_coords"], stacked @ comps.T, atol=1e-5)
+
+
+def test_unusable_state_is_discarded_and_nothing_of_it_survives(stage, tiny_model_dir, capsys):
+    """A state with this extraction's fingerprint but a broken SVD part (half restorable) and one that
+    is not a checkpoint at all: both discarded, and the result equals the stage's clean extraction."""
+    from gs.features import extraction_fingerprint
+    from gs.svd import make_online_svd
+
+    tmp, train = stage
+    svd = make_online_svd("brand", 8, device="auto")  # the tiny model sits on the default device too
+    fingerprint = extraction_fingerprint(str(tiny_model_dir), str(tmp / "warmup"), str(train), PARAMS, 0, svd)
+    svd.partial_fit(np.ones((3, 448)))
+    broken = {k: v for k, v in svd.state_dict().items() if k != "u_rows"}  # fails after the ids are taken
+    payload = {
+        "fingerprint": fingerprint,
+        "batches": 1,
+        "d": 448,
+        "ids": ["x", "y", "z"],
+        "norms": torch.ones(3),
+        "projected": {"8": torch.ones(3, 8), "16": torch.ones(3, 16)},
+        "elrea": torch.ones(3, 16),
+        "seconds": 0.0,
+        "svd": broken,
+    }
+    with np.load(tmp / "grad" / "features.npz") as f:
+        clean = {k: f[k] for k in f.files}
+    for bad in (payload, "not a checkpoint"):
+        out = tmp / f"broken_{type(bad).__name__}"
+        (out / ".extract_state").mkdir(parents=True)
+        torch.save(bad, out / ".extract_state" / "state.pt")
+        capsys.readouterr()
+        extract_features(str(tiny_model_dir), str(tmp / "warmup"), str(train), PARAMS, 0, str(out))
+        err = capsys.readouterr().err
+        assert "discarding the extraction state" in err
+        if isinstance(bad, dict):  # the fingerprint matched: it failed half-way through restoring
+            assert "u_rows" in err and "other inputs" not in err
+        got = _features(out)
+        assert got["ids"].tolist() == clean["ids"].tolist()
+        np.testing.assert_allclose(got["svd_coords"], clean["svd_coords"], atol=1e-6)
+        np.testing.assert_allclose(got["projected_16"], clean["projected_16"], atol=1e-6)
+        assert not (out / ".extract_state").exists()
