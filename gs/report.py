@@ -187,6 +187,12 @@ def plot_ablation(df: pd.DataFrame, path: Path) -> None:
 
 
 def clusterucb_table(selection_dir: Path, targets: list[str], eval_files: dict[str, Path]) -> pd.DataFrame:
+    """One row per target and selection method: accuracy where fine-tuned, and its compute.
+
+    Compute in per-sample gradient computations (:mod:`gs.accounting`): ``clustering_pass`` (the arms'
+    clustering pass, counted), ``influence_computations`` (cold start and draws, each at the influence
+    checkpoints it needed), ``total_computations`` and its ratio to full LESS's total.
+    """
     rows = []
     for t in targets:
         sel = read_json(selection_dir / t / "selection.json")
@@ -198,6 +204,7 @@ def clusterucb_table(selection_dir: Path, targets: list[str], eval_files: dict[s
                 generation = primary_result(report, eval_files[system], DOMAIN_TASKS[t])
                 acc, metric = generation.get("value"), generation.get("metric")
                 bpb = primary_result(report, eval_files[system], LIKELIHOOD_TASKS[t]).get("value")
+            charge = m.get("charge") or {}
             rows.append(
                 {
                     "target": t,
@@ -206,7 +213,11 @@ def clusterucb_table(selection_dir: Path, targets: list[str], eval_files: dict[s
                     "metric": metric,
                     "bits_per_byte": bpb,
                     "selected": len(m["selected_ids"]),
-                    "influence_computations": m["computations"],
+                    "clustering_pass": charge.get("clustering", 0),
+                    "influence_computations": charge.get("cold_start", 0) + charge.get("draws", 0)
+                    if charge
+                    else m["computations"],
+                    "total_computations": m["computations"],
                     "computations_vs_full": m["computation_ratio_vs_full"],
                     "overlap_with_full_top": m["overlap_with_full"],
                     "mean_influence_vs_full": m["mean_influence_ratio"],
@@ -215,22 +226,53 @@ def clusterucb_table(selection_dir: Path, targets: list[str], eval_files: dict[s
     return pd.DataFrame(rows)
 
 
-def plot_budget(selection_dir: Path, targets: list[str], path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+def clusterucb_budget_table(selection_dir: Path, targets: list[str]) -> pd.DataFrame:
+    """The budget curve (:mod:`gs.budget_curve`) of every target: mean and std over seeds per method,
+    k and total compute (fraction of full LESS); infeasible points have ``seeds == 0`` and no numbers."""
+    frames = []
     for t in targets:
-        sweep = [s for s in read_json(selection_dir / t / "selection.json")["budget_sweep"] if "skipped" not in s]
-        if not sweep:
-            continue
-        x = [s["budget_fraction"] for s in sweep]
-        axes[0].plot(x, [s["overlap_with_full"] for s in sweep], "o-", label=t)
-        axes[1].plot(x, [s["mean_influence_ratio"] for s in sweep], "o-", label=t)
-    axes[0].set_ylabel("overlap with the full-gradient top set")
-    axes[1].set_ylabel("mean influence / full selection's")
-    for ax in axes:
-        ax.set_xlabel("budget (influence computations / pool size)")
+        curve = read_json(selection_dir / t / "selection.json").get("budget_curve", [])
+        if curve:
+            frames.append(pd.DataFrame(curve).assign(target=t))
+    if not frames:
+        return pd.DataFrame()
+    df = pd.concat(frames, ignore_index=True)
+    return df[["target", *[c for c in df.columns if c != "target"]]]
+
+
+def clusterucb_ablation_table(selection_dir: Path, targets: list[str]) -> pd.DataFrame:
+    """Arm rule x arm set x schedule (one-shot, Dynamic-ClusterUCB), mean and std over seeds, per target."""
+    frames = []
+    for t in targets:
+        rows = read_json(selection_dir / t / "selection.json").get("ablation", [])
+        if rows:
+            frames.append(pd.DataFrame(rows).assign(target=t))
+    if not frames:
+        return pd.DataFrame()
+    df = pd.concat(frames, ignore_index=True)
+    return df[["target", *[c for c in df.columns if c != "target"]]]
+
+
+def plot_budget(selection_dir: Path, targets: list[str], path: Path) -> None:
+    """Overlap with LESS's top set and mean-influence ratio against total compute, one column per target;
+    a line per selector and k, error bars one std over seeds."""
+    df = clusterucb_budget_table(selection_dir, targets)
+    shown = [t for t in targets if not df.empty and (df["target"] == t).any()]
+    fig, axes = plt.subplots(2, max(len(shown), 1), figsize=(3.6 * max(len(shown), 1), 6.4), squeeze=False)
+    for col, t in enumerate(shown):
+        sub = df[(df["target"] == t) & (df["seeds"] > 0)]
+        for (method, k), g in sub.groupby(["method", "k"], sort=True):
+            label = method if method == "random" else f"{method} k={k}"
+            for row, (mean, std) in enumerate((("overlap_mean", "overlap_std"), ("ratio_mean", "ratio_std"))):
+                axes[row, col].errorbar(g["budget_fraction"], g[mean], yerr=g[std], marker="o", capsize=2, label=label)
+        axes[0, col].set_title(t)
+        axes[1, col].set_xlabel("total compute / full LESS's")
+    axes[0, 0].set_ylabel("overlap with LESS's top set")
+    axes[1, 0].set_ylabel("mean influence / LESS top set's")
+    for ax in axes.flat:
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("ClusterUCB: selection quality against the compute budget")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("ClusterUCB, uniform-over-clusters and random at equal total compute (mean +- std over seeds)")
     save_figure(fig, path)
 
 
@@ -310,8 +352,22 @@ def main(argv: list[str] | None = None) -> None:
             sel,
             tables / "clusterucb",
             title="ClusterUCB vs. full gradient selection (LESS) and random",
-            note="Influence computations: per-sample LESS influence evaluations (each over every "
-            "warm-up checkpoint); full selection computes all of them.",
+            note="Compute in per-sample gradient computations (one sample, one checkpoint, one pass): "
+            "total = clustering pass + cold start + draws, each draw at the influence checkpoints it needed; "
+            "full LESS computes every sample at every checkpoint. Validation gradients apart (the same for all).",
+        )
+        write_table(
+            clusterucb_budget_table(res / "selection", args.targets),
+            tables / "clusterucb_budget",
+            title="Budget curve: overlap with LESS's top set and mean-influence ratio at equal total compute",
+            note="Mean and std over seeds; total compute as a fraction of full LESS's, the clustering pass "
+            "counted. Influences read from the full LESS pass, charged as if computed on demand.",
+        )
+        write_table(
+            clusterucb_ablation_table(res / "selection", args.targets),
+            tables / "clusterucb_ablation",
+            title="ClusterUCB ablation: arm rules (reference names), arm sets, one-shot vs. dynamic",
+            note="Mean and std over seeds at the configured budget; read from the full LESS pass.",
         )
         plot_budget(res / "selection", args.targets, figures / "clusterucb_budget.png")
     write_table(compute_table(Path(args.benchmarks)), tables / "compute", title="Compute per job")
