@@ -84,6 +84,11 @@ rule select_data:
         "benchmarks/select_data/{target}.tsv"
     conda:
         "../envs/torch.yaml"
+    # ClusterUCB's draws run the model (gs.on_demand): a GPU rule at paper scale.
+    resources:
+        gpu=GPU_REQUEST,
+        mem_mb=grow(16000),
+        runtime=grow(60),
     params:
         cfg=json_param(config["selection"]),
         grads=json_param(config["gradients"]),
