@@ -1,0 +1,73 @@
+"""Named GPUs (memory, vendor peak throughput, memory bandwidth), this machine's measured CPU
+throughput and the time a step takes on either.
+
+Time of a phase = max(FLOPs / (peak x MFU), bytes streamed / (bandwidth x efficiency)): compute-bound
+steps (training, gradients, likelihood, prefill) are set by the first term, decoding by the second.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from gs.io import InputError
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """A GPU: memory (bytes), dense peak TFLOP/s in bf16/fp16 tensor cores and in fp32, bandwidth (TB/s)."""
+
+    name: str
+    memory_bytes: int
+    bf16_tflops: float
+    fp32_tflops: float
+    bandwidth_tbs: float
+    source: str
+
+
+GB = 10**9
+# Vendor datasheets, SXM parts, dense (without 2:4 sparsity). float32 weights run on the fp32 units:
+# torch leaves TF32 matmuls off by default (torch.backends.cuda.matmul.allow_tf32 = False).
+GPUS: dict[str, Gpu] = {
+    "H100-80GB": Gpu("H100-80GB", 80 * GB, 989.0, 67.0, 3.35, "NVIDIA H100 Tensor Core GPU datasheet (SXM)"),
+    "A100-80GB": Gpu("A100-80GB", 80 * GB, 312.0, 19.5, 2.039, "NVIDIA A100 Tensor Core GPU datasheet (SXM 80GB)"),
+    "H200": Gpu("H200", 141 * GB, 989.0, 67.0, 4.8, "NVIDIA H200 Tensor Core GPU datasheet (SXM)"),
+}
+
+
+def gpu(name: str) -> Gpu:
+    """The :data:`GPUS` entry ``name``; an unknown name is an :class:`InputError`."""
+    if name not in GPUS:
+        raise InputError(f"plan.gpu: unknown GPU {name!r}; expected one of {', '.join(GPUS)}")
+    return GPUS[name]
+
+
+def gpu_seconds(
+    flops: float, bytes_read: float, dtype: str, device: Gpu, mfu: float, bandwidth_efficiency: float
+) -> float:
+    """Seconds of a phase on ``device``: the larger of its compute and its memory-streaming time."""
+    peak = (device.bf16_tflops if dtype in ("bfloat16", "float16") else device.fp32_tflops) * 1e12
+    return max(flops / (peak * mfu), bytes_read / (device.bandwidth_tbs * 1e12 * bandwidth_efficiency))
+
+
+def measure_cpu_flops(threads: int = 1, size: int = 1024, seconds: float = 1.0) -> float:
+    """Measured float32 matmul FLOP/s of this CPU on ``threads`` threads (``size`` cubed products,
+    repeated for about ``seconds``; the best repeat counts)."""
+    import torch
+
+    if threads < 1:
+        raise InputError(f"threads must be at least 1, got {threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
+        torch.mm(a, a)  # warm-up
+        best, spent = float("inf"), 0.0
+        while spent < seconds:
+            start = time.perf_counter()
+            torch.mm(a, a)
+            took = time.perf_counter() - start
+            best, spent = min(best, took), spent + took
+    finally:
+        torch.set_num_threads(before)
+    return 2.0 * size**3 / best

@@ -1,0 +1,126 @@
+"""Host memory outside the traced step: the process's own baseline (measured) and the host arrays
+each stage allocates, from the shapes its code gives them.
+
+The baseline is the peak resident set of a fresh ``python`` that imports what the stage's process
+imports (its ``gs`` module, and for model stages peft and the architecture's transformers modelling
+module), measured once per plan in a subprocess: interpreter, torch, transformers, lm-eval and their
+libraries. Array formulas name the code they follow; ``bytes`` are exact element counts x item size.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from gs.io import InputError
+
+F32, F64, I32 = 4, 8, 4
+
+
+def baseline_command(imports: tuple[str, ...]) -> list[str]:
+    """A ``python -c`` that imports ``imports`` and prints its peak RSS in KiB (``ru_maxrss``)."""
+    code = "import resource\n" + "".join(f"import {m}\n" for m in imports)
+    code += "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    return [sys.executable, "-c", code]
+
+
+def measure_baselines(import_sets: list[tuple[str, ...]], workers: int = 2) -> dict[tuple[str, ...], int]:
+    """Peak RSS in bytes of a fresh interpreter per import set (subprocesses, ``workers`` at a time).
+
+    Raises:
+        InputError: an import failed (the message names the module set and the error's last line).
+    """
+
+    def one(imports: tuple[str, ...]) -> int:
+        run = subprocess.run(baseline_command(imports), capture_output=True, text=True, check=False)
+        if run.returncode != 0:
+            last = (run.stderr.strip().splitlines() or ["no output"])[-1]
+            raise InputError(f"baseline import of {', '.join(imports)} failed: {last}")
+        return int(run.stdout.strip().splitlines()[-1]) * 1024
+
+    unique = sorted(set(import_sets))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return dict(zip(unique, pool.map(one, unique), strict=True))
+
+
+def projector_bytes(kind: str, d: int, dim: int, run_on: str) -> int:
+    """Host bytes of one :class:`gs.projection.Projector` of ``d`` inputs and ``dim`` outputs.
+
+    ``sparse``: scikit-learn's ``SparseRandomProjection`` keeps a CSR matrix (dim, d) of density
+    1/sqrt(d): float64 data and int32 indices per non-zero, int32 row pointers. ``gaussian``: a dense
+    float64 (dim, d). ``rademacher`` (TRAK): on the CPU the int8 (dim, d) matrix when it is under
+    :data:`gs.projection.CACHE_LIMIT_BYTES`, else TRAK's float32 (d, 128) block; on a GPU it lives there.
+    """
+    if kind == "sparse":
+        nnz = math.ceil(dim * d / math.sqrt(d))
+        return nnz * (F64 + I32) + (dim + 1) * I32
+    if kind == "gaussian":
+        return dim * d * F64
+    if kind == "rademacher":
+        import gs.projection as projection
+
+        limit = int(getattr(projection, "CACHE_LIMIT_BYTES", 8 * 2**30))
+        if run_on == "gpu":
+            return 0
+        return d * dim if d * dim <= limit else d * getattr(projection, "LESS_BLOCK_SIZE", 128) * F32
+    raise InputError(f"gradients.projection.kind: unknown projector {kind!r}")
+
+
+def svd_state_bytes(d: int, rank: int, batch: int) -> int:
+    """The online SVD's streaming state, float32 ``d x (rank + batch)`` (``gs.features``: "Memory:
+    O(d (r + b) + n r + n p)"; the basis and the incoming block)."""
+    return F32 * d * (rank + batch)
+
+
+def gradient_batch_host_bytes(d: int, batch: int) -> int:
+    """A gradient batch on the host: ``iter_gradients``' ``grads.cpu()`` (b, d) float32, its
+    normalised copy and the projector's float32 input: three (b, d) float32 arrays."""
+    return 3 * F32 * batch * d
+
+
+def extract_host_bytes(d: int, n: int, params: dict[str, Any], run_on: str) -> dict[str, int]:
+    """Host arrays of ``gs.features.extract_features``: the per-batch parts of every projection and
+    their concatenation (both alive while ``features.npz`` is written), the projectors, the SVD state
+    when it runs on the CPU, its coordinates (n, r) and one gradient batch."""
+    proj = params["projection"]
+    dims = sorted({int(p) for p in proj["dims"]} | {int(proj["elrea_dim"])})
+    rank, batch = int(params["svd"]["rank"]), int(params["batch_size"])
+    out = {
+        "projected features (parts + concatenated)": 2 * F32 * n * (sum(dims) + int(proj["elrea_dim"])),
+        "projectors": sum(projector_bytes(proj.get("kind", "sparse"), d, p, run_on) for p in dims),
+        "svd coordinates": F32 * n * rank,
+        "gradient batch": gradient_batch_host_bytes(d, batch),
+    }
+    if run_on == "cpu":
+        out["svd state"] = svd_state_bytes(d, rank, batch)
+    return out
+
+
+def coherence_host_bytes(d: int, params: dict[str, Any], methods: int, k: int) -> dict[str, int]:
+    """``gs.features.cluster_gradient_sums``: a (k, d) float64 sum per method, the batch in float64."""
+    batch = int(params["batch_size"])
+    return {
+        "cluster sums": methods * k * d * F64,
+        "gradient batch": gradient_batch_host_bytes(d, batch) + F64 * batch * d,
+    }
+
+
+def influence_host_bytes(d: int, n: int, n_targets: list[int], checkpoints: int, batch: int) -> dict[str, int]:
+    """``gs.influence.compute_influence``: every target's (n_val, d) float32 gradients, Adam's two
+    (d,) moments per checkpoint, the (C, T, n) float64 scores, the preconditioned batch (float64)."""
+    return {
+        "target gradients": F32 * d * sum(n_targets),
+        "adam moments": 2 * F32 * d * checkpoints,
+        "scores": F64 * checkpoints * len(n_targets) * n,
+        "gradient batch": gradient_batch_host_bytes(d, batch) + F64 * batch * d,
+    }
+
+
+def features_file_bytes(n: int, params: dict[str, Any]) -> int:
+    """``features.npz`` loaded whole (float32): SVD coordinates, every projection, ELREA's features."""
+    proj = params["projection"]
+    dims = sorted({int(p) for p in proj["dims"]} | {int(proj["elrea_dim"])})
+    return F32 * n * (int(params["svd"]["rank"]) + sum(dims) + int(proj["elrea_dim"]) + 1)

@@ -1,0 +1,112 @@
+"""The plan table: per stage, predicted device and host peaks and time beside the profile's resources,
+and whether the stage fits them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gs.plan.devices import Gpu, gpu_seconds
+from gs.plan.resources import RuleResources
+from gs.plan.stages import Stage
+
+GIB = 2**30
+
+
+@dataclass
+class Row:
+    """One stage's predictions (bytes, seconds) and the resources it is given."""
+
+    stage: str
+    rule: str
+    jobs: str
+    device_bytes: int
+    weight_bytes: int
+    host_bytes: int
+    gpu_seconds: float
+    cpu_seconds: float
+    resources: RuleResources
+    problems: list[str]
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems
+
+
+def predict(
+    stage: Stage,
+    baseline: int,
+    run_on: str,
+    device: Gpu,
+    mfu: float,
+    bandwidth_efficiency: float,
+    cpu_flops: float,
+    resources: RuleResources,
+) -> Row:
+    """A stage's row. Host peak = measured import baseline + host arrays + (on a CPU run) the traced
+    step itself, or (on a GPU run) the weights, which pass through host memory while loading."""
+    weights = max((w.trace.weight_bytes for w in stage.work), default=0)
+    host = baseline + sum(stage.host_extra.values())
+    host += stage.device_bytes if run_on == "cpu" else weights
+    gpu_s = cpu_s = 0.0
+    for work in stage.work:
+        for phase, repeats in work.repeats.items():
+            flops = work.trace.flops.get(phase, 0)
+            gpu_s += repeats * gpu_seconds(
+                flops, work.trace.bytes_read.get(phase, 0), work.dtype, device, mfu, bandwidth_efficiency
+            )
+            cpu_s += repeats * flops / (cpu_flops * max(1, resources.threads))
+    row = Row(
+        stage.stage, stage.rule, " ".join(stage.jobs), stage.device_bytes, weights, host, gpu_s, cpu_s, resources, []
+    )
+    row.problems = check(row, run_on, device)
+    return row
+
+
+def check(row: Row, run_on: str, device: Gpu) -> list[str]:
+    """Why ``row`` does not fit its resources (empty when it fits).
+
+    A GPU run needs every stage with a model step to ask for a GPU and to fit its memory; every run
+    needs the host peak within ``mem_mb`` (MB, 10^6 bytes, as Snakemake counts it) and the predicted
+    time (on the GPU, or on this CPU for a CPU run) within ``runtime`` (minutes), where the profile sets them.
+    """
+    res, problems = row.resources, []
+    if run_on == "gpu" and row.device_bytes > 0:
+        if res.gpu < 1:
+            problems.append("needs a GPU but its resources give none")
+        if row.device_bytes > device.memory_bytes:
+            problems.append(
+                f"device peak {row.device_bytes / GIB:.1f} GiB > {device.name}'s {device.memory_bytes / GIB:.1f} GiB"
+            )
+    if res.mem_mb is not None and row.host_bytes > res.mem_mb * 1e6:
+        problems.append(f"host peak {row.host_bytes / 1e6:.0f} MB > mem_mb {res.mem_mb:.0f}")
+    seconds = row.gpu_seconds if run_on == "gpu" else row.cpu_seconds
+    if res.runtime is not None and seconds > res.runtime * 60:
+        problems.append(f"time {seconds / 60:.0f} min > runtime {res.runtime:.0f} min")
+    return problems
+
+
+def table(rows: list[Row]) -> list[dict[str, Any]]:
+    """Rows as records for CSV/Markdown (GiB, hours, the profile's MB/minutes as given)."""
+    out = []
+    for r in rows:
+        res = r.resources
+        out.append(
+            {
+                "stage": r.stage,
+                "rule": r.rule,
+                "device_peak_gib": round(r.device_bytes / GIB, 2),
+                "weights_gib": round(r.weight_bytes / GIB, 2),
+                "host_peak_gib": round(r.host_bytes / GIB, 2),
+                "gpu_time_h": round(r.gpu_seconds / 3600, 3),
+                "cpu_time_h": round(r.cpu_seconds / 3600, 3),
+                "mem_mb": res.mem_mb,
+                "runtime_min": res.runtime,
+                "gpu": res.gpu,
+                "threads": res.threads,
+                "fits": "yes" if r.fits else "no",
+                "problems": "; ".join(r.problems),
+                "jobs": r.jobs,
+            }
+        )
+    return out

@@ -1,0 +1,322 @@
+"""Every stage of the workflow as a plan: the step it repeats (traced), how often, and its host arrays.
+
+A stage is one rule, or one kind of job of a rule where jobs differ in kind (an evaluation per
+inference mode). Counts follow the code that runs the stage: ``gs.training.train_lora``'s steps
+(``ceil(n / batch) x epochs``), ``gs.features``' passes over the pool (two when ELREA's gradients take
+another loss), ``gs.influence``' pass per warm-up checkpoint over the pool and every target's
+validation set, ``gs.inference.RoutedLM``'s one forward per active expert per decoding step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from gs.plan import host
+from gs.plan.trace import Trace, decode_step, gradient_step, likelihood_step, trace_step, train_step
+
+MODEL_IMPORTS = ("peft",)
+
+
+@dataclass
+class Work:
+    """A traced step and how many times a job runs each of its phases."""
+
+    trace: Trace
+    repeats: dict[str, float]
+    dtype: str
+
+
+@dataclass
+class Stage:
+    """One row of the plan.
+
+    ``device_bytes``: the stage's traced peak (0 for stages without a model); ``device_extra``: other
+    device arrays (the SVD state on a GPU); ``host_extra``: host arrays by name; ``imports``: the
+    modules whose import the baseline measures; ``jobs``: the Snakemake jobs (wildcards) it stands for.
+    """
+
+    stage: str
+    rule: str
+    jobs: list[str]
+    imports: tuple[str, ...]
+    work: list[Work] = field(default_factory=list)
+    device_extra: dict[str, int] = field(default_factory=dict)
+    host_extra: dict[str, int] = field(default_factory=dict)
+    host_weights: int = 0
+    note: str = ""
+
+    @property
+    def device_bytes(self) -> int:
+        return max((w.trace.peak_bytes for w in self.work), default=0) + sum(self.device_extra.values())
+
+
+def _ceil(a: float, b: float) -> int:
+    return int(math.ceil(a / b))
+
+
+def _sizes(config: dict[str, Any], split: str) -> dict[str, int]:
+    return {d: int(spec[split]["n"]) for d, spec in config["data"]["domains"].items() if split in spec}
+
+
+def _k(config: dict[str, Any]) -> int:
+    """Experts per method: ``cluster.k``, or for ``auto`` the largest k the search may choose."""
+    k = config["cluster"]["k"]
+    return int(config["cluster"]["auto_k"]["k_max"]) if k == "auto" else int(k)
+
+
+def _dtype(section: dict[str, Any]) -> str:
+    """The weights' dtype as the stage's code reads it (``params.get("dtype", "float32")``)."""
+    return str(section.get("dtype", "float32"))
+
+
+class Planner:
+    """Builds the stages of one config. ``hf_config``: the model's transformers config."""
+
+    def __init__(self, config: dict[str, Any], hf_config: Any, full_depth: bool = False) -> None:
+        self.config, self.hf, self.full_depth = config, hf_config, full_depth
+        self.plan = config.get("plan", {})
+        self.run_on = str(self.plan.get("run_on", "cpu"))
+        self.prompt = int(self.plan.get("prompt_tokens", 256))
+        self.n_pool = sum(_sizes(config, "train").values())
+        self._cache: dict[tuple, Trace] = {}
+
+    def trace(self, key: tuple, dtype: str, lora: dict[str, Any] | None, step: Any, adapters: int = 1) -> Trace:
+        """:func:`gs.plan.trace.trace_step`, memoised on ``key`` (stages share steps)."""
+        full = (key, dtype, repr(lora), adapters)
+        if full not in self._cache:
+            self._cache[full] = trace_step(self.hf, dtype, lora, step, adapters=adapters, full_depth=self.full_depth)
+        return self._cache[full]
+
+    # ------------------------------------------------------------------ training
+
+    def _training(self, section: dict[str, Any], n: int, extra_steps: int = 0) -> Work:
+        train, lora = section["train"], section["lora"]
+        b, t = int(train["batch_size"]), int(train["max_length"])
+        ckpt = bool(train.get("gradient_checkpointing", False))
+        dtype = _dtype(section)
+        tr = self.trace(("train", b, t, ckpt), dtype, lora, train_step(b, t, checkpointing=ckpt))
+        steps = math.ceil(_ceil(n, b) * float(train["epochs"])) + extra_steps
+        return Work(tr, {"train": steps}, dtype)
+
+    def _gradients(self, lora: dict[str, Any], b: int, t: int, dtype: str, batches: int) -> Work:
+        tr = self.trace(("gradient", b, t), dtype, lora, gradient_step(b, t))
+        return Work(tr, {"gradient": batches}, dtype)
+
+    def stages(self) -> list[Stage]:
+        c, n = self.config, self.n_pool
+        grads = c["gradients"]
+        warm = grads["warmup"]
+        gb, gt = int(grads["batch_size"]), int(grads["max_length"])
+        gdtype = _dtype(grads)
+        methods = list(c["cluster"]["methods"])
+        k = _k(c)
+        out: list[Stage] = []
+
+        out.append(self._prepare_model())
+        n_warm = max(1, round(float(warm["fraction"]) * n))
+        out.append(
+            Stage("warm-up LoRA", "warmup_lora", ["warmup_lora"], ("gs.features",), [self._training(warm, n_warm)])
+        )
+
+        passes = 1 if grads.get("elrea_loss_on", "instruction") == grads.get("loss_on", "response") else 2
+        ex = self._gradients(warm["lora"], gb, gt, gdtype, passes * _ceil(n, gb))
+        d = ex.trace.lora_dim
+        stage = Stage("gradient features", "extract_gradient_features", ["extract"], ("gs.features",), [ex])
+        stage.host_extra = host.extract_host_bytes(d, n, grads, self.run_on)
+        if self.run_on == "gpu":
+            stage.device_extra = {
+                "svd state": host.svd_state_bytes(d, int(grads["svd"]["rank"]), gb),
+            }
+        out.append(stage)
+
+        n_methods = len(methods) + len(c["cluster"].get("ablation_dims", []))
+        co = Stage("gradient coherence", "gradient_coherence", ["coherence"], ("gs.features", "gs.quality"))
+        co.work = [self._gradients(warm["lora"], gb, gt, gdtype, _ceil(n, gb))]
+        co.host_extra = host.coherence_host_bytes(d, grads, n_methods, k)
+        out.append(co)
+
+        targets = list(c["selection"]["targets"])
+        n_val = [_sizes(c, "validation")[t] for t in targets]
+        ckpts = math.ceil(float(warm["train"]["epochs"]))
+        inf = Stage("LESS influence", "less_influence", ["influence"], ("gs.influence",))
+        batches = ckpts * (_ceil(n, gb) + sum(_ceil(v, gb) for v in n_val))
+        inf.work = [self._gradients(warm["lora"], gb, gt, gdtype, batches)]
+        inf.host_extra = host.influence_host_bytes(d, n, n_val, ckpts, gb)
+        out.append(inf)
+
+        feats = host.features_file_bytes(n, grads)
+        cl = Stage(
+            "clustering",
+            "cluster_samples",
+            [m for m in methods + [f"rp{p}" for p in c["cluster"].get("ablation_dims", [])] if m != "semantic"],
+            ("gs.cluster",),
+        )
+        cl.host_extra = {"features.npz": feats}
+        out.append(cl)
+        if "semantic" in methods:
+            sem = Stage(
+                "clustering (semantic)", "cluster_samples", ["semantic"], ("gs.cluster", "sentence_transformers")
+            )
+            sem.host_extra = {"features.npz": feats, **self._encoder_bytes(n)}
+            out.append(sem)
+
+        ex_cfg = c["experts"]
+        out.append(
+            Stage("experts", "train_experts", methods, ("gs.experts",), [self._training(ex_cfg, n, extra_steps=k)])
+        )
+        out.append(
+            Stage("multitask LoRA", "train_multitask", ["multitask"], ("gs.experts",), [self._training(ex_cfg, n)])
+        )
+        keep = max(1, int(float(c["selection"]["keep_fraction"]) * n + 1e-9))
+        fin = [
+            f"{t}_{s}"
+            for t in c["selection"].get("finetune_targets", targets)
+            for s in ("clusterucb", "full", "random")
+        ]
+        out.append(
+            Stage("fine-tune selection", "finetune_selected", fin, ("gs.experts",), [self._training(ex_cfg, keep)])
+        )
+        ro = Stage("router", "train_router", methods, ("gs.router", "sentence_transformers"))
+        ro.host_extra = self._encoder_bytes(n)
+        out.append(ro)
+        out.extend(self._evaluation(k))
+        out.append(self._latency())
+        return out
+
+    # ------------------------------------------------------------------ stages without training
+
+    def _prepare_model(self) -> Stage:
+        model = self.config["model"]
+        from gs.models import resolve_dtype
+
+        size = resolve_dtype(model.get("dtype", "float32")).itemsize
+        n_params = self._n_params()
+        # gs.models: a GGUF model is de-quantised, then copied into a model built from its config.
+        copies = 2 if model.get("source") == "gguf" else 1
+        st = Stage("prepare model", "prepare_model", ["prepare_model"], ("gs.models",) + MODEL_IMPORTS)
+        st.host_extra = {f"weights x{copies}": copies * n_params * size}
+        return st
+
+    def _n_params(self) -> int:
+        import torch
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        from transformers import AutoModelForCausalLM
+
+        with FakeTensorMode(), torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(self.hf)
+            return sum(p.numel() for p in model.parameters())
+
+    def _encoder_bytes(self, n: int) -> dict[str, int]:
+        """The router's/semantic clustering's sentence encoder (float32 weights) and (n, hidden) embeddings."""
+        try:
+            from transformers import AutoConfig
+
+            from gs.router import minilm_path
+
+            cfg = AutoConfig.from_pretrained(minilm_path())
+        except Exception:  # the encoder package is optional for a plan; the paper default is MiniLM-L6
+            return {}
+        h, layers, inter, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, cfg.vocab_size
+        # BERT: embeddings (vocab, positions, types) + per layer 4 h^2 + 2 h inter (+ biases, norms).
+        params = (vocab + cfg.max_position_embeddings + cfg.type_vocab_size) * h
+        params += layers * (4 * h * h + 2 * h * inter + 9 * h + inter)
+        return {"encoder weights": host.F32 * params, "embeddings": host.F32 * n * h}
+
+    def _evaluation(self, k: int) -> list[Stage]:
+        c = self.config
+        ev = c["evaluation"]
+        modes: set[str] = {"base", "multitask"}
+        for method in c["cluster"]["methods"]:
+            modes.update(ev["modes"].get(method, ["single"]))
+        inf = {"top_m": None, "gradient_batch_size": 4, "gradient_max_length": 512, **ev.get("inference", {})}
+        gen = ev.get("max_gen_toks", 256)
+        max_gen = max(gen.values()) if isinstance(gen, dict) else int(gen)
+        lik = ev.get("likelihood", {})
+        lb = int(lik.get("batch_size", ev.get("batch_size", 8)))
+        keep = int(lik.get("max_answer_tokens", max_gen))
+        b = int(ev.get("batch_size", 8))
+        tests, refs = _sizes(c, "test"), _sizes(c, "reference")
+        limit = ev.get("limit")
+        n_test = {d: min(v, int(limit)) if limit else v for d, v in tests.items()}
+        lora = c["experts"]["lora"]
+        dtype = _dtype(ev)
+        out = []
+        for mode in sorted(modes):
+            streams = {"elrea": int(inf["top_m"] or k), "uniform": k}.get(mode, 1)
+            adapters = 0 if mode == "base" else (1 if mode == "multitask" else k + (mode == "elrea"))
+            use_lora = lora if adapters else None
+            dec = self.trace(
+                ("decode", b, max_gen, streams),
+                dtype,
+                use_lora,
+                decode_step(b, self.prompt, max_gen, streams),
+                max(adapters, 1),
+            )
+            chunk = lik.get("chunk_tokens")
+            lk = self.trace(
+                ("lik", lb, keep, streams, chunk),
+                dtype,
+                use_lora,
+                likelihood_step(lb, self.prompt, keep, streams, chunk),
+                max(adapters, 1),
+            )
+            steps = sum(
+                _ceil(v, b) * (gen.get(f"gs_{d}", max_gen) if isinstance(gen, dict) else max_gen)
+                for d, v in n_test.items()
+            )
+            batches = sum(_ceil(n_test[d] + refs.get(d, 0), lb) for d in n_test)
+            # The traced prefill fills the cache to its last position; a batch's real prefill is the prompt.
+            prefill = sum(_ceil(v, b) for v in n_test.values()) * self.prompt / (self.prompt + max_gen - 1)
+            work = [
+                Work(dec, {"decode": steps, "prefill": prefill}, dtype),
+                Work(lk, {"likelihood": batches}, dtype),
+            ]
+            st = Stage(
+                f"evaluation ({mode})", "evaluate_system", self._systems(mode), ("gs.evaluation",) + MODEL_IMPORTS, work
+            )
+            if mode == "elrea":
+                gb, gt = int(inf["gradient_batch_size"]), int(inf["gradient_max_length"])
+                prompts = sum(n_test.values()) + sum(refs.values())
+                work.append(self._gradients(c["gradients"]["warmup"]["lora"], gb, gt, dtype, _ceil(prompts, gb)))
+                proj = c["gradients"]["projection"]
+                st.host_extra = {
+                    "ELREA features": host.F32 * self.n_pool * int(proj["elrea_dim"]),
+                    "projector": host.projector_bytes(
+                        proj.get("kind", "sparse"), work[-1].trace.lora_dim, int(proj["elrea_dim"]), self.run_on
+                    ),
+                }
+            if mode == "single":
+                st.host_extra = self._encoder_bytes(0)
+            out.append(st)
+        return out
+
+    def _systems(self, mode: str) -> list[str]:
+        c = self.config
+        if mode in ("base", "multitask"):
+            sel = [
+                f"select-{t}-{s}"
+                for t in c["selection"].get("finetune_targets", c["selection"]["targets"])
+                for s in ("clusterucb", "full", "random")
+            ]
+            return [mode] + (sel if mode == "multitask" else [])
+        return [f"{m}-{mode}" for m in c["cluster"]["methods"] if mode in c["evaluation"]["modes"].get(m, ["single"])]
+
+    def _latency(self) -> Stage:
+        lat = self.config["latency"]
+        n = max(int(x) for x in lat["n_experts"])
+        b, new = int(lat.get("throughput_batch", 1)), int(lat["max_new_tokens"])
+        dtype = _dtype(lat)
+        dec = self.trace(("decode", b, new, n), dtype, lat["lora"], decode_step(b, self.prompt, new, n), n + 1)
+        repeats = int(lat.get("repeats", 1))
+        # Per n: base, single (1 forward a token), uniform (n), ELREA (top_m <= n): about n + 3 streams,
+        # at batch 1 and at the throughput batch, each repeated; counted at the largest batch.
+        steps = repeats * 2 * new * sum(int(x) + 3 for x in lat["n_experts"]) / n
+        return Stage(
+            "latency",
+            "latency",
+            ["latency"],
+            ("gs.latency",) + MODEL_IMPORTS,
+            [Work(dec, {"decode": steps, "prefill": steps / new * self.prompt / (self.prompt + new - 1)}, dtype)],
+        )

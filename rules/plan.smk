@@ -1,0 +1,19 @@
+# The resource plan, the DAG's first rule: predicted device/host memory and time of every stage
+# against the resources the profile gives it (gs.plan); it fails with one line when one cannot fit.
+PLAN_CONFIGFILE = ([str(f) for f in workflow.overwrite_configfiles] or ["config/config.yaml"])[-1]
+
+
+rule plan:
+    input:
+        PLAN_CONFIGFILE,
+    output:
+        csv="results/plan/plan.csv",
+        md="results/plan/plan.md",
+    log:
+        "logs/plan/plan.log",
+    benchmark:
+        "benchmarks/plan/plan.tsv"
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python -m gs.plan --configfile {input} --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
