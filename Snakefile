@@ -12,6 +12,7 @@ validate(config, "config/schema.yaml")
 
 
 include: "rules/common.smk"
+include: "rules/plan.smk"
 include: "rules/data.smk"
 include: "rules/model.smk"
 include: "rules/gradients.smk"
@@ -25,6 +26,7 @@ include: "rules/report.smk"
 
 rule all:
     input:
+        "results/plan/plan.csv",
         "results/data/summary.csv",
         "results/clusters/quality.csv",
         "results/tables/main.md",
