@@ -70,6 +70,9 @@ class TrainSpec:
     loss_on: str = "response"
     max_steps: int | None = None
     gradient_checkpointing: bool = False
+    # Steps after which train_lora(checkpoints=True) also saves step-<s>/ (ClusterUCB clusters at a
+    # step-20 checkpoint: ZigeW/ClusterUCB train/scripts/warmup_train.sh --save_strategy steps --save_steps 20).
+    save_steps: list[int] = field(default_factory=list)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> TrainSpec:
@@ -170,6 +173,13 @@ def adam_moments(model: Any, optimizer: torch.optim.Optimizer) -> dict[str, torc
     return {"exp_avg": torch.cat(avg).float().cpu(), "exp_avg_sq": torch.cat(avg_sq).float().cpu()}
 
 
+def _save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, ckpt: Path, meta: dict, lrs: list[float]) -> None:
+    """Adapter, Adam moments and ``checkpoint.json`` (``meta`` plus the mean of ``lrs``) under ``ckpt``."""
+    model.save_pretrained(ckpt)
+    torch.save(adam_moments(model, optimizer), ckpt / "adam_moments.pt")
+    write_json(ckpt / "checkpoint.json", {**meta, "mean_lr": float(np.mean(lrs))})
+
+
 def train_lora(
     model: Any,
     tokenizer: Any,
@@ -186,7 +196,9 @@ def train_lora(
 
     With ``checkpoints=True`` the adapter and Adam moments are also saved after every epoch under
     ``out_dir/checkpoint-<epoch>/`` with the epoch's mean learning rate (LESS weights checkpoints
-    by it). Everything is written atomically: ``out_dir`` appears only when training finished.
+    by it), and after every step in ``train.save_steps`` under ``out_dir/step-<step>/`` (adapter, Adam
+    moments, ``checkpoint.json`` with the step and the mean learning rate so far). Everything is
+    written atomically: ``out_dir`` appears only when training finished.
 
     Returns the training summary written to ``out_dir/training.json`` (steps, losses, seconds).
     """
@@ -212,6 +224,7 @@ def train_lora(
     peft_model.train()
     losses: list[float] = []
     epoch_lrs: list[float] = []
+    all_lrs: list[float] = []
     step = 0
     with atomic_path(out_dir, is_dir=True) as tmp, gradient_checkpointing(peft_model, train.gradient_checkpointing):
         bar = tqdm(total=total, desc=desc, mininterval=2.0)
@@ -228,6 +241,7 @@ def train_lora(
                     raise InputError(f"{out_dir}: training loss became {loss.item()} at step {step}")
                 loss.backward()
                 epoch_lrs.append(scheduler.get_last_lr()[0])
+                all_lrs.append(epoch_lrs[-1])
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -235,12 +249,11 @@ def train_lora(
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                if checkpoints and step in train.save_steps:
+                    _save_checkpoint(peft_model, optimizer, Path(tmp) / f"step-{step}", {"step": step}, all_lrs)
             epoch += 1
             if checkpoints:
-                ckpt = Path(tmp) / f"checkpoint-{epoch}"
-                peft_model.save_pretrained(ckpt)
-                torch.save(adam_moments(peft_model, optimizer), ckpt / "adam_moments.pt")
-                write_json(ckpt / "checkpoint.json", {"epoch": epoch, "mean_lr": float(np.mean(epoch_lrs))})
+                _save_checkpoint(peft_model, optimizer, Path(tmp) / f"checkpoint-{epoch}", {"epoch": epoch}, epoch_lrs)
                 epoch_lrs = []
         bar.close()
         peft_model.save_pretrained(tmp)

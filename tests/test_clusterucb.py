@@ -239,3 +239,29 @@ def test_clustering_pass_influence_equals_the_full_pass_at_its_checkpoint(tiny_m
     np.testing.assert_allclose(out["influence"][0], full_pass["per_checkpoint"][0, 0], rtol=1e-4, atol=1e-6)
     assert int(out["gradient_computations"]) == len(POOL)
     assert out["labels_k3"].shape == (len(POOL),) and set(out["ks"].tolist()) == {2, 3}
+
+
+def test_warmup_step_checkpoint_equals_the_epoch_checkpoint_at_the_same_step(tiny_model_dir, tokenizer, tmp_path):
+    """4 samples at batch 2: epoch 1 ends at step 2, so step-2/ must hold what checkpoint-1/ holds."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from gs.training import LoraSpec, TrainSpec, train_lora
+
+    torch.set_num_threads(1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    spec = TrainSpec(epochs=2, learning_rate=1e-3, batch_size=2, max_length=40, save_steps=[2, 3])
+    train_lora(model, tokenizer, POOL[:4], LoraSpec(rank=2, alpha=4), spec, tmp_path / "w", seed=0, checkpoints=True)
+    step2, epoch1 = tmp_path / "w" / "step-2", tmp_path / "w" / "checkpoint-1"
+    assert (tmp_path / "w" / "step-3" / "adam_moments.pt").is_file()
+    a, b = torch.load(step2 / "adam_moments.pt"), torch.load(epoch1 / "adam_moments.pt")
+    assert all(torch.equal(a[k], b[k]) for k in ("exp_avg", "exp_avg_sq"))
+    wa, wb = load_file(step2 / "adapter_model.safetensors"), load_file(epoch1 / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    meta = json.loads((step2 / "checkpoint.json").read_text())
+    assert meta["step"] == 2 and meta["mean_lr"] == json.loads((epoch1 / "checkpoint.json").read_text())["mean_lr"]
+    # The clustering picks the step folder when it exists.
+    from gs.ucb_clustering import clustering_checkpoint
+
+    assert clustering_checkpoint(tmp_path / "w", 2)[0] == step2
+    assert clustering_checkpoint(tmp_path / "w", 20)[0] == epoch1
