@@ -265,3 +265,51 @@ def test_warmup_step_checkpoint_equals_the_epoch_checkpoint_at_the_same_step(tin
 
     assert clustering_checkpoint(tmp_path / "w", 2)[0] == step2
     assert clustering_checkpoint(tmp_path / "w", 20)[0] == epoch1
+
+
+def test_clustering_and_selection_clis_run_on_demand_and_charge_what_they_compute(
+    tiny_model_dir, warmup, full_pass, tmp_path
+):
+    """The workflow's two steps, in process: gs.ucb_clustering, then gs.selection on demand."""
+    from gs.io import read_json, write_jsonl
+    from gs.selection import main as select_main
+    from gs.ucb_clustering import main as cluster_main
+
+    write_jsonl(tmp_path / "train.jsonl", POOL)
+    write_jsonl(tmp_path / "val.jsonl", VALIDATION)
+    with open(tmp_path / "influence.npz", "wb") as f:
+        np.savez(f, **full_pass)
+    common = ["--model-dir", str(tiny_model_dir), "--warmup", str(warmup), "--train", str(tmp_path / "train.jsonl")]
+    cluster_main(
+        [*common, "--targets", f"math={tmp_path / 'val.jsonl'}", "--gradients", json.dumps(GRAD_PARAMS)]
+        + ["--params", json.dumps({"step": 20, "k": 3, "curve_k": [2]}), "--seed", "0"]
+        + ["--out-dir", str(tmp_path / "clusters")]
+    )
+    params = {
+        "keep_fraction": 0.25,
+        "budget_fraction": 0.5,
+        "cold_start": 1,
+        "exploration": 1.0,
+        "estimator": "ucb_beta",
+        "ucb_clustering": {"step": 20, "k": 3, "curve_k": [2]},
+        "budget_curve": [1.0],
+        "curve_seeds": 2,
+    }
+    select_main(
+        [
+            *common,
+            "--influence",
+            str(tmp_path / "influence.npz"),
+            "--clustering",
+            str(tmp_path / "clusters" / "clustering.npz"),
+        ]
+        + ["--validation", str(tmp_path / "val.jsonl"), "--gradients", json.dumps(GRAD_PARAMS), "--target", "math"]
+        + ["--params", json.dumps(params), "--seed", "0", "--out-dir", str(tmp_path / "sel")]
+    )
+    sel = read_json(tmp_path / "sel" / "selection.json")
+    ucb = sel["methods"]["clusterucb"]
+    assert ucb["on_demand"] and sel["clustering_covers_checkpoint"] == 0
+    # 8 clustered + 4 draws (budget 0.5 of 8) at the one checkpoint the clustering pass did not cover.
+    assert ucb["measured_gradient_computations"] == ucb["computations"] == 8 + 4
+    assert sel["methods"]["full"]["computations"] == 16
+    assert len((tmp_path / "sel" / "clusterucb.jsonl").read_text().splitlines()) == 2
