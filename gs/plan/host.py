@@ -108,15 +108,36 @@ def coherence_host_bytes(d: int, params: dict[str, Any], methods: int, k: int) -
     }
 
 
-def influence_host_bytes(d: int, n: int, n_targets: list[int], checkpoints: int, batch: int) -> dict[str, int]:
-    """``gs.influence.compute_influence``: every target's (n_val, d) float32 gradients, Adam's two
-    (d,) moments per checkpoint, the (C, T, n) float64 scores, the preconditioned batch (float64)."""
-    return {
-        "target gradients": F32 * d * sum(n_targets),
-        "adam moments": 2 * F32 * d * checkpoints,
-        "scores": F64 * checkpoints * len(n_targets) * n,
-        "gradient batch": gradient_batch_host_bytes(d, batch) + F64 * batch * d,
+def influence_bytes(
+    d: int, n: int, targets: int, checkpoints: int, batch: int, p: int | None, kind: str, run_on: str
+) -> tuple[dict[str, int], dict[str, int]]:
+    """``gs.influence.compute_influence``'s arrays beyond the model, as its module doc counts them:
+    ``(host, device)``. ``p``: ``gradients.influence.projection_dim`` (None: full dimension d).
+
+    Host: the block ``iter_gradients`` hands over (4 b d), the (C, T, n) float64 scores and, for the
+    CPU Rademacher projector, its int8 (d, p) matrix and a float32 (d, 128) conversion block. Device:
+    the gradients still held (4 b d), the block moved back (4 b d, one with the first on the CPU), the
+    Adam direction and a temporary (8 b d), a checkpoint's moments (8 d), the projected block and the
+    T target means (4 b p + 4 T p), and a GPU projector's (d, 128) float32 block. On a CPU run every
+    device array is a host array.
+    """
+    proj = d if p is None else int(p)
+    host_arrays = {"gradient block": F32 * batch * d, "scores": F64 * checkpoints * targets * n}
+    device = {
+        "gradients + Adam direction": (F32 * batch * d if run_on == "gpu" else 0) + 2 * F32 * batch * d,
+        "moments": F64 * d,
+        "projected block + target means": F32 * (batch + targets) * proj,
     }
+    if p is not None:
+        if kind == "rademacher" and run_on == "cpu":
+            host_arrays["projector"] = projector_bytes(kind, d, proj, run_on) + F32 * d * 128
+        elif kind == "rademacher":
+            device["projector block"] = F32 * d * 128
+        else:
+            host_arrays["projector"] = projector_bytes(kind, d, proj, run_on)
+    if run_on == "cpu":
+        return {**host_arrays, **device}, {}
+    return host_arrays, device
 
 
 def features_file_bytes(n: int, params: dict[str, Any]) -> int:

@@ -98,6 +98,7 @@ def table(rows: list[Row]) -> list[dict[str, Any]]:
                 "device_peak_gib": round(r.device_bytes / GIB, 2),
                 "weights_gib": round(r.weight_bytes / GIB, 2),
                 "host_peak_gib": round(r.host_bytes / GIB, 2),
+                "host_peak_mib": round(r.host_bytes / 2**20),
                 "gpu_time_h": round(r.gpu_seconds / 3600, 3),
                 "cpu_time_h": round(r.cpu_seconds / 3600, 3),
                 "mem_mb": res.mem_mb,

@@ -39,6 +39,14 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def _raw(resource: Any) -> Any:
+    """A Snakemake ``Resource``'s value, or its function when it is evaluated per job."""
+    evaluator = getattr(resource, "_evaluator", None)
+    if evaluator is not None:
+        return evaluator
+    return getattr(resource, "value", resource)
+
+
 def workflow_resources(snakefile: str | Path, configfile: str | Path, cores: int = 2) -> dict[str, dict[str, Any]]:
     """Per rule, its declared resources (plain numbers only) and ``_threads``, read by loading the
     workflow through Snakemake's API with ``configfile`` (nothing is run)."""
@@ -61,8 +69,8 @@ def workflow_resources(snakefile: str | Path, configfile: str | Path, cores: int
             snakefile=Path(snakefile),
         )._workflow
         for rule in workflow.rules:
-            values = {k: _number(getattr(v, "value", v)) for k, v in rule.resources.items() if not k.startswith("_")}
-            threads = _number(getattr(rule.resources.get("_cores"), "value", 1))
+            values = {k: _number(_raw(v)) for k, v in rule.resources.items() if not k.startswith("_")}
+            threads = _number(_raw(rule.resources.get("_cores") or 1))
             out[rule.name] = {k: v for k, v in values.items() if v is not None}
             out[rule.name]["_threads"] = int(threads) if threads is not None else 1
     return out

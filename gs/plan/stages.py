@@ -143,8 +143,44 @@ class Planner:
         inf = Stage("LESS influence", "less_influence", ["influence"], ("gs.influence",))
         batches = ckpts * (_ceil(n, gb) + sum(_ceil(v, gb) for v in n_val))
         inf.work = [self._gradients(warm["lora"], gb, gt, gdtype, batches)]
-        inf.host_extra = host.influence_host_bytes(d, n, n_val, ckpts, gb)
+        icfg = grads.get("influence", {})
+        inf.host_extra, inf.device_extra = host.influence_bytes(
+            d,
+            n,
+            len(targets),
+            ckpts,
+            gb,
+            icfg.get("projection_dim"),
+            icfg.get("projection_kind", "sparse"),
+            self.run_on,
+        )
         out.append(inf)
+
+        if "ucb_clustering" in c["selection"]:
+            # gs.ucb_clustering: the influence pipeline at one checkpoint (pool and targets), features (n, p).
+            ucb = Stage("ClusterUCB arms", "clusterucb_clusters", ["clusterucb_clusters"], ("gs.ucb_clustering",))
+            ucb.work = [self._gradients(warm["lora"], gb, gt, gdtype, _ceil(n, gb) + sum(_ceil(v, gb) for v in n_val))]
+            ucb.host_extra, ucb.device_extra = host.influence_bytes(
+                d,
+                n,
+                len(targets),
+                1,
+                gb,
+                icfg.get("projection_dim"),
+                icfg.get("projection_kind", "sparse"),
+                self.run_on,
+            )
+            ucb.host_extra["features"] = host.F32 * n * int(icfg.get("projection_dim") or d)
+            out.append(ucb)
+        sel = Stage("selection", "select_data", targets, ("gs.selection",))
+        sel.host_extra = {"influence scores": host.F64 * (ckpts + 1) * len(targets) * n}
+        out.append(sel)
+        for stage, rule, jobs, module in (
+            ("data", "prepare_domain", list(c["data"]["domains"]), "gs.data"),
+            ("data pool", "pool_data", ["pool_data"], "gs.data"),
+            ("tables and figures", "tables_and_figures", ["report"], "gs.report"),
+        ):
+            out.append(Stage(stage, rule, jobs, (module,)))
 
         feats = host.features_file_bytes(n, grads)
         cl = Stage(
@@ -155,6 +191,9 @@ class Planner:
         )
         cl.host_extra = {"features.npz": feats}
         out.append(cl)
+        qu = Stage("cluster quality", "cluster_quality", ["quality"], ("gs.quality",))
+        qu.host_extra = {"features.npz": feats}
+        out.append(qu)
         if "semantic" in methods:
             sem = Stage(
                 "clustering (semantic)", "cluster_samples", ["semantic"], ("gs.cluster", "sentence_transformers")
