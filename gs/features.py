@@ -27,7 +27,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -131,15 +131,24 @@ def _sha256_file(path: Path, h: Any) -> None:
 
 
 def extraction_fingerprint(
-    model_dir: str, warmup_dir: str, train_path: str, params: dict[str, Any], seed: int, svd: OnlineSVD
+    model_dir: str,
+    warmup_dir: str,
+    train_path: str,
+    params: dict[str, Any],
+    seed: int,
+    svd: OnlineSVD,
+    shard: tuple[int, int] | None = None,
 ) -> str:
     """sha256 of everything an extraction's result depends on: the ``gradients`` params (less
-    ``checkpoint_every``), the seed, the pool file's bytes (ids and texts), the warm-up adapter's
-    files, the model folder's JSON files and weight file sizes, and the SVD state's device kind
-    and dtype. A saved state with another fingerprint is stale."""
+    ``checkpoint_every`` and ``shards``), the seed, the pool file's bytes (ids and texts), the warm-up
+    adapter's files, the model folder's JSON files and weight file sizes, the SVD state's device kind
+    and dtype, and for a shard (:mod:`gs.shards`) its ``(index, count)``. A saved state with another
+    fingerprint is stale."""
     h = hashlib.sha256()
-    kept = {k: v for k, v in params.items() if k != "checkpoint_every"}
-    meta = {"params": kept, "seed": seed, "svd": [svd.device.type, str(svd.dtype)]}
+    kept = {k: v for k, v in params.items() if k not in ("checkpoint_every", "shards")}
+    meta: dict[str, Any] = {"params": kept, "seed": seed, "svd": [svd.device.type, str(svd.dtype)]}
+    if shard is not None:
+        meta["shard"] = list(shard)
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     _sha256_file(Path(train_path), h)
     for f in sorted(p for p in Path(warmup_dir).iterdir() if p.is_file()):
@@ -221,6 +230,155 @@ def _save_state(state_file: Path, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
+class Streamed(NamedTuple):
+    """What one streaming pass over (a slice of) the pool leaves: the features so far, the online
+    SVD, the projectors (``{p: Projector}``, empty if no gradient came) and the pass's seconds."""
+
+    done: _Progress
+    svd: OnlineSVD
+    projectors: dict[int, Projector]
+    seconds: float
+    fingerprint: str
+    elrea_dim: int
+    elrea_loss: str
+    resumed_at: int
+
+
+def new_online_svd(params: dict[str, Any], device: torch.device) -> OnlineSVD:
+    """The ``gradients.svd`` config's online SVD, its state on ``device``."""
+    svd_cfg = params["svd"]
+    options = svd_cfg.get("options", {})
+    return make_online_svd(
+        svd_cfg["method"], int(svd_cfg["rank"]), device=device, dtype=svd_cfg.get("dtype", "auto"), **options
+    )
+
+
+def projection_dims(params: dict[str, Any]) -> list[int]:
+    """Every projection size of one extraction: the ablation's ``dims`` and ELREA's ``elrea_dim``."""
+    proj_cfg = params["projection"]
+    return sorted({int(p) for p in proj_cfg["dims"]} | {int(proj_cfg["elrea_dim"])})
+
+
+def make_projectors(params: dict[str, Any], d: int, seed: int) -> dict[int, Projector]:
+    """``{p: Projector}`` of gradient dimension ``d``, seeded ``seed + p`` (the same in every shard)."""
+    kind = params["projection"].get("kind", "sparse")
+    return {p: Projector(kind, d, p, seed + p) for p in projection_dims(params)}
+
+
+def stream_features(
+    model: Any,
+    tok: Any,
+    records: list[dict[str, Any]],
+    params: dict[str, Any],
+    seed: int,
+    state_file: Path,
+    fingerprint_of: Any,
+    device: torch.device,
+    on_device: bool,
+) -> Streamed:
+    """One resumable streaming pass of ``records`` into a fresh online SVD and the projectors.
+
+    ``fingerprint_of(svd)`` gives the extraction's fingerprint (:func:`extraction_fingerprint`);
+    every ``checkpoint_every`` batches the state goes to ``state_file`` (module docstring of
+    :func:`extract_features`), and a valid state there is resumed from.
+    """
+    svd = new_online_svd(params, device)
+    dims = projection_dims(params)
+    normalise = bool(params.get("normalize", True))
+    loss_on = params.get("loss_on", "response")
+    # ELREA takes its gradient features on the instruction tokens (a test prompt has no answer, and
+    # its routing gradient must live in the same space): a second gradient of the same batch.
+    elrea_loss = params.get("elrea_loss_on", "instruction")
+    elrea_dim = int(params["projection"]["elrea_dim"])
+    batch_size, every = int(params["batch_size"]), int(params.get("checkpoint_every", 100))
+    n_batches = -(-len(records) // batch_size)
+
+    fingerprint = fingerprint_of(svd)
+    done = _Progress(dims)
+    if not _load_state(state_file, fingerprint, done, svd):
+        done, svd = _Progress(dims), new_online_svd(params, device)  # nothing half-restored survives
+    projectors: dict[int, Projector] = {} if done.d is None else make_projectors(params, done.d, seed)
+    die_after, ran = int(os.environ.get(DIE_AFTER_ENV, "0")), 0
+    start = time.perf_counter()
+    resumed_at = done.batches
+    rest = records[done.batches * batch_size :]
+
+    def stream(loss: str, progress: bool):
+        return pool_gradients(model, tok, rest, params, loss_on=loss, progress=progress, on_device=on_device)
+
+    elrea_stream = stream(elrea_loss, False) if elrea_loss != loss_on else None
+    for batch_ids, grads in stream(loss_on, True):
+        if not projectors:
+            done.d = int(grads.shape[1])
+            projectors = make_projectors(params, done.d, seed)
+        done.ids.extend(batch_ids)
+        done.norms.append(grads.norm(dim=1).cpu().numpy())
+        feats = normalise_rows(grads) if normalise else grads
+        svd.partial_fit(feats)
+        for p, proj in projectors.items():
+            done.projected[p].append(proj.transform(feats))
+        if elrea_stream is None:
+            done.elrea.append(done.projected[elrea_dim][-1])
+        else:
+            _, elrea_grads = next(elrea_stream)
+            elrea_feats = normalise_rows(elrea_grads) if normalise else elrea_grads
+            done.elrea.append(projectors[elrea_dim].transform(elrea_feats))
+        del grads, feats
+        done.batches += 1
+        if every and done.batches % every == 0 and done.batches < n_batches:
+            _save_state(state_file, done.payload(fingerprint, svd, done.seconds + time.perf_counter() - start))
+        ran += 1
+        if ran == die_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # tests only: a real, uncatchable kill
+    done.seconds += time.perf_counter() - start
+    return Streamed(done, svd, projectors, done.seconds, fingerprint, elrea_dim, elrea_loss, resumed_at)
+
+
+def second_pass_coordinates(
+    model: Any, tok: Any, records: list[dict[str, Any]], params: dict[str, Any], svd: OnlineSVD, on_device: bool
+) -> np.ndarray:
+    """``(n, k)`` coordinates ``x_i @ components_.T`` of ``records``' (normalised) gradients: one more pass."""
+    normalise = bool(params.get("normalize", True))
+    parts = [
+        svd.transform(normalise_rows(g) if normalise else g)
+        for _, g in pool_gradients(model, tok, records, params, on_device=on_device)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, svd.components_tensor().shape[0]))
+
+
+def write_features(
+    out: Path,
+    done: _Progress,
+    coords: np.ndarray,
+    singular_values: np.ndarray,
+    components: torch.Tensor,
+    projectors: dict[int, Projector],
+    elrea_dim: int,
+    elrea_loss: str,
+) -> dict[str, np.ndarray]:
+    """Write ``features.npz``, ``svd_components.npy`` and ``projector_<p>.joblib`` (arrays as in
+    :func:`extract_features`); returns the arrays."""
+    arrays = {
+        "ids": np.array(done.ids),
+        "norms": np.concatenate(done.norms).astype(np.float32),
+        "svd_coords": np.asarray(coords, dtype=np.float32),
+        "singular_values": np.asarray(singular_values, dtype=np.float64),
+        "elrea_dim": np.array(elrea_dim),
+        "elrea_features": np.concatenate(done.elrea),
+        "elrea_loss_on": np.array(elrea_loss),
+        **{f"projected_{p}": np.concatenate(v) for p, v in done.projected.items()},
+    }
+    with atomic_path(out / "features.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    with atomic_path(out / "svd_components.npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, components.float().cpu().numpy())
+    for p, proj in projectors.items():
+        proj.save(out / f"projector_{p}.joblib")
+    return arrays
+
+
 def extract_features(
     model_dir: str,
     warmup_dir: str,
@@ -248,113 +406,49 @@ def extract_features(
     on the model's device when that is the SVD's. Device memory beyond the model: the SVD's peak
     (``d (2 m + 3 b)`` state-dtype words, :class:`gs.svd.OnlineSVD`) plus the ``(b, d)`` float32
     gradients (two, normalised and raw; three with ``elrea_loss_on != loss_on``).
+    The sharded form of this pass (``gradients.shards > 1``) is :mod:`gs.shards`.
     """
 
     seed_everything(seed)
     records = load_records(train_path)
     model, tok = _gradient_model(model_dir, warmup_dir)
-    svd_cfg, proj_cfg = params["svd"], params["projection"]
-    rank = int(svd_cfg["rank"])
+    rank = int(params["svd"]["rank"])
     if rank > len(records):
         raise InputError(f"svd rank={rank} is larger than the number of samples n={len(records)}")
     device, on_device = _state_device(model, params)
-
-    def new_svd() -> OnlineSVD:
-        options = svd_cfg.get("options", {})
-        return make_online_svd(svd_cfg["method"], rank, device=device, dtype=svd_cfg.get("dtype", "auto"), **options)
-
-    svd = new_svd()
-    dims = sorted({int(p) for p in proj_cfg["dims"]} | {int(proj_cfg["elrea_dim"])})
-    normalise = bool(params.get("normalize", True))
-    loss_on = params.get("loss_on", "response")
-    # ELREA takes its gradient features on the instruction tokens (a test prompt has no answer, and
-    # its routing gradient must live in the same space): a second gradient of the same batch.
-    elrea_loss = params.get("elrea_loss_on", "instruction")
-    elrea_dim = int(proj_cfg["elrea_dim"])
-    batch_size, every = int(params["batch_size"]), int(params.get("checkpoint_every", 100))
-    n_batches = -(-len(records) // batch_size)
-
     out = Path(out_dir)
     state_file = out / STATE_DIR / "state.pt"
-    fingerprint = extraction_fingerprint(model_dir, warmup_dir, train_path, params, seed, svd)
-    done = _Progress(dims)
-    if not _load_state(state_file, fingerprint, done, svd):
-        done, svd = _Progress(dims), new_svd()  # nothing half-restored from a discarded state survives
-    resumed_at = done.batches
-    projectors: dict[int, Projector] = {}
-    if done.d is not None:
-        projectors = {p: Projector(proj_cfg.get("kind", "sparse"), done.d, p, seed + p) for p in dims}
-    die_after, ran = int(os.environ.get(DIE_AFTER_ENV, "0")), 0
+
+    def fingerprint_of(svd: OnlineSVD) -> str:
+        return extraction_fingerprint(model_dir, warmup_dir, train_path, params, seed, svd)
+
+    res = stream_features(model, tok, records, params, seed, state_file, fingerprint_of, device, on_device)
+    done, svd = res.done, res.svd
+    every = int(params.get("checkpoint_every", 100))
+    n_batches = -(-len(records) // int(params["batch_size"]))
     start = time.perf_counter()
-    rest = records[done.batches * batch_size :]
-
-    def stream(loss: str, progress: bool):
-        return pool_gradients(model, tok, rest, params, loss_on=loss, progress=progress, on_device=on_device)
-
-    elrea_stream = stream(elrea_loss, False) if elrea_loss != loss_on else None
-    for batch_ids, grads in stream(loss_on, True):
-        if not projectors:
-            done.d = int(grads.shape[1])
-            projectors = {p: Projector(proj_cfg.get("kind", "sparse"), done.d, p, seed + p) for p in dims}
-        done.ids.extend(batch_ids)
-        done.norms.append(grads.norm(dim=1).cpu().numpy())
-        feats = normalise_rows(grads) if normalise else grads
-        svd.partial_fit(feats)
-        for p, proj in projectors.items():
-            done.projected[p].append(proj.transform(feats))
-        if elrea_stream is None:
-            done.elrea.append(done.projected[elrea_dim][-1])
-        else:
-            _, elrea_grads = next(elrea_stream)
-            elrea_feats = normalise_rows(elrea_grads) if normalise else elrea_grads
-            done.elrea.append(projectors[elrea_dim].transform(elrea_feats))
-        del grads, feats
-        done.batches += 1
-        if every and done.batches % every == 0 and done.batches < n_batches:
-            _save_state(state_file, done.payload(fingerprint, svd, done.seconds + time.perf_counter() - start))
-        ran += 1
-        if ran == die_after:
-            os.kill(os.getpid(), signal.SIGKILL)  # tests only: a real, uncatchable kill
     coords = svd.seen_coordinates()
     second_pass = coords is None
     if second_pass:  # methods that do not track the left factor need a second pass
-        if every and not (state_file.is_file() and resumed_at == n_batches):
-            _save_state(state_file, done.payload(fingerprint, svd, done.seconds + time.perf_counter() - start))
-        parts = [
-            svd.transform(normalise_rows(g) if normalise else g)
-            for _, g in pool_gradients(model, tok, records, params, on_device=on_device)
-        ]
-        coords = np.concatenate(parts)
-    seconds = done.seconds + time.perf_counter() - start
+        if every and not (state_file.is_file() and res.resumed_at == n_batches):
+            _save_state(state_file, done.payload(res.fingerprint, svd, res.seconds))
+        coords = second_pass_coordinates(model, tok, records, params, svd, on_device)
+    seconds = res.seconds + time.perf_counter() - start
     d = done.d
-    arrays = {
-        "ids": np.array(done.ids),
-        "norms": np.concatenate(done.norms).astype(np.float32),
-        "svd_coords": np.asarray(coords, dtype=np.float32),
-        "singular_values": np.asarray(svd.singular_values_, dtype=np.float64),
-        "elrea_dim": np.array(elrea_dim),
-        "elrea_features": np.concatenate(done.elrea),
-        "elrea_loss_on": np.array(elrea_loss),
-        **{f"projected_{p}": np.concatenate(v) for p, v in done.projected.items()},
-    }
-    with atomic_path(out / "features.npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-    with atomic_path(out / "svd_components.npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, svd.components_tensor().float().cpu().numpy())
-    for p, proj in projectors.items():
-        proj.save(out / f"projector_{p}.joblib")
+    arrays = write_features(
+        out, done, coords, svd.singular_values_, svd.components_tensor(), res.projectors, res.elrea_dim, res.elrea_loss
+    )
+    batch_size = int(params["batch_size"])
     state_bytes = 4 if svd.dtype == torch.float32 else 8
     summary = {
         "n": len(done.ids),
         "d": int(d or 0),
         "rank": rank,
-        "svd_method": svd_cfg["method"],
+        "svd_method": params["svd"]["method"],
         "svd_device": svd.device.type,
         "svd_dtype": str(svd.dtype).removeprefix("torch."),
         "singular_values": arrays["singular_values"].tolist(),
-        "projection_dims": dims,
+        "projection_dims": projection_dims(params),
         "seconds": round(seconds, 2),
         "second_pass": second_pass,
         "streaming_state_mb": round(state_bytes * (int(d or 0) * (rank + batch_size)) / 2**20, 1),
@@ -373,8 +467,12 @@ def cluster_gradient_sums(
     cluster_dirs: list[str],
     params: dict[str, Any],
     seed: int,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per method, the sum of normalised full gradients and the size of each cluster (one pass).
+
+    ``shard=(i, S)`` streams only the pool's ``i``-th of ``S`` contiguous slices
+    (:func:`gs.shards.shard_bounds`); the sums and counts of the ``S`` slices add up to the pool's.
 
     Returns ``{method: {"sums": (k, d) tensor, "counts": (k,) int64, "sq_norms": (k,) float64}}``:
     ``sq_norms`` the squared norms ``||S_c||^2`` (all that :func:`gs.quality.coherence_from_sums`
@@ -388,6 +486,10 @@ def cluster_gradient_sums(
 
     seed_everything(seed)
     records = load_records(train_path)
+    if shard is not None:
+        from gs.shards import shard_records
+
+        records = shard_records(records, *shard)
     labels: dict[str, dict[str, int]] = {}
     for d in cluster_dirs:
         path = Path(d) / "assignments.csv"

@@ -442,6 +442,14 @@ class OnlineSVD(abc.ABC):
         self._require_data()
         return None
 
+    def state_factors(self) -> tuple[torch.Tensor, np.ndarray]:
+        """The whole internal state ``(V^T (m, d) state-dtype tensor on the device, s (m,) float64)``,
+        unsigned, ``m`` up to ``rank + oversample`` (Brand) or ``sketch_size`` (FD), so that the rows
+        seen are ``~= U diag(s) V^T`` (Brand) or ``A^T A ~= V diag(s^2) V^T`` (FD). What a merge of
+        shard states (:mod:`gs.shards`) stacks."""
+        self._require_data()
+        return self._vt, self._s.copy()
+
     # -- checkpointing -----------------------------------------------------------------------------
 
     def _options(self) -> dict[str, int]:
@@ -600,6 +608,12 @@ class BrandSVD(OnlineSVD):
         n_w = len(self._w)
         parts = [rows @ suffix[n_w - pos] for rows, pos in self._u_blocks]
         return np.concatenate(parts, axis=0) if parts else np.zeros((0, m))
+
+    def left_factor(self) -> np.ndarray:
+        """``(n_seen, m)`` float64 left factor ``U`` (orthonormal columns, unsigned) matching
+        :meth:`state_factors`: the seen rows are ``~= U diag(s) V^T``, arrival order."""
+        self._require_data()
+        return self._left_factor()
 
     def seen_coordinates(self) -> np.ndarray:
         """``(n_seen, k)`` coordinates ``U diag(s)`` of the seen rows, arrival order, no second pass.
