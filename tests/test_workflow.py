@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import shutil
@@ -9,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -64,15 +67,159 @@ def test_env_files_parse_and_pin_every_package():
             assert "==" in pkg, f"{env.name}: pip package {pkg} is not pinned"
 
 
+DOMAINS = ["math", "code", "finance", "writing"]
+
+
+def _jsonl_ids(path: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _check_evaluations(res: Path, config: dict) -> None:
+    """Each evaluation JSON against its own per-sample results, and main.csv / likelihood.csv against
+    the JSONs (values, row means, example counts)."""
+    limit = config["evaluation"]["limit"]
+    main = pd.read_csv(res / "tables" / "main.csv").set_index("system")
+    likelihood = pd.read_csv(res / "tables" / "likelihood.csv").set_index("system")
+    assert list(main.columns) == [*DOMAINS, "average", "n_examples"]
+    assert set(likelihood.index) == set(main.index)
+    for system in main.index:
+        report = json.loads((res / "eval" / f"{system}.json").read_text())
+        for d in DOMAINS:
+            entry, primary = report["tasks"][f"gs_{d}"], report["primary"][f"gs_{d}"]
+            samples = entry["samples"]
+            assert entry["n_examples"] == len(samples) == limit, (system, d)
+            # The task's metric is the mean of the per-sample scores; the table shows that number.
+            per_sample = [s["scores"][primary["metric"]] for s in samples]
+            assert primary["value"] == pytest.approx(float(np.mean(per_sample)), abs=1e-12), (system, d)
+            assert main.loc[system, d] == pytest.approx(primary["value"], abs=1e-12), (system, d)
+            # Bits per byte: -sum log p(answer) / (sum of the answers' UTF-8 bytes * ln 2), from the samples.
+            lik = report["tasks"][f"gs_{d}_likelihood"]["samples"]
+            n_bytes = sum(len(s["target"].encode("utf-8")) for s in lik)
+            bpb = -sum(s["loglikelihood"] for s in lik) / (n_bytes * math.log(2))
+            assert report["primary"][f"gs_{d}_likelihood"]["value"] == pytest.approx(bpb, rel=1e-9), (system, d)
+            assert likelihood.loc[system, d] == pytest.approx(bpb, rel=1e-9), (system, d)
+        assert main.loc[system, "average"] == pytest.approx(float(np.mean([main.loc[system, d] for d in DOMAINS])))
+        assert likelihood.loc[system, "average"] == pytest.approx(
+            float(np.mean([likelihood.loc[system, d] for d in DOMAINS]))
+        )
+        assert main.loc[system, "n_examples"] == "/".join([str(limit)] * len(DOMAINS))
+        writing = report["tasks"]["gs_writing"]
+        ppl = [s["scores"]["perplexity"] for s in writing["samples"] if s["scores"]["perplexity"] is not None]
+        if ppl:  # exp(total NLL / total tokens) over one passage is that passage's perplexity
+            assert len(ppl) == 1 and writing["metrics"]["fluency_perplexity"] == pytest.approx(ppl[0])
+
+
+def _check_clustering_and_routers(res: Path, config: dict) -> None:
+    """Cluster sizes against the assignments, the router table against router.json, the ablation
+    against the quality table and the main table."""
+    pool = _jsonl_ids(res / "data" / "pool" / "train.jsonl")
+    quality = pd.read_csv(res / "clusters" / "quality.csv").set_index("method")
+    for method in config["cluster"]["methods"]:
+        assignments = pd.read_csv(res / "clusters" / method / "assignments.csv", dtype={"id": str})
+        assert sorted(assignments["id"]) == sorted(pool), method
+        sizes = assignments["cluster"].value_counts().sort_index().tolist()
+        assert quality.loc[method, "sizes"] == "/".join(map(str, sizes)), method
+        assert quality.loc[method, "k"] == len(sizes) <= config["cluster"]["k"], method
+        info = json.loads((res / "router" / method / "router.json").read_text())
+        row = pd.read_csv(res / "tables" / "router.csv").set_index("method").loc[method]
+        assert row["experts"] == len(info["expert_ids"])
+        held_out = info["heldout_accuracy"]
+        assert math.isnan(row["heldout_accuracy"]) if held_out is None else row["heldout_accuracy"] == held_out
+        assert row["n_heldout"] == info["n_heldout"]
+    main = pd.read_csv(res / "tables" / "main.csv").set_index("system")
+    ablation = pd.read_csv(res / "tables" / "ablation.csv").set_index("method")
+    assert ablation.loc["gradientspace", "accuracy (single expert, mean)"] == pytest.approx(
+        main.loc["gradientspace-single", "average"]
+    )
+    for method in ablation.index:
+        assert ablation.loc[method, "nmi"] == pytest.approx(quality.loc[method, "nmi"]), method
+    dims = {f"rp{p}": p for p in config["cluster"]["ablation_dims"]}
+    assert {m: ablation.loc[m, "dimension"] for m in dims} == dims
+
+
+def _check_selection(res: Path, config: dict) -> None:
+    """Selection against the configured sizes and the compute accounting (:mod:`gs.accounting`), full
+    LESS against the influence scores, the subsets against the ids, and clusterucb.csv against
+    selection.json and the fine-tuned systems' evaluations."""
+    cfg = config["selection"]
+    pool = _jsonl_ids(res / "data" / "pool" / "train.jsonl")
+    n = len(pool)
+    with np.load(res / "selection" / "influence.npz") as f:
+        ids, targets = f["ids"].astype(str).tolist(), f["targets"].tolist()
+        per_checkpoint, weights = f["per_checkpoint"], f["weights"]
+    assert ids == pool
+    n_ckpt = per_checkpoint.shape[0]
+    table = pd.read_csv(res / "tables" / "clusterucb.csv")
+    for target in cfg["targets"]:
+        sel = json.loads((res / "selection" / target / "selection.json").read_text())
+        keep, draws = math.floor(cfg["keep_fraction"] * n + 1e-9), math.floor(cfg["budget_fraction"] * n + 1e-9)
+        assert (sel["n"], sel["keep"], sel["draws"], sel["checkpoints"]) == (n, keep, draws, n_ckpt)
+        methods = sel["methods"]
+        assert {"full", "clusterucb", "random"} <= set(methods)
+        assert {f"clusterucb_{m}" for m in cfg.get("compare_clusters", [])} <= set(methods)
+        # Full LESS is the top-keep of the checkpoint-weighted influences, computed at every checkpoint.
+        s = weights @ per_checkpoint[:, targets.index(target), :]
+        order = np.argsort(-s, kind="stable")
+        top = {ids[i] for i in order[:keep]}
+        assert set(methods["full"]["selected_ids"]) == top
+        assert s[order[keep - 1]] >= s[order[keep]]
+        full_total = n * n_ckpt
+        assert methods["full"]["computations"] == full_total
+        assert methods["random"]["computations"] == 0
+        ucb = methods["clusterucb"]
+        # The bandit draws until its budget of floor(budget_fraction * n) samples is spent (a hard cap);
+        # each draw costs one gradient per influence checkpoint the clustering pass did not cover.
+        drawn = sum(ucb["pulls_per_cluster"])
+        assert drawn == min(draws, n)
+        per_draw = n_ckpt - (sel["clustering_covers_checkpoint"] is not None)
+        assert ucb["charge"]["clustering"] == n
+        assert ucb["charge"]["cold_start"] + ucb["charge"]["draws"] == drawn * per_draw
+        assert ucb["computations"] == n + drawn * per_draw == ucb["measured_gradient_computations"]
+        for name, m in methods.items():
+            assert len(m["selected_ids"]) == len(set(m["selected_ids"])) == keep, name
+            assert set(m["selected_ids"]) <= set(ids), name
+            assert m["computation_ratio_vs_full"] == pytest.approx(m["computations"] / full_total), name
+            overlap = len(set(m["selected_ids"]) & top) / keep
+            assert m["overlap_with_full"] == pytest.approx(overlap), name
+            mean = float(np.mean([s[ids.index(i)] for i in m["selected_ids"]]))
+            assert m["mean_influence_ratio"] == pytest.approx(mean / float(np.mean([s[ids.index(i)] for i in top])))
+            row = table[(table["target"] == target) & (table["method"] == name)].iloc[0]
+            assert row["selected"] == keep and row["total_computations"] == m["computations"], name
+            assert row["overlap_with_full_top"] == pytest.approx(overlap), name
+        for name in ("clusterucb", "full", "random"):
+            assert _jsonl_ids(res / "selection" / target / f"{name}.jsonl") == methods[name]["selected_ids"], name
+            if target in cfg.get("finetune_targets", cfg["targets"]):
+                report = json.loads((res / "eval" / f"select-{target}-{name}.json").read_text())
+                row = table[(table["target"] == target) & (table["method"] == name)].iloc[0]
+                assert row["accuracy"] == pytest.approx(report["primary"][f"gs_{target}"]["value"])
+                assert row["bits_per_byte"] == pytest.approx(report["primary"][f"gs_{target}_likelihood"]["value"])
+
+
+def check_run(work: Path, config: dict) -> None:
+    """The numbers of a finished run, cross-checked between stages (no stage's own arithmetic reused)."""
+    res = work / "results"
+    _check_evaluations(res, config)
+    _check_clustering_and_routers(res, config)
+    _check_selection(res, config)
+    compute = pd.read_csv(res / "tables" / "compute.csv")
+    bench = pd.read_csv(work / "benchmarks" / "cluster_quality" / "quality.tsv", sep="\t")
+    row = compute[(compute["rule"] == "cluster_quality") & (compute["job"] == "quality")].iloc[0]
+    assert row["wall_s"] == pytest.approx(float(bench["s"].mean()))
+
+
 @pytest.mark.slow
 def test_end_to_end_on_the_tiny_config(tmp_path):
     """The whole DAG on a handful of samples with the real embedded model: every stage must run, the
-    tables and figures must come out, and rerunning the gradient stages must reproduce the clusters."""
-    import numpy as np
-
+    tables and figures must come out with numbers that agree between stages (:func:`check_run`), and
+    rerunning the gradient stages must reproduce the clusters."""
     work = tmp_path / "wf"
-    shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns(".git", "results", "resources", "logs", ".snakemake",
-                                                              "__pycache__", "*.egg-info"))
+    shutil.copytree(
+        ROOT,
+        work,
+        ignore=shutil.ignore_patterns(
+            ".git", "results", "resources", "logs", ".snakemake", "__pycache__", "*.egg-info"
+        ),
+    )
     for d in (work / "benchmarks").iterdir():
         if d.is_dir():
             shutil.rmtree(d)
@@ -82,8 +229,15 @@ def test_end_to_end_on_the_tiny_config(tmp_path):
     summary = pd.read_csv(res / "data" / "summary.csv")
     assert set(summary["domain"]) == {"math", "code", "finance", "writing"}
     main = pd.read_csv(res / "tables" / "main.csv")
-    assert {"base", "multitask", "gradientspace-single", "gradientspace-elrea", "gradientspace-uniform",
-            "gradientspace-oracle", "semantic-single"} == set(main["system"])
+    assert {
+        "base",
+        "multitask",
+        "gradientspace-single",
+        "gradientspace-elrea",
+        "gradientspace-uniform",
+        "gradientspace-oracle",
+        "semantic-single",
+    } == set(main["system"])
     assert {"math", "code", "finance", "writing", "average"} <= set(main.columns)
     assert main[["math", "code", "finance", "writing"]].apply(lambda c: c.between(0, 1)).all().all()
     assert "reference" in set(summary["split"])
@@ -97,17 +251,37 @@ def test_end_to_end_on_the_tiny_config(tmp_path):
     assert {"gradientspace", "semantic", "rp16"} <= set(quality["method"])
     for name in ("latency.png", "clusters.png", "ablation.png", "clusterucb_budget.png", "likelihood.png"):
         assert (res / "figures" / name).stat().st_size > 5000, name
-    for name in ("main.md", "likelihood.md", "router.md", "cluster_quality.md", "ablation.md", "latency.md",
-                 "clusterucb.md"):
+    for name in (
+        "main.md",
+        "likelihood.md",
+        "router.md",
+        "cluster_quality.md",
+        "ablation.md",
+        "latency.md",
+        "clusterucb.md",
+    ):
         assert (res / "tables" / name).read_text().startswith("# "), name
     compute = pd.read_csv(res / "tables" / "compute.csv")
     assert "extract_gradient_features" in set(compute["rule"])
+    check_run(work, yaml.safe_load((work / "config" / "test.yaml").read_text()))
+    # A killed job leaves no temporary output behind (gs.io.atomic_path), and a finished run none either.
+    assert not [p for p in res.rglob(".*") if not p.name.startswith(".snakemake")]
 
     before = (res / "clusters" / "gradientspace" / "assignments.csv").read_text()
     with np.load(res / "gradients" / "features.npz") as f:
         coords = f["svd_coords"].copy()
-    again = _snakemake("--cores", "2", "--configfile", "config/test.yaml", "--forcerun", "warmup_lora",
-                       "--until", "cluster_samples", cwd=work, timeout=1500)
+    again = _snakemake(
+        "--cores",
+        "2",
+        "--configfile",
+        "config/test.yaml",
+        "--forcerun",
+        "warmup_lora",
+        "--until",
+        "cluster_samples",
+        cwd=work,
+        timeout=1500,
+    )
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     assert (res / "clusters" / "gradientspace" / "assignments.csv").read_text() == before
     with np.load(res / "gradients" / "features.npz") as f:
