@@ -21,9 +21,14 @@ F32, F64, I32 = 4, 8, 4
 
 
 def baseline_command(imports: tuple[str, ...]) -> list[str]:
-    """A ``python -c`` that imports ``imports`` and prints its peak RSS in KiB (``ru_maxrss``)."""
-    code = "import resource\n" + "".join(f"import {m}\n" for m in imports)
-    code += "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    """A ``python -c`` that imports ``imports`` and prints its peak RSS in KiB.
+
+    The peak is ``VmHWM`` of ``/proc/self/status``, the high-water mark of the process's own memory
+    map; ``ru_maxrss`` would not do: Linux carries the parent's peak into a child across ``exec``, so
+    a child of the planner (itself holding torch) would report at least the planner's size.
+    """
+    code = "".join(f"import {m}\n" for m in imports)
+    code += "print(next(int(x.split()[1]) for x in open('/proc/self/status') if x.startswith('VmHWM')))"
     return [sys.executable, "-c", code]
 
 
