@@ -44,13 +44,76 @@ rule gradient_coherence:
         mem_mb=grow(16000),
         runtime=grow(60),
     params:
-        cfg=json_param(config["gradients"]),
+        cfg=json_param(GRADIENT_PARAMS),
         dirs=expand("results/clusters/{method}", method=QUALITY_METHODS),
         seed=config["seed"],
     shell:
         "python -m gs.features coherence --model-dir {input.model} --warmup {input.warmup}"
         " --train {input.train} --clusters {params.dirs} --params {params.cfg}"
         " --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+if SHARDS > 1:
+
+    ruleorder: merge_coherence_shards > gradient_coherence
+
+else:
+
+    ruleorder: gradient_coherence > merge_coherence_shards
+
+
+rule gradient_coherence_shard:
+    # gradients.shards > 1: one slice's per-cluster gradient sums (gs.shards); they add across slices.
+    input:
+        model=model_dir(),
+        warmup="results/gradients/warmup",
+        train="results/data/pool/train.jsonl",
+        assignments=expand(
+            "results/clusters/{method}/assignments.csv", method=QUALITY_METHODS
+        ),
+    output:
+        temp("results/clusters/coherence_shards/{shard}.pt"),
+    log:
+        "logs/gradient_coherence_shard/{shard}.log",
+    benchmark:
+        "benchmarks/gradient_coherence_shard/{shard}.tsv"
+    wildcard_constraints:
+        shard="[0-9]+",
+    conda:
+        "../envs/torch.yaml"
+    threads: HEAVY_THREADS
+    resources:
+        gpu=GPU_REQUEST,
+        mem_mb=grow(16000),
+        runtime=grow(60),
+    params:
+        cfg=json_param(GRADIENT_PARAMS),
+        dirs=expand("results/clusters/{method}", method=QUALITY_METHODS),
+        seed=config["seed"],
+        shards=SHARDS,
+    shell:
+        "python -m gs.shards coherence --model-dir {input.model} --warmup {input.warmup}"
+        " --train {input.train} --clusters {params.dirs} --params {params.cfg}"
+        " --seed {params.seed} --shard {wildcards.shard} --shards {params.shards}"
+        " --out {output} > {log} 2>&1"
+
+
+rule merge_coherence_shards:
+    input:
+        expand("results/clusters/coherence_shards/{shard}.pt", shard=SHARD_IDS),
+    output:
+        "results/clusters/coherence.json",
+    log:
+        "logs/merge_coherence_shards/merge.log",
+    benchmark:
+        "benchmarks/merge_coherence_shards/merge.tsv"
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        mem_mb=grow(16000),
+        runtime=grow(60),
+    shell:
+        "python -m gs.shards merge-coherence --shard-files {input} --out {output} > {log} 2>&1"
 
 
 rule cluster_quality:

@@ -1,3 +1,27 @@
+# Gradient passes. gradients.shards = S > 1 splits the extraction into S jobs over contiguous slices of the pool
+# (results/gradients/shards/<i>/) and a merge job that writes the single pass's files (gs.shards); S = 1 is the
+# single job extract_gradient_features, and the shard rules never enter the DAG.
+SHARDS = int(config["gradients"].get("shards", 1))
+SHARD_IDS = list(range(SHARDS))
+# The gradients section without `shards`: the number of jobs changes no job's result, so it stays out of
+# their params (no rerun of the warm-up or a shard's fingerprint when S changes).
+GRADIENT_PARAMS = {k: v for k, v in config["gradients"].items() if k != "shards"}
+# Frequent Directions keeps no left factor: its shards take coordinates in a second pass over the merged basis.
+SHARD_SECOND_PASS = config["gradients"]["svd"]["method"] == "frequent_directions"
+PROJECTION_DIMS = sorted(
+    set(config["gradients"]["projection"]["dims"])
+    | {config["gradients"]["projection"]["elrea_dim"]}
+)
+
+if SHARDS > 1:
+
+    ruleorder: merge_gradient_shards > extract_gradient_features
+
+else:
+
+    ruleorder: extract_gradient_features > merge_gradient_shards
+
+
 rule warmup_lora:
     input:
         model=model_dir(),
@@ -16,7 +40,7 @@ rule warmup_lora:
         mem_mb=grow(16000),
         runtime=grow(60),
     params:
-        cfg=json_param(config["gradients"]),
+        cfg=json_param(GRADIENT_PARAMS),
         seed=config["seed"],
     shell:
         "python -m gs.features warmup --model-dir {input.model} --train {input.train}"
@@ -32,13 +56,7 @@ rule extract_gradient_features:
         features="results/gradients/features.npz",
         components="results/gradients/svd_components.npy",
         summary="results/gradients/extract.json",
-        projectors=expand(
-            "results/gradients/projector_{p}.joblib",
-            p=sorted(
-                set(config["gradients"]["projection"]["dims"])
-                | {config["gradients"]["projection"]["elrea_dim"]}
-            ),
-        ),
+        projectors=expand("results/gradients/projector_{p}.joblib", p=PROJECTION_DIMS),
     log:
         "logs/extract_gradient_features/extract.log",
     benchmark:
@@ -51,9 +69,141 @@ rule extract_gradient_features:
         mem_mb=grow(16000),
         runtime=grow(60),
     params:
-        cfg=json_param(config["gradients"]),
+        cfg=json_param(GRADIENT_PARAMS),
         seed=config["seed"],
     shell:
         "python -m gs.features extract --model-dir {input.model} --warmup {input.warmup}"
         " --train {input.train} --params {params.cfg} --seed {params.seed}"
         " --out-dir results/gradients > {log} 2>&1"
+
+
+rule extract_gradient_shard:
+    # One of S contiguous slices of the pool into its own online SVD and projections (gs.shards);
+    # resumable from results/gradients/shards/<i>/.extract_state/ as the single pass is.
+    input:
+        model=model_dir(),
+        warmup="results/gradients/warmup",
+        train="results/data/pool/train.jsonl",
+    output:
+        state="results/gradients/shards/{shard}/shard.pt",
+        summary="results/gradients/shards/{shard}/shard.json",
+    log:
+        "logs/extract_gradient_shard/{shard}.log",
+    benchmark:
+        "benchmarks/extract_gradient_shard/{shard}.tsv"
+    wildcard_constraints:
+        shard="[0-9]+",
+    conda:
+        "../envs/torch.yaml"
+    threads: HEAVY_THREADS
+    resources:
+        gpu=GPU_REQUEST,
+        mem_mb=grow(16000),
+        runtime=grow(60),
+    params:
+        cfg=json_param(GRADIENT_PARAMS),
+        seed=config["seed"],
+        shards=SHARDS,
+    shell:
+        "python -m gs.shards extract --model-dir {input.model} --warmup {input.warmup}"
+        " --train {input.train} --params {params.cfg} --seed {params.seed}"
+        " --shard {wildcards.shard} --shards {params.shards}"
+        " --out-dir results/gradients/shards/{wildcards.shard} > {log} 2>&1"
+
+
+rule merge_gradient_basis:
+    # Frequent Directions only: the merged sketch, the basis of the shards' second pass.
+    input:
+        expand("results/gradients/shards/{shard}/shard.pt", shard=SHARD_IDS),
+    output:
+        "results/gradients/shards/basis.pt",
+    log:
+        "logs/merge_gradient_basis/basis.log",
+    benchmark:
+        "benchmarks/merge_gradient_basis/basis.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: HEAVY_THREADS
+    resources:
+        gpu=GPU_REQUEST,
+        mem_mb=grow(16000),
+        runtime=grow(60),
+    params:
+        cfg=json_param(GRADIENT_PARAMS),
+        dirs=expand("results/gradients/shards/{shard}", shard=SHARD_IDS),
+    shell:
+        "python -m gs.shards basis --shard-dirs {params.dirs} --params {params.cfg} --out {output} > {log} 2>&1"
+
+
+rule gradient_shard_coordinates:
+    # Frequent Directions only: a shard's samples in the merged basis (second pass over its slice).
+    input:
+        model=model_dir(),
+        warmup="results/gradients/warmup",
+        train="results/data/pool/train.jsonl",
+        basis="results/gradients/shards/basis.pt",
+    output:
+        "results/gradients/shards/{shard}/coords.npy",
+    log:
+        "logs/gradient_shard_coordinates/{shard}.log",
+    benchmark:
+        "benchmarks/gradient_shard_coordinates/{shard}.tsv"
+    wildcard_constraints:
+        shard="[0-9]+",
+    conda:
+        "../envs/torch.yaml"
+    threads: HEAVY_THREADS
+    resources:
+        gpu=GPU_REQUEST,
+        mem_mb=grow(16000),
+        runtime=grow(60),
+    params:
+        cfg=json_param(GRADIENT_PARAMS),
+        seed=config["seed"],
+        shards=SHARDS,
+    shell:
+        "python -m gs.shards coords --model-dir {input.model} --warmup {input.warmup}"
+        " --train {input.train} --params {params.cfg} --seed {params.seed}"
+        " --shard {wildcards.shard} --shards {params.shards} --basis {input.basis}"
+        " --out {output} > {log} 2>&1"
+
+
+def merge_shard_inputs(wildcards):
+    """The shards' states, and for Frequent Directions the merged basis and the second-pass coordinates."""
+    inputs = {"states": expand("results/gradients/shards/{shard}/shard.pt", shard=SHARD_IDS)}
+    if SHARD_SECOND_PASS:
+        inputs["basis"] = "results/gradients/shards/basis.pt"
+        inputs["coords"] = expand("results/gradients/shards/{shard}/coords.npy", shard=SHARD_IDS)
+    return inputs
+
+
+rule merge_gradient_shards:
+    # The single pass's files from the S shard states (gs.shards.merge_shards).
+    input:
+        unpack(merge_shard_inputs),
+    output:
+        features="results/gradients/features.npz",
+        components="results/gradients/svd_components.npy",
+        summary="results/gradients/extract.json",
+        projectors=expand("results/gradients/projector_{p}.joblib", p=PROJECTION_DIMS),
+    log:
+        "logs/merge_gradient_shards/merge.log",
+    benchmark:
+        "benchmarks/merge_gradient_shards/merge.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: HEAVY_THREADS
+    resources:
+        gpu=GPU_REQUEST,
+        mem_mb=grow(16000),
+        runtime=grow(60),
+    params:
+        cfg=json_param(GRADIENT_PARAMS),
+        seed=config["seed"],
+        dirs=expand("results/gradients/shards/{shard}", shard=SHARD_IDS),
+        fd=lambda wildcards, input: (
+            f" --basis {input.basis} --coords {' '.join(input.coords)}" if SHARD_SECOND_PASS else ""
+        ),
+    shell:
+        "python -m gs.shards merge --shard-dirs {params.dirs} --params {params.cfg} --seed {params.seed}"
+        "{params.fd} --out-dir results/gradients > {log} 2>&1"

@@ -218,9 +218,20 @@ def dry_run_resources(*args: str) -> tuple[str, dict[str, list[dict[str, str]]]]
     return out, jobs
 
 
-def test_slurm_profile_gives_every_gpu_rule_a_gpu_memory_and_runtime():
+def test_slurm_profile_gives_every_gpu_rule_a_gpu_memory_and_runtime(tmp_path):
     out, jobs = dry_run_resources("--profile", "profiles/slurm", "--configfile", "config/paper.yaml")
     assert "Using profiles profiles/slurm and workflow specific profile profiles/default" in out
+    # The gradient passes' rules depend on gradients.shards (gs.shards; rules/gradients.smk): the paper DAG
+    # with the other shard setting, and sharded with Frequent Directions, hold the rest of them.
+    shards = yaml.safe_load((ROOT / "config/paper.yaml").read_text())["gradients"].get("shards", 1)
+    for i, overlay in enumerate(
+        [{"shards": 1 if shards > 1 else 2}, {"shards": 2, "svd": {"method": "frequent_directions"}}]
+    ):
+        extra = tmp_path / f"overlay{i}.yaml"
+        extra.write_text(yaml.safe_dump({"gradients": overlay}))
+        _, more = dry_run_resources("--profile", "profiles/slurm", "--configfile", "config/paper.yaml", str(extra))
+        for rule, res in more.items():
+            jobs.setdefault(rule, []).extend(res)
     profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
     gpu = gpu_rules()
     assert {"warmup_lora", "extract_gradient_features", "train_experts", "evaluate_system", "latency"} <= gpu
@@ -237,13 +248,14 @@ def test_slurm_profile_gives_every_gpu_rule_a_gpu_memory_and_runtime():
 
 
 def test_cpu_default_requests_no_gpu_and_local_profile_caps_paper_gpu_jobs():
+    # Rules of the other gradients.shards setting are not in the DAG (the previous test covers them).
     _, jobs = dry_run_resources("--cores", "2")
-    assert all(res.get("gpu") == "0" for rule in gpu_rules() for res in jobs[rule])
+    assert all(res.get("gpu") == "0" for rule in gpu_rules() for res in jobs.get(rule, []))
     local = yaml.safe_load((ROOT / "profiles/local/config.yaml").read_text())
     default = yaml.safe_load((ROOT / "profiles/default/config.yaml").read_text())
     assert local["resources"]["gpu"] == 1 and default["resources"]["gpu"] == 1
     _, jobs = dry_run_resources("--profile", "profiles/local", "--configfile", "config/paper.yaml")
-    assert all(res.get("gpu") == "1" for rule in gpu_rules() for res in jobs[rule])
+    assert all(res.get("gpu") == "1" for rule in gpu_rules() for res in jobs.get(rule, []))
 
 
 def test_resources_grow_with_the_attempt():
