@@ -18,6 +18,7 @@ from gs.plan.host import measure_baselines
 from gs.plan.report import Row, predict, table
 from gs.plan.resources import RuleResources, read_profile, rule_resources, workflow_resources
 from gs.plan.stages import MODEL_IMPORTS, Planner
+from gs.plan.stages import _k as planner_k
 
 DEFAULTS = {"gpu": "H100-80GB", "run_on": "cpu", "profile": None, "mfu": 0.4, "bandwidth_efficiency": 0.7}
 
@@ -86,44 +87,92 @@ def plan(
     gpu = devices.gpu(str(settings["gpu"]))
     hf, source = model_config(config["model"])
     start = time.perf_counter()
-    stages = Planner(config, hf, full_depth=full_depth).stages()
+    planner = Planner(config, hf, full_depth=full_depth)
+    stages = planner.stages()
+    n_methods = len(config["cluster"]["methods"]) + len(config["cluster"].get("ablation_dims", []))
+    k = planner_k(config)
+    # Both forms of the gradient passes (one job, shards), for the shard count that fits (shard_note).
+    variants = {s: planner.gradient_passes(s, n_methods, k) for s in (1, 2)}
     traced = time.perf_counter() - start
     model_module = f"transformers.models.{hf.model_type}.modeling_{hf.model_type}"
-    imports = {s.stage: s.imports + ((model_module,) if MODEL_IMPORTS[0] in s.imports else ()) for s in stages}
+
+    def with_model(s):
+        return s.imports + ((model_module,) if MODEL_IMPORTS[0] in s.imports else ())
+
+    imports = {s.stage: with_model(s) for s in stages}
+    import_sets = list(dict.fromkeys(list(imports.values()) + [with_model(s) for v in variants.values() for s in v]))
     if baseline_bytes is None:
-        baselines = measure_baselines(list(imports.values()))
+        baselines = measure_baselines(import_sets)
     else:
-        baselines = {v: int(baseline_bytes) for v in imports.values()}
+        baselines = {v: int(baseline_bytes) for v in import_sets}
     if cpu_flops is None:
         cpu_flops = devices.measure_cpu_flops(1)
     if declared is None:
         declared = workflow_resources(snakefile, configfile)
     profile = read_profile(settings["profile"])
-    rows = []
-    for s in stages:
+
+    def row_of(s) -> Row:
         res = rule_resources(s.rule, declared.get(s.rule, {}), profile) if s.rule in declared else RuleResources()
-        rows.append(
-            predict(
-                s,
-                baselines[imports[s.stage]],
-                run_on,
-                gpu,
-                float(settings["mfu"]),
-                float(settings["bandwidth_efficiency"]),
-                cpu_flops,
-                res,
-            )
+        return predict(
+            s,
+            baselines[with_model(s)],
+            run_on,
+            gpu,
+            float(settings["mfu"]),
+            float(settings["bandwidth_efficiency"]),
+            cpu_flops,
+            res,
         )
+
+    rows = [row_of(s) for s in stages]
     notes = [
         f"Model architecture: {source}; steps traced under FakeTensorMode in {traced:.0f} s.",
         f"GPU time: FLOPs / ({gpu.name} peak x MFU {settings['mfu']}) or bytes streamed / "
         f"({gpu.bandwidth_tbs} TB/s x {settings['bandwidth_efficiency']}), the larger.",
         f"CPU time: FLOPs / (measured float32 matmul {cpu_flops / 1e9:.1f} GFLOP/s per thread x the rule's threads).",
         "Host peak: measured import baseline per stage + host arrays + "
-        + ("the traced step." if run_on == "cpu" else "the weights (loaded on the host first)."),
+        + ("the traced step." if run_on == "cpu" else "nothing of the model (loaded straight onto the GPU)."),
         f"Resources: the rules' own, updated by profile {settings['profile'] or '(none)'}.",
+        shard_note(
+            lambda s: [row_of(st) for st in planner.gradient_passes(s, n_methods, k)],
+            int(config["gradients"].get("shards", 1)),
+            planner.n_pool,
+            run_on,
+        ),
     ]
     return rows, notes
+
+
+def shard_note(rows_for: Any, configured: int, n: int, run_on: str, limit: int = 256) -> str:
+    """The smallest ``gradients.shards`` at which every job of the gradient passes (extraction,
+    coherence, their merges) fits its resources, with each shard job's time and host memory there.
+
+    ``rows_for(S)``: the plan rows of the passes with ``S`` shards. Times fall as ``ceil(n / S)``; the
+    merges do not shrink, so a merge that does not fit ends the search (reported as such).
+    """
+    for s in range(1, min(limit, n) + 1):
+        rows = rows_for(s)
+        if all(r.fits for r in rows):
+            break
+        if s > 1 and any(not r.fits and r.rule.startswith("merge_") for r in rows):
+            bad = "; ".join(f"{r.rule}: {', '.join(r.problems)}" for r in rows if not r.fits)
+            return f"Shards: no gradients.shards fits, a merge job does not ({bad}); this config has {configured}."
+    else:
+        return (
+            f"Shards: no gradients.shards up to {min(limit, n)} fits every gradient job; this config has {configured}."
+        )
+    hours = "gpu_seconds" if run_on == "gpu" else "cpu_seconds"
+    jobs = ", ".join(
+        f"{r.rule} {getattr(r, hours) / 3600:.1f} h, host {r.host_bytes / 2**30:.1f} GiB"
+        + (f", device {r.device_bytes / 2**30:.1f} GiB" if run_on == "gpu" and r.device_bytes else "")
+        + f" (runtime {r.resources.runtime} min)"
+        for r in rows
+    )
+    fit = "fits" if configured >= s else "does NOT fit: set at least this"
+    return (
+        f"Shards: gradients.shards = {s} is the smallest shard count at which every gradient job fits its "
+        f"resources (per job: {jobs}); this config has {configured}, which {fit}."
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,10 +44,10 @@ def predict(
     resources: RuleResources,
 ) -> Row:
     """A stage's row. Host peak = measured import baseline + host arrays + (on a CPU run) the traced
-    step itself, or (on a GPU run) the weights, which pass through host memory while loading."""
+    step itself; on a GPU run :func:`gs.models.load_model` reads the weights straight onto the device."""
     weights = max((w.trace.weight_bytes for w in stage.work), default=0)
     host = baseline + sum(stage.host_extra.values())
-    host += stage.device_bytes if run_on == "cpu" else weights
+    host += stage.device_bytes if run_on == "cpu" else 0
     gpu_s = cpu_s = 0.0
     for work in stage.work:
         for phase, repeats in work.repeats.items():

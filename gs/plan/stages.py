@@ -66,9 +66,10 @@ def _k(config: dict[str, Any]) -> int:
     return int(config["cluster"]["auto_k"]["k_max"]) if k == "auto" else int(k)
 
 
-def _dtype(section: dict[str, Any]) -> str:
-    """The weights' dtype as the stage's code reads it (``params.get("dtype", "float32")``)."""
-    return str(section.get("dtype", "float32"))
+def _dtype(section: dict[str, Any], config: dict[str, Any]) -> str:
+    """The weights' dtype as the stage's code reads it: a section's own ``dtype`` (evaluation, latency),
+    else ``model.dtype``, the default of :func:`gs.models.load_model` (the prepared folder's setting)."""
+    return str(section.get("dtype") or config["model"].get("dtype", "float32"))
 
 
 class Planner:
@@ -95,7 +96,7 @@ class Planner:
         train, lora = section["train"], section["lora"]
         b, t = int(train["batch_size"]), int(train["max_length"])
         ckpt = bool(train.get("gradient_checkpointing", False))
-        dtype = _dtype(section)
+        dtype = _dtype(section, self.config)
         tr = self.trace(("train", b, t, ckpt), dtype, lora, train_step(b, t, checkpointing=ckpt))
         steps = math.ceil(_ceil(n, b) * float(train["epochs"])) + extra_steps
         return Work(tr, {"train": steps}, dtype)
@@ -104,12 +105,75 @@ class Planner:
         tr = self.trace(("gradient", b, t), dtype, lora, gradient_step(b, t))
         return Work(tr, {"gradient": batches}, dtype)
 
+    def gradient_passes(self, shards: int, n_methods: int, k: int) -> list[Stage]:
+        """The extraction and coherence passes over the pool: one job each (``shards`` = 1), or per
+        ``gradients.shards`` one job per contiguous slice (the largest, ``ceil(n / S)`` samples, is
+        planned: :func:`gs.shards.shard_bounds`) plus the merges (:mod:`gs.shards`). Coherence last."""
+        grads, n = self.config["gradients"], self.n_pool
+        warm = grads["warmup"]
+        gb, gt, gdtype = int(grads["batch_size"]), int(grads["max_length"]), _dtype(grads, self.config)
+        rank = int(grads["svd"]["rank"])
+        n_job = _ceil(n, shards)
+        passes = 1 if grads.get("elrea_loss_on", "instruction") == grads.get("loss_on", "response") else 2
+        ex = self._gradients(warm["lora"], gb, gt, gdtype, passes * _ceil(n_job, gb))
+        d = ex.trace.lora_dim
+        svd_device = {"svd state": host.svd_state_bytes(d, rank, gb)} if self.run_on == "gpu" else {}
+        co = Stage("gradient coherence", "gradient_coherence", ["coherence"], ("gs.features", "gs.quality"))
+        co.work = [self._gradients(warm["lora"], gb, gt, gdtype, _ceil(n_job, gb))]
+        co.host_extra = host.coherence_host_bytes(d, grads, n_methods, k)
+        if shards == 1:
+            stage = Stage("gradient features", "extract_gradient_features", ["extract"], ("gs.features",), [ex])
+            stage.host_extra = host.extract_host_bytes(d, n, grads, self.run_on)
+            stage.device_extra = svd_device
+            return [stage, co]
+        jobs = [f"shard{i}" for i in range(shards)]
+        stage = Stage(f"gradient features, 1 of {shards} shards", "extract_gradient_shard", jobs, ("gs.shards",), [ex])
+        stage.host_extra = host.extract_host_bytes(d, n_job, grads, self.run_on)
+        stage.device_extra = svd_device
+        out = [stage]
+        if grads["svd"]["method"] == "frequent_directions":  # no left factor: coordinates in a second pass
+            second = self._gradients(warm["lora"], gb, gt, gdtype, _ceil(n_job, gb))
+            coords = Stage(
+                f"gradient coordinates, 1 of {shards} shards",
+                "gradient_shard_coordinates",
+                jobs,
+                ("gs.shards",),
+                [second],
+            )
+            coords.host_extra = {"coordinates": host.F64 * n_job * rank}
+            coords.device_extra = svd_device
+            out.append(coords)
+        # The merge holds every shard's features and stacks the S states (gs.shards.merge_brand: Brand's
+        # update of m = S (rank + oversample) rows, d (2 m + 3 m_i) words, float32 on a GPU).
+        m_i = rank + int(grads["svd"].get("options", {}).get("oversample", 0))
+        if grads["svd"]["method"] == "frequent_directions":
+            m_i = int(grads["svd"].get("options", {}).get("sketch_size", 2 * rank))
+        merge = Stage(f"merge of {shards} gradient shards", "merge_gradient_shards", ["merge"], ("gs.shards",))
+        merge.host_extra = host.extract_host_bytes(d, n, grads, self.run_on)
+        merge.host_extra["shard states"] = host.F32 * d * shards * m_i
+        stacked = {"stacked svd states": host.F32 * d * (2 * shards * m_i + 3 * m_i)}
+        if self.run_on == "gpu":
+            merge.device_extra = stacked
+        else:
+            merge.host_extra.update(stacked)
+        out.append(merge)
+        co.stage, co.rule, co.jobs, co.imports = (
+            f"gradient coherence, 1 of {shards} shards",
+            "gradient_coherence_shard",
+            jobs,
+            ("gs.shards", "gs.quality"),
+        )
+        co.host_extra["cluster sums saved (host copy)"] = n_methods * k * d * host.F32
+        co_merge = Stage(f"merge of {shards} coherence shards", "merge_coherence_shards", ["merge"], ("gs.shards",))
+        co_merge.host_extra = {"cluster sums (total and one shard's)": 2 * n_methods * k * d * host.F64}
+        return out + [co, co_merge]
+
     def stages(self) -> list[Stage]:
         c, n = self.config, self.n_pool
         grads = c["gradients"]
         warm = grads["warmup"]
         gb, gt = int(grads["batch_size"]), int(grads["max_length"])
-        gdtype = _dtype(grads)
+        gdtype = _dtype(grads, c)
         methods = list(c["cluster"]["methods"])
         k = _k(c)
         out: list[Stage] = []
@@ -120,22 +184,11 @@ class Planner:
             Stage("warm-up LoRA", "warmup_lora", ["warmup_lora"], ("gs.features",), [self._training(warm, n_warm)])
         )
 
-        passes = 1 if grads.get("elrea_loss_on", "instruction") == grads.get("loss_on", "response") else 2
-        ex = self._gradients(warm["lora"], gb, gt, gdtype, passes * _ceil(n, gb))
-        d = ex.trace.lora_dim
-        stage = Stage("gradient features", "extract_gradient_features", ["extract"], ("gs.features",), [ex])
-        stage.host_extra = host.extract_host_bytes(d, n, grads, self.run_on)
-        if self.run_on == "gpu":
-            stage.device_extra = {
-                "svd state": host.svd_state_bytes(d, int(grads["svd"]["rank"]), gb),
-            }
-        out.append(stage)
-
         n_methods = len(methods) + len(c["cluster"].get("ablation_dims", []))
-        co = Stage("gradient coherence", "gradient_coherence", ["coherence"], ("gs.features", "gs.quality"))
-        co.work = [self._gradients(warm["lora"], gb, gt, gdtype, _ceil(n, gb))]
-        co.host_extra = host.coherence_host_bytes(d, grads, n_methods, k)
-        out.append(co)
+        shards = int(grads.get("shards", 1))
+        passes = self.gradient_passes(shards, n_methods, k)
+        d = passes[0].work[0].trace.lora_dim
+        out.extend(passes)
 
         targets = list(c["selection"]["targets"])
         n_val = [_sizes(c, "validation")[t] for t in targets]
@@ -232,8 +285,9 @@ class Planner:
 
         size = resolve_dtype(model.get("dtype", "float32")).itemsize
         n_params = self._n_params()
-        # gs.models: a GGUF model is de-quantised, then copied into a model built from its config.
-        copies = 2 if model.get("source") == "gguf" else 1
+        # gs.models: a GGUF model is de-quantised, then copied into a model built from its config; a hub
+        # or local model is downloaded or copied as files, its weights never loaded.
+        copies = 2 if model.get("source") == "gguf" else 0
         st = Stage("prepare model", "prepare_model", ["prepare_model"], ("gs.models",) + MODEL_IMPORTS)
         st.host_extra = {f"weights x{copies}": copies * n_params * size}
         return st
@@ -280,7 +334,7 @@ class Planner:
         limit = ev.get("limit")
         n_test = {d: min(v, int(limit)) if limit else v for d, v in tests.items()}
         lora = c["experts"]["lora"]
-        dtype = _dtype(ev)
+        dtype = _dtype(ev, c)
         out = []
         for mode in sorted(modes):
             streams = {"elrea": int(inf["top_m"] or k), "uniform": k}.get(mode, 1)
@@ -346,7 +400,7 @@ class Planner:
         lat = self.config["latency"]
         n = max(int(x) for x in lat["n_experts"])
         b, new = int(lat.get("throughput_batch", 1)), int(lat["max_new_tokens"])
-        dtype = _dtype(lat)
+        dtype = _dtype(lat, self.config)
         dec = self.trace(("decode", b, new, n), dtype, lat["lora"], decode_step(b, self.prompt, new, n), n + 1)
         repeats = int(lat.get("repeats", 1))
         # Per n: base, single (1 forward a token), uniform (n), ELREA (top_m <= n): about n + 3 streams,
