@@ -97,7 +97,10 @@ def plan(
     model_module = f"transformers.models.{hf.model_type}.modeling_{hf.model_type}"
 
     def with_model(s):
-        return s.imports + ((model_module,) if MODEL_IMPORTS[0] in s.imports else ())
+        """A stage's imports; one that runs the model also imports peft and the architecture's module."""
+        if s.work or MODEL_IMPORTS[0] in s.imports:
+            return tuple(dict.fromkeys(s.imports + MODEL_IMPORTS + (model_module,)))
+        return s.imports
 
     imports = {s.stage: with_model(s) for s in stages}
     import_sets = list(dict.fromkeys(list(imports.values()) + [with_model(s) for v in variants.values() for s in v]))

@@ -240,16 +240,24 @@ class Planner:
             "clustering",
             "cluster_samples",
             [m for m in methods + [f"rp{p}" for p in c["cluster"].get("ablation_dims", [])] if m != "semantic"],
-            ("gs.cluster",),
+            ("gs.cluster", "sklearn.cluster", "pandas"),
         )
         cl.host_extra = {"features.npz": feats}
         out.append(cl)
-        qu = Stage("cluster quality", "cluster_quality", ["quality"], ("gs.quality",))
+        qu = Stage(
+            "cluster quality",
+            "cluster_quality",
+            ["quality"],
+            ("gs.quality", "sklearn.metrics", "pandas", "matplotlib.pyplot"),
+        )
         qu.host_extra = {"features.npz": feats}
         out.append(qu)
         if "semantic" in methods:
             sem = Stage(
-                "clustering (semantic)", "cluster_samples", ["semantic"], ("gs.cluster", "sentence_transformers")
+                "clustering (semantic)",
+                "cluster_samples",
+                ["semantic"],
+                ("gs.cluster", "sklearn.cluster", "pandas", "sentence_transformers"),
             )
             sem.host_extra = {"features.npz": feats, **self._encoder_bytes(n)}
             out.append(sem)
