@@ -35,6 +35,10 @@ Frequent Directions (:func:`merge_frequent_directions`)
     (:func:`merge_basis`) writes it, one coordinate job per shard makes the second pass over its slice
     (:func:`shard_coordinates`, ``x_i W``, exact as in the single pass), and the merge reads both.
 
+LESS influence (:func:`influence_shard`, :func:`merge_influence`): a sample's influence on a target
+depends only on its own gradient and the target's mean direction, which every shard recomputes from the
+same checkpoints and seeded projector; the slices' scores concatenate and their gradient counts add.
+
 Coherence (:func:`coherence_shard`, :func:`merge_coherence`): per-cluster sums of normalised gradients
 add across slices (``S_c = sum_i S_c^(i)``), so the shards write their ``(k, d)`` sums and counts and
 the merge adds them before :func:`gs.quality.coherence_from_sums`. The sums are ``sum_m k_m d`` floats
@@ -385,10 +389,75 @@ def merge_coherence(shard_files: list[str], out_file: str) -> dict[str, Any]:
     return result
 
 
+# --------------------------------------------------------------------------- LESS influence
+
+
+def influence_shard(
+    model_dir: str,
+    warmup_dir: str,
+    train_path: str,
+    targets: dict[str, str],
+    params: dict[str, Any],
+    seed: int,
+    index: int,
+    shards: int,
+    out_file: str,
+) -> dict[str, np.ndarray]:
+    """LESS influence (:func:`gs.influence.compute_influence`) of shard ``index``'s slice of the pool on
+    every target, written as ``influence.npz``'s arrays for that slice plus ``shard`` ``[index, shards]``.
+
+    Every shard recomputes the targets' mean directions (same checkpoints, same seeded projector), so
+    a sample's scores do not depend on the shard it falls in; the slices' arrays concatenate.
+    """
+    from gs.influence import compute_influence
+
+    pool = shard_records(load_records(train_path), index, shards)
+    records = {name: load_records(path) for name, path in targets.items()}
+    arrays = compute_influence(model_dir, warmup_dir, pool, records, params, seed)
+    arrays["shard"] = np.array([index, shards])
+    with atomic_path(Path(out_file)) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    return arrays
+
+
+# Arrays of influence.npz along the pool (concatenated), summed over the slices, and equal in every slice.
+_ALONG_POOL = {"ids": 0, "scores": 1, "per_checkpoint": 2}
+_SUMMED = ("gradient_computations",)
+
+
+def merge_influence(shard_files: list[str], out_file: str) -> dict[str, np.ndarray]:
+    """``influence.npz`` of the whole pool from the shards' (:func:`influence_shard`): per-sample arrays
+    concatenated in pool order, gradient counts added, the rest (targets, checkpoint weights,
+    projection) checked equal."""
+    parts = []
+    for i, path in enumerate(shard_files):
+        with np.load(path) as f:
+            part = {k: f[k] for k in f.files}
+        if part.get("shard", np.array([])).tolist() != [i, len(shard_files)]:
+            raise InputError(f"{path}: field shard is {part.get('shard')}, expected [{i}, {len(shard_files)}]")
+        parts.append(part)
+    merged: dict[str, np.ndarray] = {}
+    for key, value in parts[0].items():
+        if key == "shard":
+            continue
+        if key in _ALONG_POOL:
+            merged[key] = np.concatenate([p[key] for p in parts], axis=_ALONG_POOL[key])
+        elif key in _SUMMED:
+            merged[key] = np.array(sum(int(p[key]) for p in parts))
+        else:
+            for path, p in zip(shard_files, parts, strict=True):
+                if not np.array_equal(p[key], value):
+                    raise InputError(f"{path}: field {key} differs from shard 0's")
+            merged[key] = value
+    with atomic_path(Path(out_file)) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **merged)
+    return merged
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Sharded gradient passes and their merges.")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("extract", "coords", "coherence"):
+    for name in ("extract", "coords", "coherence", "influence"):
         p = sub.add_parser(name)
         p.add_argument("--model-dir", required=True)
         p.add_argument("--warmup", required=True)
@@ -405,6 +474,8 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--basis", required=True)
         if name == "coherence":
             p.add_argument("--clusters", nargs="+", required=True)
+        if name == "influence":
+            p.add_argument("--targets", nargs="+", required=True, help="DOMAIN=validation.jsonl")
     p = sub.add_parser("basis")
     p.add_argument("--shard-dirs", nargs="+", required=True)
     p.add_argument("--params", required=True)
@@ -416,9 +487,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--basis")
     p.add_argument("--coords", nargs="+")
-    p = sub.add_parser("merge-coherence")
-    p.add_argument("--shard-files", nargs="+", required=True)
-    p.add_argument("--out", required=True)
+    for name in ("merge-coherence", "merge-influence"):
+        p = sub.add_parser(name)
+        p.add_argument("--shard-files", nargs="+", required=True)
+        p.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     params = parse_params(args.params) if hasattr(args, "params") else {}
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -436,6 +508,18 @@ def main(argv: list[str] | None = None) -> None:
         merge_basis(args.shard_dirs, params, args.out)
     elif args.cmd == "merge":
         merge_shards(args.shard_dirs, params, args.seed, args.out_dir, basis_file=args.basis, coords_files=args.coords)
+    elif args.cmd == "influence":
+        targets = {}
+        for spec in args.targets:
+            name, _, path = spec.partition("=")
+            if not path:
+                raise InputError(f"--targets expects DOMAIN=path, got {spec!r}")
+            targets[name] = path
+        influence_shard(
+            args.model_dir, args.warmup, args.train, targets, params, args.seed, args.shard, args.shards, args.out
+        )
+    elif args.cmd == "merge-influence":
+        merge_influence(args.shard_files, args.out)
     else:
         merge_coherence(args.shard_files, args.out)
 

@@ -1,6 +1,7 @@
 # Gradient passes. gradients.shards = S > 1 splits the extraction into S jobs over contiguous slices of the pool
 # (results/gradients/shards/<i>/) and a merge job that writes the single pass's files (gs.shards); S = 1 is the
-# single job extract_gradient_features, and the shard rules never enter the DAG.
+# single job extract_gradient_features, and the shard rules never enter the DAG. The coherence pass
+# (rules/cluster.smk) and LESS influence (less_influence, rules/selection.smk; its shards below) split the same way.
 SHARDS = int(config["gradients"].get("shards", 1))
 SHARD_IDS = list(range(SHARDS))
 # The gradients section without `shards`: the number of jobs changes no job's result, so it stays out of
@@ -16,10 +17,12 @@ PROJECTION_DIMS = sorted(
 if SHARDS > 1:
 
     ruleorder: merge_gradient_shards > extract_gradient_features
+    ruleorder: merge_influence_shards > less_influence
 
 else:
 
     ruleorder: extract_gradient_features > merge_gradient_shards
+    ruleorder: less_influence > merge_influence_shards
 
 
 rule warmup_lora:
@@ -207,3 +210,51 @@ rule merge_gradient_shards:
     shell:
         "python -m gs.shards merge --shard-dirs {params.dirs} --params {params.cfg} --seed {params.seed}"
         "{params.fd} --out-dir results/gradients > {log} 2>&1"
+
+
+rule less_influence_shard:
+    # gradients.shards > 1: LESS influence of one slice of the pool (gs.shards.influence_shard).
+    input:
+        model=model_dir(),
+        warmup="results/gradients/warmup",
+        train="results/data/pool/train.jsonl",
+        validation=expand("results/data/{target}/validation.jsonl", target=TARGETS),
+    output:
+        "results/selection/influence_shards/{shard}.npz",
+    log:
+        "logs/less_influence_shard/{shard}.log",
+    benchmark:
+        "benchmarks/less_influence_shard/{shard}.tsv"
+    wildcard_constraints:
+        shard="[0-9]+",
+    conda:
+        "../envs/torch.yaml"
+    threads: HEAVY_THREADS
+    resources:
+        gpu=GPU_REQUEST,
+        mem_mb=grow(16000),
+        runtime=grow(60),
+    params:
+        cfg=json_param(GRADIENT_PARAMS),
+        targets=" ".join(f"{t}=results/data/{t}/validation.jsonl" for t in TARGETS),
+        seed=config["seed"],
+        shards=SHARDS,
+    shell:
+        "python -m gs.shards influence --model-dir {input.model} --warmup {input.warmup} --train {input.train}"
+        " --targets {params.targets} --params {params.cfg} --seed {params.seed}"
+        " --shard {wildcards.shard} --shards {params.shards} --out {output} > {log} 2>&1"
+
+
+rule merge_influence_shards:
+    input:
+        expand("results/selection/influence_shards/{shard}.npz", shard=SHARD_IDS),
+    output:
+        "results/selection/influence.npz",
+    log:
+        "logs/merge_influence_shards/merge.log",
+    benchmark:
+        "benchmarks/merge_influence_shards/merge.tsv"
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python -m gs.shards merge-influence --shard-files {input} --out {output} > {log} 2>&1"
