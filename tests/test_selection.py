@@ -1,4 +1,4 @@
-"""Tests of gs.selection on synthetic arrays: LESS influence, baselines, ClusterUCB, report metrics."""
+"""Selection pieces on synthetic arrays: LESS influence (gs.less), the bandit (gs.bandit), baselines, metrics."""
 
 from __future__ import annotations
 
