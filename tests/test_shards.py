@@ -165,6 +165,8 @@ def test_sharded_extraction_matches_the_single_pass(sharded, shards):
     ]
     pairs = {(int(a), int(b)) for a, b in zip(*labels, strict=True)}
     assert len(pairs) == len(set(labels[0])) == len(set(labels[1])), pairs  # one-to-one: same partition
+    same = "identical labels" if np.array_equal(*labels) else "same partition"
+    print(f"S={shards} vs S=1: principal angles {np.round(angles, 3).tolist()} deg, {same}")  # README (pytest -s)
 
 
 def test_sharded_coherence_sums_equal_the_single_pass(sharded, tiny_model_dir):
@@ -223,3 +225,100 @@ def _stacked_gradients(tiny_model_dir, warmup):
     model, tok = _gradient_model(str(tiny_model_dir), str(warmup))
     grads = torch.cat([g for _, g in iter_gradients(model, tok, RECORDS, batch_size=16, max_length=48, progress=False)])
     return normalise_rows(grads).double().numpy()
+
+
+def test_planner_finds_the_smallest_shard_count_that_fits():
+    """gs.plan.cli.shard_note on rows whose time falls as ceil(n / S): 30 h of extraction in 24 h jobs
+    needs S = 2; 100 h needs ceil(100 / 24) = 5; a merge over its memory stops the search."""
+    from gs.plan.cli import shard_note
+    from gs.plan.report import Row, check
+    from gs.plan.resources import RuleResources
+
+    def rows_for(total_h: float, merge_gb: float = 1.0):
+        def rows(s: int) -> list[Row]:
+            out = []
+            for rule, hours, mem in (
+                ("extract_gradient_shard", total_h * -(-1000 // s) / 1000, 10.0),
+                ("merge_gradient_shards", 0.1, merge_gb),
+            ):
+                res = RuleResources(mem_mb=96000, runtime=1440, gpu=1)
+                row = Row("x", rule, "", 0, 0, int(mem * 2**30), hours * 3600, 0.0, res, [])
+                row.problems = check(row, "gpu", None)
+                out.append(row)
+            return out
+
+        return rows
+
+    note = shard_note(rows_for(30.0), 1, 1000, "gpu")
+    assert "gradients.shards = 2 is the smallest" in note and "extract_gradient_shard 15.0 h" in note
+    assert "does NOT fit" in note
+    assert "gradients.shards = 5 is the smallest" in shard_note(rows_for(100.0), 8, 1000, "gpu")
+    assert "which fits" in shard_note(rows_for(100.0), 8, 1000, "gpu")
+    assert "a merge job does not" in shard_note(rows_for(30.0, merge_gb=200.0), 1, 1000, "gpu")
+
+
+def test_sharded_less_influence_equals_the_single_pass(sharded, tiny_model_dir):
+    from gs.influence import compute_influence
+    from gs.shards import influence_shard, merge_influence
+
+    tmp, train, warmup = sharded
+    targets = {}
+    for name in ("math", "code"):
+        path = tmp / f"{name}_validation.jsonl"
+        write_jsonl(path, [r for r in RECORDS if r["domain"] == name][:2])
+        targets[name] = str(path)
+    records = {name: [r for r in RECORDS if r["domain"] == name][:2] for name in targets}
+    single = compute_influence(str(tiny_model_dir), str(warmup), RECORDS, records, GRADIENTS, 0)
+    files = [str(tmp / f"influence{i}.npz") for i in range(3)]
+    for i, f in enumerate(files):
+        influence_shard(str(tiny_model_dir), str(warmup), str(train), targets, GRADIENTS, 0, i, 3, f)
+    merged = merge_influence(files, str(tmp / "influence.npz"))
+    with np.load(tmp / "influence.npz") as f:
+        assert sorted(f.files) == sorted(single)
+    assert merged["ids"].tolist() == single["ids"].tolist() == [r["id"] for r in RECORDS]
+    assert int(merged["gradient_computations"]) == int(single["gradient_computations"])
+    assert merged["per_checkpoint"].shape == single["per_checkpoint"].shape
+    np.testing.assert_allclose(merged["scores"], single["scores"], atol=1e-5)
+    np.testing.assert_allclose(merged["per_checkpoint"], single["per_checkpoint"], atol=1e-5)
+
+
+def test_planner_plans_one_job_per_shard_and_the_merges():
+    """gs.plan's shard stages on the test config (n = 16, batch 4, two gradient passes for ELREA's
+    instruction loss): a shard job of S = 3 streams the largest slice, ceil(16 / 3) = 6 samples."""
+    from transformers import LlamaConfig
+
+    from gs.plan.cli import load_config
+    from gs.plan.stages import Planner
+
+    config = load_config(ROOT / "config" / "test.yaml", ROOT / "config" / "config.yaml")
+    hf = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1000,
+        max_position_embeddings=128,
+    )
+    planner = Planner(config, hf)
+    assert planner.n_pool == 16
+    one = planner.gradient_passes(1, 3, 2) + planner.influence_pass(1)
+    assert [s.rule for s in one] == ["extract_gradient_features", "gradient_coherence", "less_influence"]
+    assert one[0].work[0].repeats == {"gradient": 2 * 4}  # 2 passes x ceil(16 / 4) batches
+    three = planner.gradient_passes(3, 3, 2) + planner.influence_pass(3)
+    assert [s.rule for s in three] == [
+        "extract_gradient_shard",
+        "merge_gradient_shards",
+        "gradient_coherence_shard",
+        "merge_coherence_shards",
+        "less_influence_shard",
+        "merge_influence_shards",
+    ]
+    assert three[0].jobs == ["shard0", "shard1", "shard2"]
+    assert three[0].work[0].repeats == {"gradient": 2 * 2}  # 2 passes x ceil(6 / 4) batches
+    assert three[2].work[0].repeats == {"gradient": 2}
+    # Influence: 1 warm-up checkpoint x (ceil(6 / 4) pool batches + ceil(2 / 4) per validation target).
+    targets = len(config["selection"]["targets"])
+    assert three[4].work[0].repeats == {"gradient": 2 + targets}
+    d = three[0].work[0].trace.lora_dim
+    assert three[1].host_extra["shard states"] == 4 * d * 3 * (2 + 4)  # S x (rank + oversample) float32 rows

@@ -92,7 +92,7 @@ def plan(
     n_methods = len(config["cluster"]["methods"]) + len(config["cluster"].get("ablation_dims", []))
     k = planner_k(config)
     # Both forms of the gradient passes (one job, shards), for the shard count that fits (shard_note).
-    variants = {s: planner.gradient_passes(s, n_methods, k) for s in (1, 2)}
+    variants = {s: planner.gradient_passes(s, n_methods, k) + planner.influence_pass(s) for s in (1, 2)}
     traced = time.perf_counter() - start
     model_module = f"transformers.models.{hf.model_type}.modeling_{hf.model_type}"
 
@@ -137,7 +137,7 @@ def plan(
         + ("the traced step." if run_on == "cpu" else "nothing of the model (loaded straight onto the GPU)."),
         f"Resources: the rules' own, updated by profile {settings['profile'] or '(none)'}.",
         shard_note(
-            lambda s: [row_of(st) for st in planner.gradient_passes(s, n_methods, k)],
+            lambda s: [row_of(st) for st in planner.gradient_passes(s, n_methods, k) + planner.influence_pass(s)],
             int(config["gradients"].get("shards", 1)),
             planner.n_pool,
             run_on,
@@ -148,7 +148,7 @@ def plan(
 
 def shard_note(rows_for: Any, configured: int, n: int, run_on: str, limit: int = 256) -> str:
     """The smallest ``gradients.shards`` at which every job of the gradient passes (extraction,
-    coherence, their merges) fits its resources, with each shard job's time and host memory there.
+    coherence, LESS influence, their merges) fits its resources, with each job's time and memory there.
 
     ``rows_for(S)``: the plan rows of the passes with ``S`` shards. Times fall as ``ceil(n / S)``; the
     merges do not shrink, so a merge that does not fit ends the search (reported as such).

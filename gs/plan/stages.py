@@ -168,6 +168,42 @@ class Planner:
         co_merge.host_extra = {"cluster sums (total and one shard's)": 2 * n_methods * k * d * host.F64}
         return out + [co, co_merge]
 
+    def influence_pass(self, shards: int) -> list[Stage]:
+        """LESS influence: one job (``shards`` = 1) or one per slice (the largest planned; every shard
+        recomputes the targets' directions, :func:`gs.shards.influence_shard`) and the merge."""
+        c, grads = self.config, self.config["gradients"]
+        warm = grads["warmup"]
+        gb, gt, gdtype = int(grads["batch_size"]), int(grads["max_length"]), _dtype(grads, self.config)
+        n_job = _ceil(self.n_pool, shards)
+        targets = list(c["selection"]["targets"])
+        n_val = [_sizes(c, "validation")[t] for t in targets]
+        ckpts = math.ceil(float(warm["train"]["epochs"]))
+        if shards == 1:
+            inf = Stage("LESS influence", "less_influence", ["influence"], ("gs.influence",))
+        else:
+            jobs = [f"shard{i}" for i in range(shards)]
+            inf = Stage(f"LESS influence, 1 of {shards} shards", "less_influence_shard", jobs, ("gs.shards",))
+        batches = ckpts * (_ceil(n_job, gb) + sum(_ceil(v, gb) for v in n_val))
+        inf.work = [self._gradients(warm["lora"], gb, gt, gdtype, batches)]
+        icfg = grads.get("influence", {})
+        inf.host_extra, inf.device_extra = host.influence_bytes(
+            inf.work[0].trace.lora_dim,
+            n_job,
+            len(targets),
+            ckpts,
+            gb,
+            icfg.get("projection_dim"),
+            icfg.get("projection_kind", "sparse"),
+            self.run_on,
+        )
+        if shards == 1:
+            return [inf]
+        merge = Stage(f"merge of {shards} influence shards", "merge_influence_shards", ["merge"], ("gs.shards",))
+        merge.host_extra = {
+            "influence scores (shards and merged)": 2 * host.F64 * (ckpts + 1) * len(targets) * self.n_pool
+        }
+        return [inf, merge]
+
     def stages(self) -> list[Stage]:
         c, n = self.config, self.n_pool
         grads = c["gradients"]
@@ -193,21 +229,8 @@ class Planner:
         targets = list(c["selection"]["targets"])
         n_val = [_sizes(c, "validation")[t] for t in targets]
         ckpts = math.ceil(float(warm["train"]["epochs"]))
-        inf = Stage("LESS influence", "less_influence", ["influence"], ("gs.influence",))
-        batches = ckpts * (_ceil(n, gb) + sum(_ceil(v, gb) for v in n_val))
-        inf.work = [self._gradients(warm["lora"], gb, gt, gdtype, batches)]
         icfg = grads.get("influence", {})
-        inf.host_extra, inf.device_extra = host.influence_bytes(
-            d,
-            n,
-            len(targets),
-            ckpts,
-            gb,
-            icfg.get("projection_dim"),
-            icfg.get("projection_kind", "sparse"),
-            self.run_on,
-        )
-        out.append(inf)
+        out.extend(self.influence_pass(shards))
 
         if "ucb_clustering" in c["selection"]:
             # gs.ucb_clustering: the influence pipeline at one checkpoint (pool and targets), features (n, p).
