@@ -90,3 +90,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Lines a test recorded with ``record_property("summary", ...)`` (such as the number of sbatch jobs
+    of the SLURM test), shown in ``pytest -q`` output."""
+    lines = [
+        f"{report.nodeid}: {value}"
+        for outcome in ("passed", "failed")
+        for report in terminalreporter.stats.get(outcome, [])
+        if report.when == "call"
+        for key, value in getattr(report, "user_properties", [])
+        if key == "summary"
+    ]
+    if lines:
+        terminalreporter.write_sep("-", "recorded summaries")
+        for line in lines:
+            terminalreporter.write_line(line)
