@@ -5,7 +5,7 @@
 #                         # key and /etc/slurm/slurm.conf sized from nproc and free memory, starts
 #                         # munged, slurmctld and slurmd, and waits for the node to be idle
 #   .ci/slurm.sh stop     # stops the three daemons this script started
-#   .ci/slurm.sh status   # exits 0 when sbatch can reach a controller with an idle or busy node
+#   .ci/slurm.sh status   # exits 0 when the cluster this script configured answers with a usable node
 #
 # No accounting database (no slurmdbd): sacct is disabled, so the plugin must use
 # `--slurm-status-command squeue`, and MinJobAge keeps finished jobs in squeue for an hour.
@@ -132,7 +132,7 @@ stop() {
 }
 
 status() {
-  command -v sinfo >/dev/null || return 1
+  command -v sinfo >/dev/null && ours || return 1
   local state
   state=$(timeout 10 sinfo -h -N -o '%t' 2>/dev/null | head -1) || return 1
   case "$state" in idle* | mix* | alloc* | comp*) echo "slurm.sh: running (node $state)" ;; *) return 1 ;; esac
