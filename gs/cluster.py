@@ -89,7 +89,7 @@ from typing import Any
 
 import numpy as np
 
-from gs.io import InputError, atomic_path, parse_params, read_jsonl, run_cli, write_json
+from gs.io import InputError, atomic_path, parse_params, read_json, read_jsonl, run_cli, write_json
 
 METHODS = ("gradientspace", "elrea", "semantic", "random", "oracle")
 ASSIGN_RULES = ("argmax_abs", "signed", "kmeans")
@@ -787,11 +787,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="{}", help="clustering config section as JSON")
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--embeddings", help="semantic: precomputed (n, h) .npy prompt embeddings in pool order")
+    parser.add_argument(
+        "--match-k",
+        help="random with k: auto: another method's cluster_info.json whose chosen k the random labels take",
+    )
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args(argv)
 
     get_method(args.method)
     params = resolve_params(args.method, parse_params(args.params))
+    if args.method == "random" and params.get("k") == "auto" and args.match_k:
+        # Random clusters are a baseline at the same number of clusters as the method compared (ours).
+        params["k"] = int(read_json(args.match_k, "cluster info")["k"])
     feats = load_features(args.features)
     records = None
     if args.train:

@@ -1,5 +1,17 @@
+def match_k_input(wildcards):
+    """Random clusters with k: auto take the k that GradientSpace's silhouette chose (a baseline at equal k)."""
+    if wildcards.method == "random" and config["cluster"].get("k") == "auto":
+        return {"match_k": "results/clusters/gradientspace/cluster_info.json"}
+    return {}
+
+
+def match_k_arg(wildcards, input):
+    return f"--match-k {input.match_k}" if "match_k" in input.keys() else ""
+
+
 rule cluster_samples:
     input:
+        unpack(match_k_input),
         features="results/gradients/features.npz",
         train="results/data/pool/train.jsonl",
     output:
@@ -16,9 +28,10 @@ rule cluster_samples:
     params:
         cfg=json_param(config["cluster"]),
         seed=config["seed"],
+        match_k=match_k_arg,
     shell:
         "python -m gs.cluster --method {wildcards.method} --features {input.features}"
-        " --train {input.train} --params {params.cfg} --seed {params.seed}"
+        " --train {input.train} --params {params.cfg} --seed {params.seed} {params.match_k}"
         " --out-dir results/clusters/{wildcards.method} > {log} 2>&1"
 
 

@@ -295,7 +295,9 @@ FAKE = {
     '{ echo "ARGS: $*"; cat; } > "$FAKE_SLURM/calls/$n.txt"\necho "$((1000 + n))"\n',
     "sacct": '#!/bin/bash\nfor f in "$FAKE_SLURM"/calls/*.txt; do [ -e "$f" ] || continue\n'
     'n=$(basename "$f" .txt); echo "$((1000 + n))|FAILED"; done\n',
-    "squeue": "#!/bin/bash\nexit 0\n",
+    # squeue as well: the profile asks for squeue (no accounting), kept where scontrol shows a long MinJobAge.
+    "squeue": '#!/bin/bash\nfor f in "$FAKE_SLURM"/calls/*.txt; do [ -e "$f" ] || continue\n'
+    'n=$(basename "$f" .txt); echo "$((1000 + n))|FAILED"; done\n',
     "sacctmgr": "#!/bin/bash\necho test\n",
     "sinfo": "#!/bin/bash\nexit 0\n",
     "scancel": "#!/bin/bash\nexit 0\n",
