@@ -305,3 +305,53 @@ def test_cli_errors(tmp_path, data, capsys):
         )
     with pytest.raises(InputError, match="features file not found"):
         C.load_features(tmp_path / "none.npz")
+
+
+def test_elrea_clusters_its_own_features_when_present(data):
+    """ELREA's branch: ``elrea_features`` (instruction-token gradients) replace ``projected_<elrea_dim>``
+    when their width is elrea_dim; the labels equal sklearn's k-means of the row-normalised features."""
+    from sklearn.cluster import KMeans
+
+    feats, _, domains, _ = data
+    rng = np.random.default_rng(7)
+    own = rng.standard_normal((feats.n, 32))
+    # Domain-free noise in the projected features, domain structure only in ELREA's own features.
+    noise = {p: rng.standard_normal((feats.n, p)).astype(np.float32) for p in feats.projected}
+    signal = np.eye(32)[[DOMAIN_DIR[d] for d in domains]] * 5.0 + 0.1 * own
+    with_own = C.GradientFeatures(
+        ids=feats.ids,
+        svd_coords=feats.svd_coords,
+        singular_values=feats.singular_values,
+        projected=noise,
+        elrea_dim=32,
+        elrea_features=signal,
+    )
+    res = C.cluster("elrea", C.ClusterInputs(with_own), {"k": 3, "n_init": 4}, 5)
+    assert res.info["feature"] == "elrea_features" and nmi(domains, res.labels) == pytest.approx(1.0)
+    unit = signal / np.linalg.norm(signal, axis=1, keepdims=True)
+    expected = KMeans(n_clusters=3, n_init=4, random_state=5).fit_predict(unit)
+    assert nmi(expected, res.labels) == pytest.approx(1.0)
+    # Features of another width are not ELREA's: the projection of elrea_dim is used instead.
+    other = C.GradientFeatures(
+        ids=feats.ids,
+        svd_coords=feats.svd_coords,
+        singular_values=feats.singular_values,
+        projected=noise,
+        elrea_dim=32,
+        elrea_features=signal[:, :8],
+    )
+    fallback = C.cluster("elrea", C.ClusterInputs(other), {"k": 3, "n_init": 4}, 5)
+    assert fallback.info["feature"] == "projected_32" and nmi(domains, fallback.labels) < 0.2
+
+
+def test_random_with_k_auto_takes_the_matched_methods_k(tmp_path, data):
+    features, train = write_inputs(tmp_path, data)
+    info = tmp_path / "gs_info.json"
+    info.write_text(json.dumps({"k": 5}))
+    out = tmp_path / "clusters" / "random"
+    args = ["--method", "random", "--features", str(features), "--train", str(train), "--seed", "1"]
+    C.main([*args, "--params", json.dumps({"k": "auto"}), "--match-k", str(info), "--out-dir", str(out)])
+    frame = pd.read_csv(out / "assignments.csv", dtype={"id": str})
+    assert frame["cluster"].nunique() == 5
+    with pytest.raises(InputError, match="k must be an integer"):
+        C.main([*args, "--params", json.dumps({"k": "auto"}), "--out-dir", str(tmp_path / "r2")])
