@@ -148,34 +148,36 @@ def plan(
 
 def shard_note(rows_for: Any, configured: int, n: int, run_on: str, limit: int = 256) -> str:
     """The smallest ``gradients.shards`` at which every job of the gradient passes (extraction,
-    coherence, LESS influence, their merges) fits its resources, with each job's time and memory there.
+    coherence, LESS influence, their merges) fits its runtime, with each job's time and memory there.
 
-    ``rows_for(S)``: the plan rows of the passes with ``S`` shards. Times fall as ``ceil(n / S)``; the
-    merges do not shrink, so a merge that does not fit ends the search (reported as such).
+    ``rows_for(S)``: the plan rows of the passes with ``S`` shards; a shard job's time falls as
+    ``ceil(n / S)``. Problems other than time there (memory that does not shrink with the slice, such
+    as the model and the ``(., d)`` state on the device) are listed as not fixed by sharding.
     """
-    for s in range(1, min(limit, n) + 1):
+    top = min(limit, n)
+    for s in range(1, top + 1):
         rows = rows_for(s)
-        if all(r.fits for r in rows):
+        if not any(p.startswith("time ") for r in rows for p in r.problems):
             break
-        if s > 1 and any(not r.fits and r.rule.startswith("merge_") for r in rows):
-            bad = "; ".join(f"{r.rule}: {', '.join(r.problems)}" for r in rows if not r.fits)
-            return f"Shards: no gradients.shards fits, a merge job does not ({bad}); this config has {configured}."
     else:
         return (
-            f"Shards: no gradients.shards up to {min(limit, n)} fits every gradient job; this config has {configured}."
+            f"Shards: no gradients.shards up to {top} fits every gradient job's runtime; this config has {configured}."
         )
     hours = "gpu_seconds" if run_on == "gpu" else "cpu_seconds"
     jobs = ", ".join(
-        f"{r.rule} {getattr(r, hours) / 3600:.1f} h, host {r.host_bytes / 2**30:.1f} GiB"
+        f"{r.rule} {getattr(r, hours) / 3600:.2f} h of {r.resources.runtime or 0:.0f} min,"
+        f" host {r.host_bytes / 2**30:.1f} GiB"
         + (f", device {r.device_bytes / 2**30:.1f} GiB" if run_on == "gpu" and r.device_bytes else "")
-        + f" (runtime {r.resources.runtime} min)"
         for r in rows
     )
     fit = "fits" if configured >= s else "does NOT fit: set at least this"
-    return (
+    note = (
         f"Shards: gradients.shards = {s} is the smallest shard count at which every gradient job fits its "
-        f"resources (per job: {jobs}); this config has {configured}, which {fit}."
+        f"runtime (per job: {jobs}); this config has {configured}, which {fit}."
     )
+    others = [f"{r.rule}: {', '.join(p for p in r.problems if not p.startswith('time '))}" for r in rows if r.problems]
+    others = [o for o in others if not o.endswith(": ")]
+    return note + (f" Not fixed by sharding: {'; '.join(others)}." if others else "")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -163,9 +163,15 @@ class Planner:
             jobs,
             ("gs.shards", "gs.quality"),
         )
-        co.host_extra["cluster sums saved (host copy)"] = n_methods * k * d * host.F32
+        # gs.shards.coherence_shard: the sums live on the state's device in its dtype (float32 on a GPU)
+        # and are copied to the host once to be saved.
+        sums_bytes = n_methods * k * d * (host.F32 if self.run_on == "gpu" else host.F64)
+        if self.run_on == "gpu":
+            co.host_extra.pop("cluster sums", None)
+            co.device_extra = {"cluster sums": sums_bytes}
+        co.host_extra["cluster sums saved (host copy)"] = sums_bytes
         co_merge = Stage(f"merge of {shards} coherence shards", "merge_coherence_shards", ["merge"], ("gs.shards",))
-        co_merge.host_extra = {"cluster sums (total and one shard's)": 2 * n_methods * k * d * host.F64}
+        co_merge.host_extra = {"cluster sums (total and one shard's)": 2 * sums_bytes}
         return out + [co, co_merge]
 
     def influence_pass(self, shards: int) -> list[Stage]:
