@@ -17,7 +17,12 @@ Three kinds, each fixed by ``(kind, d, dim, seed)`` alone, so a saved projector 
   multiply in float32 blocks of 128 columns converted into one reused (d, 128) buffer;
   the result equals ``BasicProjector.project`` up to float32 summation order. Above
   ``cache_limit_bytes`` (default 8 GiB) the matrix is not kept and ``BasicProjector`` regenerates it
-  per call, as TRAK does. Departures from LESS: inputs are projected in float32 (LESS casts them to
+  per call, as TRAK does. On a GPU without ``fast_jl`` (ours, a departure from LESS's 128 columns):
+  ``BasicProjector``'s float32 (d, block) block is kept under ``GPU_BLOCK_BYTES`` (4 GiB): block =
+  min(128, dim, floor(GPU_BLOCK_BYTES / 4 d)) columns, 9 at the paper's d = 109M (a 128-column block
+  there is 52 GiB beside a 50 GiB gradient step); the block size fixes TRAK's seeds (``seed + 1000 *
+  block``), so it is saved with the projector. This fallback regenerates all d * dim entries on every
+  ``project`` call (slow: gs.plan counts it). Departures from LESS: inputs are projected in float32 (LESS casts them to
   float16 first) and the matrix is not scaled (TRAK's is not either; cosines ignore the scale).
 * ``sparse``: very sparse random projections (Li, Hastie & Church, KDD 2006; entries +-sqrt(s) with
   probability 1/(2s), s = sqrt(d)) through scikit-learn's ``SparseRandomProjection``; cheap on a CPU.
@@ -26,6 +31,7 @@ Three kinds, each fixed by ``(kind, d, dim, seed)`` alone, so a saved projector 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -41,6 +47,27 @@ BACKENDS = ("fast_jl", "basic")
 LESS_BLOCK_SIZE = 128  # LESS collect_grad_reps.py: ``block_size = 128``
 LESS_MAX_BATCH_SIZE = 16  # LESS collect_grad_reps.py: ``projector_batch_size = 16``
 CACHE_LIMIT_BYTES = 8 * 2**30  # ours: the largest int8 matrix kept on the CPU
+GPU_BLOCK_BYTES = 4 * 2**30  # ours: the largest float32 (d, block) block BasicProjector keeps on a GPU
+
+log = logging.getLogger(__name__)
+
+
+def basic_block_size(d: int, dim: int, device_type: str, budget: int = GPU_BLOCK_BYTES) -> int:
+    """Columns of ``BasicProjector``'s (d, block) float32 block: LESS's 128 (at most ``dim``), on a CUDA
+    device at most ``floor(budget / 4 d)``.
+
+    Raises:
+        InputError: on CUDA, one float32 column of d entries exceeds ``budget``.
+    """
+    block = min(LESS_BLOCK_SIZE, dim)
+    if device_type != "cuda":
+        return block
+    if 4 * d > budget:
+        raise InputError(
+            f"rademacher projector: one float32 column of d={d} ({4 * d / 2**30:.2f} GiB) exceeds "
+            f"gs.projection.GPU_BLOCK_BYTES ({budget / 2**30:.2f} GiB); BasicProjector cannot run, install fast_jl"
+        )
+    return min(block, budget // (4 * d))
 
 
 def fast_jl_available(device: torch.device) -> bool:
@@ -66,7 +93,16 @@ def _as_torch(grads: Any) -> torch.Tensor:
 class _TrakRademacher:
     """TRAK's Rademacher projection (``CudaProjector`` or ``BasicProjector``), the CPU matrix kept as int8."""
 
-    def __init__(self, d: int, dim: int, seed: int, device: torch.device, backend: str | None, cache_limit: int):
+    def __init__(
+        self,
+        d: int,
+        dim: int,
+        seed: int,
+        device: torch.device,
+        backend: str | None,
+        cache_limit: int,
+        block_size: int | None = None,
+    ):
         from trak.projectors import BasicProjector, CudaProjector, ProjectionType
 
         if backend not in (None, *BACKENDS):
@@ -79,6 +115,7 @@ class _TrakRademacher:
                 "its matrix cannot be regenerated without CUDA and fast_jl"
             )
         self.backend, self.device, self.dim = backend, device, dim
+        self.block_size: int | None = None  # BasicProjector's columns per generated block
         # CPU cache of BasicProjector's matrix: (blocks, d, 128) int8, block i = columns [128 i, 128 (i + 1)).
         self.blocks: torch.Tensor | None = None
         self._buffer: torch.Tensor | None = None  # (d, 128) float32, reused for every block and call
@@ -86,7 +123,19 @@ class _TrakRademacher:
         if backend == "fast_jl":
             self.trak = CudaProjector(**args, max_batch_size=LESS_MAX_BATCH_SIZE)
             return
-        self.trak = BasicProjector(**args, block_size=LESS_BLOCK_SIZE, dtype=torch.float32)
+        block = int(block_size) if block_size is not None else basic_block_size(d, dim, device.type)
+        if device.type == "cuda":
+            log.warning(
+                "rademacher projector: fast_jl unavailable, TRAK BasicProjector fallback on %s (slow: regenerates "
+                "%d x %d entries per call, %d-column blocks of %.2f GiB)",
+                device,
+                d,
+                dim,
+                block,
+                4 * d * block / 2**30,
+            )
+        self.trak = BasicProjector(**args, block_size=block, dtype=torch.float32)
+        self.block_size = self.trak.block_size
         if device.type == "cpu" and d * self.trak.num_blocks * self.trak.block_size <= cache_limit:
             size = self.trak.block_size
             self.blocks = torch.zeros(self.trak.num_blocks, d, size, dtype=torch.int8)
@@ -115,6 +164,8 @@ class Projector:
 
     ``device`` (``rademacher`` only): where TRAK projects; default CUDA when visible, else the CPU.
     ``backend`` (``rademacher`` only): ``"fast_jl"`` or ``"basic"``; default: ``fast_jl`` when it runs.
+    ``block_size`` (``basic`` only): ``BasicProjector``'s columns per block; default
+    :func:`basic_block_size` (a saved projector passes its own: the block fixes the matrix).
     """
 
     def __init__(
@@ -127,6 +178,7 @@ class Projector:
         device: str | torch.device | None = None,
         backend: str | None = None,
         cache_limit_bytes: int = CACHE_LIMIT_BYTES,
+        block_size: int | None = None,
     ) -> None:
         if kind not in KINDS:
             raise InputError(f"unknown projector {kind!r}; expected one of {', '.join(KINDS)}")
@@ -136,7 +188,9 @@ class Projector:
         self.backend: str | None = None
         if kind == "rademacher":
             dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            self._trak = _TrakRademacher(self.d, self.dim, self.seed, dev, backend, int(cache_limit_bytes))
+            self._trak = _TrakRademacher(
+                self.d, self.dim, self.seed, dev, backend, int(cache_limit_bytes), block_size=block_size
+            )
             self.backend = self._trak.backend
             return
         from sklearn.random_projection import GaussianRandomProjection, SparseRandomProjection
@@ -166,8 +220,9 @@ class Projector:
 
     def spec(self) -> dict[str, Any]:
         """What :func:`load_projector` needs to regenerate this projection (``backend`` and the drawing
-        ``device`` type for ``rademacher``, None otherwise)."""
+        ``device`` type and ``BasicProjector``'s ``block_size`` for ``rademacher``, None otherwise)."""
         device = self._trak.device.type if self.kind == "rademacher" else None
+        block = self._trak.block_size if self.kind == "rademacher" else None
         return {
             "kind": self.kind,
             "d": self.d,
@@ -175,6 +230,7 @@ class Projector:
             "seed": self.seed,
             "backend": self.backend,
             "device": device,
+            "block_size": block,
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -184,7 +240,8 @@ class Projector:
 
 def load_projector(path: str | os.PathLike) -> Projector:
     """Rebuild a saved projector (only its spec is stored; the matrix is regenerated on the device it was
-    drawn on). Specs saved before ``rademacher`` existed (no ``backend``) load as they were."""
+    drawn on). Specs saved before ``rademacher`` existed (no ``backend``) load as they were; a
+    ``rademacher`` spec without ``block_size`` (saved before it was chosen) used LESS's 128."""
     if not Path(path).is_file():
         raise InputError(f"{path}: projector file not found")
     spec = joblib.load(path)
@@ -199,4 +256,7 @@ def load_projector(path: str | os.PathLike) -> Projector:
             f"{path}: this Rademacher projector was drawn on a CUDA device (TRAK {spec.get('backend')}); "
             "its matrix cannot be regenerated without one"
         )
-    return Projector(spec["kind"], spec["d"], spec["dim"], spec["seed"], device=device, backend=spec.get("backend"))
+    block = spec.get("block_size", LESS_BLOCK_SIZE) if spec.get("backend") != "fast_jl" else None
+    return Projector(
+        spec["kind"], spec["d"], spec["dim"], spec["seed"], device=device, backend=spec.get("backend"), block_size=block
+    )

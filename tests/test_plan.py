@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 from gs.plan import devices
+from gs.plan.projector import gpu_projector
 from gs.plan.report import check, predict
 from gs.plan.resources import RuleResources, rule_resources
 from gs.plan.stages import Stage, Work
@@ -151,3 +152,23 @@ def test_profile_resources_merge_like_snakemake():
     assert (res.mem_mb, res.runtime, res.gpu, res.threads) == (96000, 60, 1, 8)
     other = rule_resources("q", {"mem_mb": lambda wildcards, attempt: 8000 * attempt, "_threads": 2}, profile)
     assert (other.mem_mb, other.runtime, other.gpu, other.threads) == (8000, 60, 0, 2)
+
+
+def test_gpu_projector_memory_and_time_follow_trak():
+    d, p, b = 109_051_904, 8192, 4  # paper: Llama-3.1-8B LoRA r=128 q/k/v/o, LESS's 8192, gradients.batch_size 4
+    fast = gpu_projector(d, p, b, True, 132)
+    # fast_jl: float32 (8, 132, 8192) output (b = 4 padded to the kernel's batch of 8); 2 b d p FLOPs.
+    assert fast.backend == "fast_jl" and fast.device_bytes == 4 * 8 * 132 * 8192 == 34_603_008
+    assert fast.flops == 2 * 4 * d * 8192
+    basic = gpu_projector(d, p, b, False, 132)
+    # BasicProjector: 9 columns (4 GiB budget), 911 blocks; per block 20 B an entry generated, the (b, d)
+    # input re-read, plus the block read once by the matmul over all p columns.
+    assert basic.block == 9 and basic.device_bytes == 4 * d * 9
+    assert basic.bytes_streamed == 911 * (20 * d * 9 + 4 * 4 * d) + 4 * d * 8192
+    h100 = devices.gpu("H100-80GB")
+    stage = _stage(GIB, 0.0)
+    stage.projector_calls["projector"] = (basic, 100)
+    row = predict(stage, 0, "gpu", h100, 0.5, 0.7, 1e9, RuleResources(mem_mb=64000, runtime=600, gpu=1))
+    # bandwidth-bound: 100 calls x bytes / (3.35 TB/s x 0.7); the traced step has no FLOPs.
+    assert row.gpu_seconds == pytest.approx(100 * basic.bytes_streamed / (3.35e12 * 0.7))
+    assert row.gpu_seconds > 900  # 9.8 s a call: the fallback is slow

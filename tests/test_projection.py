@@ -9,7 +9,7 @@ import torch
 from trak.projectors import BasicProjector, ProjectionType
 
 from gs.io import InputError
-from gs.projection import Projector, load_projector
+from gs.projection import GPU_BLOCK_BYTES, Projector, basic_block_size, load_projector
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -60,6 +60,38 @@ def test_save_and_load_regenerate_the_same_projection(tmp_path):
     joblib.dump({"kind": "sparse", "d": 900, "dim": 40, "seed": 5}, tmp_path / "old.joblib")
     np.testing.assert_array_equal(
         load_projector(tmp_path / "old.joblib").transform(x), Projector("sparse", 900, 40, 5).transform(x)
+    )
+
+
+def test_gpu_fallback_block_fits_the_budget_and_is_saved(tmp_path):
+    # Paper scale: Llama-3.1-8B, LoRA r=128 on q/k/v/o: 32 layers x 128 x (8192 + 5120 + 5120 + 8192) = 109,051,904.
+    d = 109_051_904
+    assert GPU_BLOCK_BYTES == 4 * 2**30
+    assert basic_block_size(d, 8192, "cuda") == 9  # floor(4 GiB / (4 B x 109,051,904)) = floor(9.85)
+    assert basic_block_size(d, 8192, "cpu") == 128  # LESS's block off the GPU
+    assert basic_block_size(1000, 64, "cuda") == 64 and basic_block_size(1000, 8192, "cuda") == 128
+    with pytest.raises(InputError, match="GPU_BLOCK_BYTES"):
+        basic_block_size(2**30 + 1, 8192, "cuda")  # one float32 column: 4 GiB + 4 bytes
+    assert basic_block_size(2**30, 8192, "cuda") == 1  # exactly 4 GiB: one column
+    # A chosen block fixes TRAK's seeds (seed + 1000 * block): equal to BasicProjector(block_size=8), not 128,
+    # and a saved projector reloads with its block.
+    d, p, seed = 2000, 40, 3
+    x = torch.randn(4, d, generator=torch.Generator().manual_seed(0))
+    ref = BasicProjector(d, p, seed, ProjectionType.rademacher, torch.device("cpu"), block_size=8)
+    expected = ref.project(x, model_id=0).numpy()
+    proj = Projector("rademacher", d, p, seed, device="cpu", block_size=8)
+    np.testing.assert_allclose(proj.transform(x), expected, atol=1e-5 * np.abs(expected).max())
+    assert not np.allclose(Projector("rademacher", d, p, seed, device="cpu").transform(x), expected, atol=1e-2)
+    proj.save(tmp_path / "b8.joblib")
+    assert joblib.load(tmp_path / "b8.joblib")["block_size"] == 8
+    np.testing.assert_array_equal(load_projector(tmp_path / "b8.joblib").transform(x), proj.transform(x))
+    # a rademacher spec saved before the block was chosen used LESS's 128
+    joblib.dump(
+        {"kind": "rademacher", "d": d, "dim": p, "seed": seed, "backend": "basic", "device": "cpu"},
+        tmp_path / "o.joblib",
+    )
+    np.testing.assert_allclose(
+        load_projector(tmp_path / "o.joblib").transform(x), _trak_basic(d, p, seed, x), atol=1e-3
     )
 
 

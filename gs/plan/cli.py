@@ -136,6 +136,13 @@ def plan(
         "Host peak: measured import baseline per stage + host arrays + "
         + ("the traced step." if run_on == "cpu" else "nothing of the model (loaded straight onto the GPU)."),
         f"Resources: the rules' own, updated by profile {settings['profile'] or '(none)'}.",
+        "Rademacher projectors on a GPU (gs.plan.projector): "
+        + (
+            "TRAK CudaProjector (plan.fast_jl: true), 2 b d p float32 FLOPs a call."
+            if settings.get("fast_jl", False)
+            else "TRAK BasicProjector fallback (plan.fast_jl: false), blocks under gs.projection.GPU_BLOCK_BYTES, "
+            "d p entries regenerated a call at 24 bytes an entry of memory traffic."
+        ),
         shard_note(
             lambda s: [row_of(st) for st in planner.gradient_passes(s, n_methods, k) + planner.influence_pass(s)],
             int(config["gradients"].get("shards", 1)),

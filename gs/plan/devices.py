@@ -15,7 +15,8 @@ from gs.io import InputError
 
 @dataclass(frozen=True)
 class Gpu:
-    """A GPU: memory (bytes), dense peak TFLOP/s in bf16/fp16 tensor cores and in fp32, bandwidth (TB/s)."""
+    """A GPU: memory (bytes), dense peak TFLOP/s in bf16/fp16 tensor cores and in fp32, bandwidth (TB/s),
+    streaming multiprocessors (``sms``: fast_jl's feature tiles)."""
 
     name: str
     memory_bytes: int
@@ -23,15 +24,17 @@ class Gpu:
     fp32_tflops: float
     bandwidth_tbs: float
     source: str
+    sms: int = 132
 
 
 GB = 10**9
 # Vendor datasheets, SXM parts, dense (without 2:4 sparsity). float32 weights run on the fp32 units:
-# torch leaves TF32 matmuls off by default (torch.backends.cuda.matmul.allow_tf32 = False).
+# torch leaves TF32 matmuls off by default (torch.backends.cuda.matmul.allow_tf32 = False). SMs: NVIDIA's
+# Hopper (H100/H200 SXM5: 132) and Ampere (A100: 108) architecture whitepapers.
 GPUS: dict[str, Gpu] = {
-    "H100-80GB": Gpu("H100-80GB", 80 * GB, 989.0, 67.0, 3.35, "NVIDIA H100 Tensor Core GPU datasheet (SXM)"),
-    "A100-80GB": Gpu("A100-80GB", 80 * GB, 312.0, 19.5, 2.039, "NVIDIA A100 Tensor Core GPU datasheet (SXM 80GB)"),
-    "H200": Gpu("H200", 141 * GB, 989.0, 67.0, 4.8, "NVIDIA H200 Tensor Core GPU datasheet (SXM)"),
+    "H100-80GB": Gpu("H100-80GB", 80 * GB, 989.0, 67.0, 3.35, "NVIDIA H100 Tensor Core GPU datasheet (SXM)", 132),
+    "A100-80GB": Gpu("A100-80GB", 80 * GB, 312.0, 19.5, 2.039, "NVIDIA A100 Tensor Core GPU datasheet (SXM 80GB)", 108),
+    "H200": Gpu("H200", 141 * GB, 989.0, 67.0, 4.8, "NVIDIA H200 Tensor Core GPU datasheet (SXM)", 132),
 }
 
 

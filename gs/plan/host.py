@@ -123,8 +123,8 @@ def influence_bytes(
     CPU Rademacher projector, its int8 (d, p) matrix and a float32 (d, 128) conversion block. Device:
     the gradients still held (4 b d), the block moved back (4 b d, one with the first on the CPU), the
     Adam direction and a temporary (8 b d), a checkpoint's moments (8 d), the projected block and the
-    T target means (4 b p + 4 T p), and a GPU projector's (d, 128) float32 block. On a CPU run every
-    device array is a host array.
+    T target means (4 b p + 4 T p); a GPU Rademacher projector is counted by the planner
+    (:func:`gs.plan.projector.gpu_projector`). On a CPU run every device array is a host array.
     """
     proj = d if p is None else int(p)
     host_arrays = {"gradient block": F32 * batch * d, "scores": F64 * checkpoints * targets * n}
@@ -135,10 +135,8 @@ def influence_bytes(
     }
     if p is not None:
         if kind == "rademacher" and run_on == "cpu":
-            host_arrays["projector"] = projector_bytes(kind, d, proj, run_on) + F32 * d * 128
-        elif kind == "rademacher":
-            device["projector block"] = F32 * d * 128
-        else:
+            host_arrays["projector"] = projector_bytes(kind, d, proj, run_on) + F32 * d * min(128, proj)
+        elif kind != "rademacher":
             host_arrays["projector"] = projector_bytes(kind, d, proj, run_on)
     if run_on == "cpu":
         return {**host_arrays, **device}, {}

@@ -56,6 +56,9 @@ def predict(
                 flops, work.trace.bytes_read.get(phase, 0), work.dtype, device, mfu, bandwidth_efficiency
             )
             cpu_s += repeats * flops / (cpu_flops * max(1, resources.threads))
+    for cost, calls in stage.projector_calls.values():  # gs.plan.projector: float32 work per call
+        gpu_s += calls * gpu_seconds(cost.flops, cost.bytes_streamed, "float32", device, mfu, bandwidth_efficiency)
+        cpu_s += calls * cost.flops / (cpu_flops * max(1, resources.threads))
     row = Row(
         stage.stage, stage.rule, " ".join(stage.jobs), stage.device_bytes, weights, host, gpu_s, cpu_s, resources, []
     )

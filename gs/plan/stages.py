@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from gs.plan import host
+from gs.plan import devices, host
+from gs.plan.projector import ProjectorCost, gpu_projector
 from gs.plan.trace import Trace, decode_step, gradient_step, likelihood_step, trace_step, train_step
 
 MODEL_IMPORTS = ("peft",)
@@ -34,7 +35,8 @@ class Stage:
 
     ``device_bytes``: the stage's traced peak (0 for stages without a model); ``device_extra``: other
     device arrays (the SVD state on a GPU); ``host_extra``: host arrays by name; ``imports``: the
-    modules whose import the baseline measures; ``jobs``: the Snakemake jobs (wildcards) it stands for.
+    modules whose import the baseline measures; ``jobs``: the Snakemake jobs (wildcards) it stands for;
+    ``projector_calls``: per GPU projector, its cost and how many ``project`` calls the job makes.
     """
 
     stage: str
@@ -46,6 +48,7 @@ class Stage:
     host_extra: dict[str, int] = field(default_factory=dict)
     host_weights: int = 0
     note: str = ""
+    projector_calls: dict[str, tuple[ProjectorCost, float]] = field(default_factory=dict)
 
     @property
     def device_bytes(self) -> int:
@@ -80,6 +83,8 @@ class Planner:
         self.plan = config.get("plan", {})
         self.run_on = str(self.plan.get("run_on", "cpu"))
         self.prompt = int(self.plan.get("prompt_tokens", 256))
+        self.fast_jl = bool(self.plan.get("fast_jl", False))  # the planned env runs fast_jl (CudaProjector)
+        self.sms = devices.gpu(str(self.plan.get("gpu", "H100-80GB"))).sms
         self.n_pool = sum(_sizes(config, "train").values())
         self._cache: dict[tuple, Trace] = {}
 
@@ -89,6 +94,19 @@ class Planner:
         if full not in self._cache:
             self._cache[full] = trace_step(self.hf, dtype, lora, step, adapters=adapters, full_depth=self.full_depth)
         return self._cache[full]
+
+    def _projectors(self, stage: Stage, kind: str, d: int, b: int, calls: dict[int, float]) -> None:
+        """On a GPU run, the Rademacher projectors gs.projection builds there (``plan.fast_jl``:
+        CudaProjector, else BasicProjector with its chosen block): each one's device bytes (all alive
+        together) and its ``calls[p]`` calls on (b, d) blocks."""
+        if self.run_on != "gpu" or kind != "rademacher":
+            return
+        for p, n_calls in sorted(calls.items()):
+            cost = gpu_projector(d, p, b, self.fast_jl, self.sms)
+            what = "CudaProjector workspace" if cost.block is None else f"BasicProjector block, {cost.block} columns"
+            name = f"projector {p} ({what})"
+            stage.device_extra[name] = cost.device_bytes
+            stage.projector_calls[name] = (cost, n_calls)
 
     # ------------------------------------------------------------------ training
 
@@ -121,15 +139,21 @@ class Planner:
         co = Stage("gradient coherence", "gradient_coherence", ["coherence"], ("gs.features", "gs.quality"))
         co.work = [self._gradients(warm["lora"], gb, gt, gdtype, _ceil(n_job, gb))]
         co.host_extra = host.coherence_host_bytes(d, grads, n_methods, k)
+        # gs.features.stream_features: every projection dim once per batch, ELREA's dim again in its pass.
+        proj, nb = grads["projection"], _ceil(n_job, gb)
+        calls = {p: float(nb) for p in {int(q) for q in proj["dims"]} | {int(proj["elrea_dim"])}}
+        calls[int(proj["elrea_dim"])] += nb * (passes - 1)
         if shards == 1:
             stage = Stage("gradient features", "extract_gradient_features", ["extract"], ("gs.features",), [ex])
             stage.host_extra = host.extract_host_bytes(d, n, grads, self.run_on)
-            stage.device_extra = svd_device
+            stage.device_extra = dict(svd_device)
+            self._projectors(stage, proj.get("kind", "sparse"), d, gb, calls)
             return [stage, co]
         jobs = [f"shard{i}" for i in range(shards)]
         stage = Stage(f"gradient features, 1 of {shards} shards", "extract_gradient_shard", jobs, ("gs.shards",), [ex])
         stage.host_extra = host.extract_host_bytes(d, n_job, grads, self.run_on)
-        stage.device_extra = svd_device
+        stage.device_extra = dict(svd_device)
+        self._projectors(stage, proj.get("kind", "sparse"), d, gb, calls)
         out = [stage]
         if grads["svd"]["method"] == "frequent_directions":  # no left factor: coordinates in a second pass
             second = self._gradients(warm["lora"], gb, gt, gdtype, _ceil(n_job, gb))
@@ -202,6 +226,9 @@ class Planner:
             icfg.get("projection_kind", "sparse"),
             self.run_on,
         )
+        if icfg.get("projection_dim") is not None:
+            p = int(icfg["projection_dim"])
+            self._projectors(inf, icfg.get("projection_kind", "sparse"), inf.work[0].trace.lora_dim, gb, {p: batches})
         if shards == 1:
             return [inf]
         merge = Stage(f"merge of {shards} influence shards", "merge_influence_shards", ["merge"], ("gs.shards",))
@@ -241,7 +268,8 @@ class Planner:
         if "ucb_clustering" in c["selection"]:
             # gs.ucb_clustering: the influence pipeline at one checkpoint (pool and targets), features (n, p).
             ucb = Stage("ClusterUCB arms", "clusterucb_clusters", ["clusterucb_clusters"], ("gs.ucb_clustering",))
-            ucb.work = [self._gradients(warm["lora"], gb, gt, gdtype, _ceil(n, gb) + sum(_ceil(v, gb) for v in n_val))]
+            ucb_batches = _ceil(n, gb) + sum(_ceil(v, gb) for v in n_val)
+            ucb.work = [self._gradients(warm["lora"], gb, gt, gdtype, ucb_batches)]
             ucb.host_extra, ucb.device_extra = host.influence_bytes(
                 d,
                 n,
@@ -253,6 +281,9 @@ class Planner:
                 self.run_on,
             )
             ucb.host_extra["features"] = host.F32 * n * int(icfg.get("projection_dim") or d)
+            if icfg.get("projection_dim") is not None:
+                p = int(icfg["projection_dim"])
+                self._projectors(ucb, icfg.get("projection_kind", "sparse"), d, gb, {p: ucb_batches})
             out.append(ucb)
         sel = Stage("selection", "select_data", targets, ("gs.selection",))
         sel.host_extra = {"influence scores": host.F64 * (ckpts + 1) * len(targets) * n}
