@@ -16,8 +16,8 @@ Brand (:func:`merge_brand`)
     Shard ``i`` holds ``A_i ~= U_i diag(s_i) V_i^T`` (``U_i`` ``(n_i, m_i)``, ``V_i^T`` ``(m_i, d)``, its
     whole internal state, ``m_i <= rank + oversample``). Then ``A = [A_1; ...; A_S] ~= blkdiag(U_i) M``
     with ``M = [diag(s_1) V_1^T; ...; diag(s_S) V_S^T]`` ``(sum m_i, d)``. Take the exact SVD
-    ``M = P Sigma W^T`` (computed by Brand's own block update, :class:`gs.svd.BrandSVD`, fed the blocks
-    ``diag(s_i) V_i^T`` with no truncation: ``oversample = sum m_i - rank``). Since ``blkdiag(U_i)`` and
+    ``M = P Sigma W^T`` (from the small Gram matrix ``M M^T``, block by block, so the ``(sum m_i, d)``
+    stack is never formed: :func:`merge_brand`). Since ``blkdiag(U_i)`` and
     ``P`` have orthonormal columns, so has their product, and ``blkdiag(U_i) P Sigma W^T`` is an SVD of
     the shards' combined approximation: the merged basis is the top-``rank`` rows of ``W^T`` and the
     coordinates of shard ``i``'s samples are ``U_i P_i Sigma = U_i diag(s_i) V_i^T W`` (``P_i`` the
@@ -101,25 +101,64 @@ def shard_records(records: list[dict[str, Any]], index: int, shards: int) -> lis
 def merge_brand(states: list[BrandSVD]) -> tuple[BrandSVD, np.ndarray]:
     """Merged SVD of the shards' Brand states and every sample's coordinates (module docstring).
 
-    ``states`` in pool order, same rank, dimension, device and dtype. Returns the merged
-    :class:`~gs.svd.BrandSVD` (its ``components_`` ``(k, d)``, ``singular_values_`` ``(k,)``,
-    ``k <= rank``) and the ``(sum n_i, k)`` coordinates ``U_i P_i Sigma`` of the samples, pool order,
-    signs matching ``components_``. Device memory: the stacked ``(sum m_i, d)`` state and its update,
-    ``d (2 sum m_i + 3 max m_i)`` state-dtype words at most (:class:`gs.svd.OnlineSVD`).
+    ``states`` in pool order, same rank, dimension, device and dtype. The SVD ``M = P Sigma W^T`` of the
+    stacked ``M = [diag(s_i) V_i^T]`` ``(sum m_i, d)`` is taken from its small Gram matrix
+    ``M M^T = P Sigma^2 P^T`` (blocks ``diag(s_i) V_i^T V_j diag(s_j)``, inner products over ``d`` in
+    float64, :func:`gs.svd._inner`), and ``W^T = Sigma^-1 P^T M`` is accumulated shard by shard, so the
+    stack is never formed: device memory is the shards' states plus the ``(k, d)`` result,
+    ``d (sum m_i + k)`` state-dtype words. Only the top ``k <= rank`` directions are formed; the Gram
+    route resolves singular values down to ``sqrt(eps)`` of the largest, far below any top-``rank`` one
+    of real gradients (directions under that are dropped, as in :func:`gs.svd.exact_top_svd`).
+
+    Returns the merged :class:`~gs.svd.BrandSVD` (``components_`` ``(k, d)`` = the top rows of ``W^T``,
+    ``singular_values_`` ``(k,)``, left factor ``[U_i P_i]``) and the ``(sum n_i, k)`` coordinates
+    ``U_i P_i Sigma`` of the samples, pool order, signs matching ``components_``.
     """
+    from gs.svd import _EPS, _inner, _sign_flips, _small
+
     first = states[0]
     factors = [s.state_factors() for s in states]
-    total = sum(s.shape[0] for _, s in factors)
-    merged = BrandSVD(first.rank, oversample=max(0, total - first.rank), device=first.device, dtype=first.dtype)
-    for vt, s in factors:
-        merged.partial_fit(vt * torch.as_tensor(s, dtype=vt.dtype, device=vt.device)[:, None])
-    p_sigma = merged.seen_coordinates()  # (total, k): P Sigma, signed as components_
-    coords, offset = [], 0
-    for state, (_, s) in zip(states, factors, strict=True):
-        m = s.shape[0]
-        coords.append(state.left_factor()[:, :m] @ p_sigma[offset : offset + m])
-        offset += m
-    return merged, np.concatenate(coords)
+    sizes = [s.shape[0] for _, s in factors]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    gram = np.zeros((offsets[-1], offsets[-1]))
+    for i, (vt_i, s_i) in enumerate(factors):
+        for j in range(i, len(factors)):
+            vt_j, s_j = factors[j]
+            block = s_i[:, None] * _inner(vt_i, vt_j) * s_j[None, :]
+            gram[offsets[i] : offsets[i + 1], offsets[j] : offsets[j + 1]] = block
+            gram[offsets[j] : offsets[j + 1], offsets[i] : offsets[i + 1]] = block.T
+    lam, vec = np.linalg.eigh(gram)
+    lam, vec = lam[::-1], vec[:, ::-1]
+    sig = np.sqrt(np.maximum(lam, 0.0))
+    top = float(sig[0]) if sig.size else 0.0
+    floor = max(_EPS * max(first.dim or 1, gram.shape[0]) * top, np.sqrt(_EPS) * top)
+    k = min(first.rank, int(np.count_nonzero(sig > floor)))
+    sig, p = sig[:k], vec[:, :k]
+    wt = factors[0][0].new_zeros((k, first.dim))
+    for (vt_i, s_i), lo, hi in zip(factors, offsets[:-1], offsets[1:], strict=True):
+        if k and hi > lo:
+            wt.addmm_(_small((p[lo:hi] * s_i[:, None]).T / sig[:, None], wt), vt_i)
+    signs = _sign_flips(wt)
+    left = np.concatenate(
+        [state.left_factor()[:, :m] @ p[lo : lo + m] for state, m, lo in zip(states, sizes, offsets, strict=False)]
+    )
+    merged = BrandSVD(first.rank, oversample=first.oversample, device=first.device, dtype=first.dtype)
+    merged.load_state_dict(
+        {
+            "method": merged.method,
+            "rank": merged.rank,
+            "options": {"oversample": merged.oversample},
+            "dtype": str(merged.dtype).removeprefix("torch."),
+            "dim": first.dim,
+            "n_seen": left.shape[0],
+            "vt": wt.cpu(),
+            "s": torch.from_numpy(sig.copy()),
+            "u_rows": [torch.from_numpy(left)],
+            "u_pos": [0],
+            "w": [],
+        }
+    )
+    return merged, left * (sig * signs)[None, :]
 
 
 def merge_frequent_directions(states: list[FrequentDirections]) -> FrequentDirections:

@@ -167,15 +167,19 @@ class Planner:
             coords.host_extra = {"coordinates": host.F64 * n_job * rank}
             coords.device_extra = svd_device
             out.append(coords)
-        # The merge holds every shard's features and stacks the S states (gs.shards.merge_brand: Brand's
-        # update of m = S (rank + oversample) rows, d (2 m + 3 m_i) words, float32 on a GPU).
+        # The merge holds every shard's features and the S states (m_i rows of d each) on the state's
+        # device, float32 on a GPU. gs.shards.merge_brand: the states and the (rank, d) merged basis
+        # (Gram route, no stack); merge_frequent_directions: the states and one FD update of a sketch
+        # of ell rows by a state, d (2 ell + 3 m_i).
         m_i = rank + int(grads["svd"].get("options", {}).get("oversample", 0))
+        extra_rows = rank
         if grads["svd"]["method"] == "frequent_directions":
             m_i = int(grads["svd"].get("options", {}).get("sketch_size", 2 * rank))
+            extra_rows = 5 * m_i
         merge = Stage(f"merge of {shards} gradient shards", "merge_gradient_shards", ["merge"], ("gs.shards",))
         merge.host_extra = host.extract_host_bytes(d, n, grads, self.run_on)
         merge.host_extra["shard states"] = host.F32 * d * shards * m_i
-        stacked = {"stacked svd states": host.F32 * d * (2 * shards * m_i + 3 * m_i)}
+        stacked = {"svd states and merged basis": host.F32 * d * (shards * m_i + extra_rows)}
         if self.run_on == "gpu":
             merge.device_extra = stacked
         else:
