@@ -97,14 +97,24 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
     return n
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read JSON lines; a missing file or a line that is not a JSON object is an :class:`InputError`."""
+def read_jsonl_numbered(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` for every non-blank line of a JSONL file.
+
+    Reads bytes and decodes line by line, so a file that is not UTF-8 is a one-line
+    :class:`InputError` naming the line (a leading byte-order mark is accepted); a missing file or a
+    line that is not a JSON object is one too. Blank lines are skipped but keep the numbering.
+    """
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: file not found")
     rows = []
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(p, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                bad = f"byte {raw[e.start]:#04x} at column {e.start + 1}"
+                raise InputError(f"{p}:{lineno}: not UTF-8 ({bad})") from None
             if not line.strip():
                 continue
             try:
@@ -113,8 +123,13 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
                 raise InputError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise InputError(f"{p}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+            rows.append((lineno, row))
     return rows
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a JSONL file (:func:`read_jsonl_numbered` without the line numbers)."""
+    return [row for _, row in read_jsonl_numbered(path)]
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gs.io import InputError
+from gs.io import InputError, read_jsonl_numbered
 
 Item = dict[str, Any]
 ASSETS = Path(__file__).parent / "assets"
@@ -194,36 +194,6 @@ def _distinct(items: list[Item]) -> list[Item]:
     return out
 
 
-def _read_user_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
-    """``(line number, row)`` for every non-blank line of a user's JSONL file.
-
-    Reads bytes and decodes line by line, so a file that is not UTF-8 is a one-line
-    :class:`InputError` naming the line (a leading byte-order mark is accepted); a line that is not
-    a JSON object names its line too. Blank lines are skipped but keep the numbering.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: file not found")
-    rows = []
-    with open(p, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                bad = f"byte {raw[e.start]:#04x} at column {e.start + 1}"
-                raise InputError(f"{p}:{lineno}: not UTF-8 ({bad})") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{p}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append((lineno, row))
-    return rows
-
-
 #: Strings ``pandas.read_csv`` reads as a missing value by default (its ``na_values``): an id like
 #: these would be lost in the suite's ``id,cluster`` CSV files.
 CSV_MISSING = frozenset(
@@ -255,7 +225,7 @@ def jsonl(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
     path = options["path"]
     first_line: dict[str | int, int] = {}
     rows = []
-    for lineno, r in _read_user_jsonl(path):
+    for lineno, r in read_jsonl_numbered(path):
         where = f"{path}:{lineno}"
         if "id" in r:
             uid = _user_id(r["id"], where)

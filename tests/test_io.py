@@ -147,3 +147,14 @@ def test_failed_block_removes_its_temporary(tmp_path):
         (tmp / "f").write_text("half")
         raise RuntimeError("stage failed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_read_jsonl_names_the_line_of_bad_bytes_and_keeps_numbering(tmp_path):
+    from gs.io import InputError, read_jsonl, read_jsonl_numbered
+
+    path = tmp_path / "split.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"id": "a"}\n\n{"id": "b"}\n{"id": "caf\xe9"}\n')
+    with pytest.raises(InputError, match=r"split\.jsonl:4: not UTF-8 \(byte 0xe9 at column 12\)"):
+        read_jsonl(path)
+    path.write_bytes(b'\xef\xbb\xbf{"id": "a"}\n\n{"id": "b"}\n')
+    assert read_jsonl_numbered(path) == [(1, {"id": "a"}), (3, {"id": "b"})]
