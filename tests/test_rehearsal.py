@@ -93,7 +93,7 @@ def test_rehearsal_runs_the_paper_path_and_resumes_a_killed_extraction(tmp_path)
         capture_output=True,
         text=True,
         timeout=900,
-        env=ENV,
+        env={**ENV, "OMP_NUM_THREADS": "1"},  # as Snakemake gives the one-thread job (bf16 sums)
     )
     assert once.returncode == 0, once.stderr[-3000:]
     with np.load(res / "gradients" / "features.npz") as a, np.load(fresh / "features.npz") as b:
