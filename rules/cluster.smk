@@ -1,14 +1,3 @@
-def match_k_input(wildcards):
-    """Random clusters with k: auto take the k that GradientSpace's silhouette chose (a baseline at equal k)."""
-    if wildcards.method == "random" and config["cluster"].get("k") == "auto":
-        return {"match_k": "results/clusters/gradientspace/cluster_info.json"}
-    return {}
-
-
-def match_k_arg(wildcards, input):
-    return f"--match-k {input.match_k}" if "match_k" in input.keys() else ""
-
-
 rule cluster_samples:
     input:
         unpack(match_k_input),

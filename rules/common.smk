@@ -111,3 +111,42 @@ def system_tasks(wildcards):
     else:
         domains = DOMAINS
     return " ".join(f"gs_{d} gs_{d}_likelihood" for d in domains)
+
+
+# Gradient passes (rules/gradients.smk, rules/cluster.smk, rules/selection.smk).
+SHARDS = int(config["gradients"].get("shards", 1))
+SHARD_IDS = list(range(SHARDS))
+# The gradients section without `shards`: the number of jobs changes no job's result, so it stays out of
+# their params (no rerun of the warm-up or a shard's fingerprint when S changes).
+GRADIENT_PARAMS = {k: v for k, v in config["gradients"].items() if k != "shards"}
+# Frequent Directions keeps no left factor: its shards take coordinates in a second pass over the merged basis.
+SHARD_SECOND_PASS = config["gradients"]["svd"]["method"] == "frequent_directions"
+PROJECTION_DIMS = sorted(
+    set(config["gradients"]["projection"]["dims"])
+    | {config["gradients"]["projection"]["elrea_dim"]}
+)
+
+
+def merge_shard_inputs(wildcards):
+    """The shards' states, and for Frequent Directions the merged basis and the second-pass coordinates."""
+    inputs = {
+        "states": expand("results/gradients/shards/{shard}/shard.pt", shard=SHARD_IDS)
+    }
+    if SHARD_SECOND_PASS:
+        inputs["basis"] = "results/gradients/shards/basis.pt"
+        inputs["coords"] = expand(
+            "results/gradients/shards/{shard}/coords.npy", shard=SHARD_IDS
+        )
+    return inputs
+
+
+# Clustering (rules/cluster.smk).
+def match_k_input(wildcards):
+    """Random clusters with k: auto take the k that GradientSpace's silhouette chose (a baseline at equal k)."""
+    if wildcards.method == "random" and config["cluster"].get("k") == "auto":
+        return {"match_k": "results/clusters/gradientspace/cluster_info.json"}
+    return {}
+
+
+def match_k_arg(wildcards, input):
+    return f"--match-k {input.match_k}" if "match_k" in input.keys() else ""

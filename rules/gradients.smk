@@ -2,18 +2,6 @@
 # (results/gradients/shards/<i>/) and a merge job that writes the single pass's files (gs.shards); S = 1 is the
 # single job extract_gradient_features, and the shard rules never enter the DAG. The coherence pass
 # (rules/cluster.smk) and LESS influence (less_influence, rules/selection.smk; its shards below) split the same way.
-SHARDS = int(config["gradients"].get("shards", 1))
-SHARD_IDS = list(range(SHARDS))
-# The gradients section without `shards`: the number of jobs changes no job's result, so it stays out of
-# their params (no rerun of the warm-up or a shard's fingerprint when S changes).
-GRADIENT_PARAMS = {k: v for k, v in config["gradients"].items() if k != "shards"}
-# Frequent Directions keeps no left factor: its shards take coordinates in a second pass over the merged basis.
-SHARD_SECOND_PASS = config["gradients"]["svd"]["method"] == "frequent_directions"
-PROJECTION_DIMS = sorted(
-    set(config["gradients"]["projection"]["dims"])
-    | {config["gradients"]["projection"]["elrea_dim"]}
-)
-
 if SHARDS > 1:
 
     ruleorder: merge_gradient_shards > extract_gradient_features
@@ -171,15 +159,6 @@ rule gradient_shard_coordinates:
         " --out {output} > {log} 2>&1"
 
 
-def merge_shard_inputs(wildcards):
-    """The shards' states, and for Frequent Directions the merged basis and the second-pass coordinates."""
-    inputs = {"states": expand("results/gradients/shards/{shard}/shard.pt", shard=SHARD_IDS)}
-    if SHARD_SECOND_PASS:
-        inputs["basis"] = "results/gradients/shards/basis.pt"
-        inputs["coords"] = expand("results/gradients/shards/{shard}/coords.npy", shard=SHARD_IDS)
-    return inputs
-
-
 rule merge_gradient_shards:
     # The single pass's files from the S shard states (gs.shards.merge_shards).
     input:
@@ -205,7 +184,9 @@ rule merge_gradient_shards:
         seed=config["seed"],
         dirs=expand("results/gradients/shards/{shard}", shard=SHARD_IDS),
         fd=lambda wildcards, input: (
-            f" --basis {input.basis} --coords {' '.join(input.coords)}" if SHARD_SECOND_PASS else ""
+            f" --basis {input.basis} --coords {' '.join(input.coords)}"
+            if SHARD_SECOND_PASS
+            else ""
         ),
     shell:
         "python -m gs.shards merge --shard-dirs {params.dirs} --params {params.cfg} --seed {params.seed}"

@@ -1,6 +1,8 @@
 # The resource plan, the DAG's first rule: predicted device/host memory and time of every stage
 # against the resources the profile gives it (gs.plan); it fails with one line when one cannot fit.
-PLAN_CONFIGFILE = ([str(f) for f in workflow.overwrite_configfiles] or ["config/config.yaml"])[-1]
+PLAN_CONFIGFILE = (
+    [str(f) for f in workflow.overwrite_configfiles] or ["config/config.yaml"]
+)[-1]
 
 
 rule plan:

@@ -44,8 +44,12 @@ rule tables_and_figures:
         ablation_png=report("results/figures/ablation.png", category="Figures"),
         latency=report("results/tables/latency.md", category="Tables"),
         clusterucb=report("results/tables/clusterucb.md", category="Tables"),
-        clusterucb_budget=report("results/tables/clusterucb_budget.md", category="Tables"),
-        clusterucb_ablation=report("results/tables/clusterucb_ablation.md", category="Tables"),
+        clusterucb_budget=report(
+            "results/tables/clusterucb_budget.md", category="Tables"
+        ),
+        clusterucb_ablation=report(
+            "results/tables/clusterucb_ablation.md", category="Tables"
+        ),
         budget_png=report("results/figures/clusterucb_budget.png", category="Figures"),
         compute="results/tables/compute.csv",
     log:

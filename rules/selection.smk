@@ -60,14 +60,20 @@ rule clusterucb_clusters:
 
 # The bandit's arms: ClusterUCB's own clusters, or another method's (selection.clusters).
 UCB_ARMS = config["selection"]["clusters"]
-COMPARE_ARMS = [m for m in config["selection"].get("compare_clusters", []) if m != UCB_ARMS]
+COMPARE_ARMS = [
+    m for m in config["selection"].get("compare_clusters", []) if m != UCB_ARMS
+]
 
 
 rule select_data:
     input:
         influence="results/selection/influence.npz",
         clustering="results/selection/clusterucb_clusters",
-        assignments=[] if UCB_ARMS == "clusterucb" else f"results/clusters/{UCB_ARMS}/assignments.csv",
+        assignments=(
+            []
+            if UCB_ARMS == "clusterucb"
+            else f"results/clusters/{UCB_ARMS}/assignments.csv"
+        ),
         compare=expand("results/clusters/{method}/assignments.csv", method=COMPARE_ARMS),
         model=model_dir(),
         warmup="results/gradients/warmup",
@@ -92,8 +98,14 @@ rule select_data:
     params:
         cfg=json_param(config["selection"]),
         grads=json_param(config["gradients"]),
-        arms="" if UCB_ARMS == "clusterucb" else f"--assignments results/clusters/{UCB_ARMS}/assignments.csv",
-        compare=" ".join(f"{m}=results/clusters/{m}/assignments.csv" for m in COMPARE_ARMS),
+        arms=(
+            ""
+            if UCB_ARMS == "clusterucb"
+            else f"--assignments results/clusters/{UCB_ARMS}/assignments.csv"
+        ),
+        compare=" ".join(
+            f"{m}=results/clusters/{m}/assignments.csv" for m in COMPARE_ARMS
+        ),
         seed=config["seed"],
     shell:
         # ClusterUCB's draws are computed on demand from the model (gs.on_demand); the full pass is LESS's.
