@@ -38,7 +38,7 @@ def _config(**over):
 
 
 # Run in a fresh process: build the model for real, attach LoRA with gs.training.attach_lora, note the
-# resident set, run the real per-sample gradient step and read the peak resident set (ru_maxrss).
+# resident set, run the real per-sample gradient step and read the peak resident set since then (VmHWM, reset).
 REAL_STEP = textwrap.dedent(
     """
     import json, resource, sys
@@ -55,9 +55,13 @@ REAL_STEP = textwrap.dedent(
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
     per_sample_lora_gradients(model, {k: v[:1] for k, v in batch.items()})  # warm up lazy allocations
     page = resource.getpagesize()
+    # Reset the peak (VmHWM) so that building the model does not count as the step's peak.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     before = int(open("/proc/self/statm").read().split()[1]) * page
     per_sample_lora_gradients(model, batch)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    status = open("/proc/self/status").read()
+    peak = int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1]) * 1024
     print(json.dumps({"before": before, "peak": peak}))
     """
 )
