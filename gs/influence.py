@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from gs.data import load_records
-from gs.io import InputError, atomic_path, parse_params, run_cli
+from gs.io import InputError, atomic_path, parse_params, parse_target_specs, run_cli
 from gs.less import adam_precondition
 from gs.models import load_model, load_tokenizer
 from gs.projection import KINDS, Projector
@@ -241,12 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    targets = {}
-    for spec in args.targets:
-        name, _, path = spec.partition("=")
-        if not path:
-            raise InputError(f"--targets expects DOMAIN=path, got {spec!r}")
-        targets[name] = load_records(path)
+    targets = {name: load_records(path) for name, path in parse_target_specs(args.targets).items()}
     arrays = compute_influence(
         args.model_dir, args.warmup, load_records(args.train), targets, parse_params(args.params), args.seed
     )

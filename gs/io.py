@@ -158,6 +158,17 @@ def parse_params(text: str, what: str = "--params") -> dict[str, Any]:
     return params
 
 
+def parse_target_specs(specs: list[str], what: str = "--targets") -> dict[str, str]:
+    """``DOMAIN=path`` arguments as ``{domain: path}``; a spec without ``=path`` is one line of error."""
+    targets = {}
+    for spec in specs:
+        name, _, path = spec.partition("=")
+        if not path:
+            raise InputError(f"{what} expects DOMAIN=path, got {spec!r}")
+        targets[name] = path
+    return targets
+
+
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     """Read a JSON file; a missing file or bad JSON is an :class:`InputError` naming ``what``."""
     p = Path(path)

@@ -70,7 +70,7 @@ from gs.features import (
     stream_features,
     write_features,
 )
-from gs.io import InputError, atomic_path, parse_params, run_cli, write_json
+from gs.io import InputError, atomic_path, parse_params, parse_target_specs, run_cli, write_json
 from gs.svd import BrandSVD, FrequentDirections, OnlineSVD, make_online_svd, resolve_device
 from gs.training import seed_everything
 
@@ -548,14 +548,16 @@ def main(argv: list[str] | None = None) -> None:
     elif args.cmd == "merge":
         merge_shards(args.shard_dirs, params, args.seed, args.out_dir, basis_file=args.basis, coords_files=args.coords)
     elif args.cmd == "influence":
-        targets = {}
-        for spec in args.targets:
-            name, _, path = spec.partition("=")
-            if not path:
-                raise InputError(f"--targets expects DOMAIN=path, got {spec!r}")
-            targets[name] = path
         influence_shard(
-            args.model_dir, args.warmup, args.train, targets, params, args.seed, args.shard, args.shards, args.out
+            args.model_dir,
+            args.warmup,
+            args.train,
+            parse_target_specs(args.targets),
+            params,
+            args.seed,
+            args.shard,
+            args.shards,
+            args.out,
         )
     elif args.cmd == "merge-influence":
         merge_influence(args.shard_files, args.out)

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from gs.checks import int_param
-from gs.io import InputError, atomic_path, parse_params, run_cli
+from gs.io import InputError, atomic_path, parse_params, parse_target_specs, run_cli
 
 __all__ = ["clustering_checkpoint", "clustering_pass", "kmeans_cosine"]
 
@@ -166,12 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args(argv)
-    targets = {}
-    for spec in args.targets:
-        name, _, path = spec.partition("=")
-        if not path:
-            raise InputError(f"--targets expects DOMAIN=path, got {spec!r}")
-        targets[name] = load_records(path)
+    targets = {name: load_records(path) for name, path in parse_target_specs(args.targets).items()}
     params = parse_params(args.params)
     arrays = clustering_pass(
         args.model_dir,
