@@ -7,10 +7,6 @@ Nothing here computes a result: it reads ``results/`` and lays the numbers out. 
   plus the mean over domains;
 * ``likelihood``: the same rows, scored by the bits per byte of held-out reference answers under
   each system's routing (the gs_<domain>_likelihood tasks), with a bar figure;
-* ``router``: each router's held-out accuracy against the majority-class baseline, and its latency;
-* ``cluster_quality``: NMI / ARI / purity against the hidden domains and gradient coherence;
-* ``ablation``: full-dimension GradientSpace clustering against random projections of several sizes
-  (the paper's central claim), on the clustering metrics and, where experts exist, accuracy;
 * ``latency``: the latency measurements; ``clusterucb``: selection accuracy and compute;
 * ``compute``: wall time, memory and CPU time of every job (Snakemake ``benchmark:`` files).
 """
@@ -112,77 +108,6 @@ def plot_likelihood(df: pd.DataFrame, domains: list[str], path: Path) -> None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.suptitle("Held-out answer likelihood per system and domain")
-    save_figure(fig, path)
-
-
-def router_table(router_dirs: dict[str, Path]) -> pd.DataFrame:
-    rows = []
-    for method, d in router_dirs.items():
-        info = read_json(d / "router.json")
-        rows.append(
-            {
-                "method": method,
-                "experts": len(info.get("expert_ids", [])),
-                "encoder": info.get("encoder"),
-                "heldout_accuracy": info.get("heldout_accuracy"),
-                "majority_baseline": info.get("majority_baseline_accuracy"),
-                "n_heldout": info.get("n_heldout"),
-                "train_accuracy": info.get("train_accuracy"),
-                "latency_ms_per_prompt": info.get("latency_ms_per_prompt"),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def ablation_table(
-    quality: pd.DataFrame,
-    features_summary: dict[str, Any],
-    elrea_dim: int,
-    main: pd.DataFrame | None,
-    likelihood: pd.DataFrame | None = None,
-) -> pd.DataFrame:
-    """Full-dimension clustering vs k-means on random projections of the same gradients."""
-    rows = []
-    for _, q in quality.iterrows():
-        method = q["method"]
-        if method == "gradientspace":
-            dim = features_summary.get("d")
-            label = f"full dimension ({dim:,}) + online SVD" if dim else "full dimension + online SVD"
-        elif method == "elrea":
-            dim, label = elrea_dim, f"random projection to {elrea_dim} (ELREA)"
-        elif method.startswith("rp") and method[2:].isdigit():
-            dim, label = int(method[2:]), f"random projection to {method[2:]}"
-        else:
-            continue
-        row = {
-            "method": method,
-            "gradient space": label,
-            "dimension": dim,
-            **{k: q[k] for k in ("k", "nmi", "ari", "purity", "coherence")},
-        }
-        for name, table in (("accuracy", main), ("bits per byte", likelihood)):
-            if table is not None:
-                hit = table[table["system"] == f"{method}-single"]
-                value = hit["average"].iloc[0] if len(hit) else None
-                row[f"{name} (single expert, mean)"] = None if value is None else float(value)
-        rows.append(row)
-    return pd.DataFrame(rows).sort_values("dimension", ascending=False, key=lambda s: s.astype(float))
-
-
-def plot_ablation(df: pd.DataFrame, path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    proj = df[df["method"] != "gradientspace"].sort_values("dimension")
-    full = df[df["method"] == "gradientspace"]
-    for ax, metric in zip(axes, ("nmi", "coherence"), strict=True):
-        ax.plot(proj["dimension"], proj[metric].astype(float), "o-", label="random projection + k-means")
-        if len(full):
-            ax.axhline(float(full[metric].iloc[0]), color="C3", ls="--", label="full dimension (GradientSpace)")
-        ax.set_xscale("log")
-        ax.set_xlabel("projection dimension")
-        ax.set_ylabel({"nmi": "NMI vs. domains", "coherence": "within-cluster gradient cosine"}[metric])
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Full-dimension vs. random-projection gradient clustering")
     save_figure(fig, path)
 
 
@@ -298,7 +223,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", default="results")
     parser.add_argument("--eval", nargs="*", default=[], help="SYSTEM=path.json for the main table")
     parser.add_argument("--selection-eval", nargs="*", default=[], help="SYSTEM=path.json of ClusterUCB runs")
-    parser.add_argument("--methods", nargs="+", required=True)
     parser.add_argument("--targets", nargs="*", default=[])
     parser.add_argument("--domains", nargs="+", required=True)
     parser.add_argument("--benchmarks", default="benchmarks")
@@ -332,18 +256,6 @@ def main(argv: list[str] | None = None) -> None:
         "-sum log2 p(reference answer | prompt) / sum UTF-8 bytes, under each system's own routing and mixture.",
     )
     plot_likelihood(likelihood_df, args.domains, figures / "likelihood.png")
-    write_table(
-        router_table({m: res / "router" / m for m in args.methods}),
-        tables / "router",
-        title="Router accuracy (held-out training prompts, cluster ids as labels)",
-    )
-    quality = pd.read_csv(res / "clusters" / "quality.csv")
-    write_table(quality, tables / "cluster_quality", title="Cluster quality against the hidden domain labels")
-    extract = read_json(res / "gradients" / "extract.json")
-    elrea_dim = int(np.load(res / "gradients" / "features.npz")["elrea_dim"])
-    ablation = ablation_table(quality, extract, elrea_dim, main_df, likelihood_df)
-    write_table(ablation, tables / "ablation", title="Full-dimension vs. random-projection clustering")
-    plot_ablation(ablation, figures / "ablation.png")
     latency = pd.read_csv(res / "latency" / "latency.csv")
     write_table(latency, tables / "latency", title="Inference latency: single expert vs. ensembles")
     if args.targets:

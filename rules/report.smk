@@ -30,18 +30,12 @@ rule tables_and_figures:
         evals=expand("results/eval/{system}.json", system=SYSTEMS),
         selection_evals=expand("results/eval/{system}.json", system=SELECTION_SYSTEMS),
         selections=expand("results/selection/{target}/selection.json", target=TARGETS),
-        routers=expand("results/router/{method}", method=METHODS),
-        quality="results/clusters/quality.csv",
         latency="results/latency/latency.csv",
     output:
         main=report("results/tables/main.md", category="Tables"),
         main_csv="results/tables/main.csv",
         likelihood=report("results/tables/likelihood.md", category="Tables"),
         likelihood_png=report("results/figures/likelihood.png", category="Figures"),
-        router=report("results/tables/router.md", category="Tables"),
-        quality=report("results/tables/cluster_quality.md", category="Tables"),
-        ablation=report("results/tables/ablation.md", category="Tables"),
-        ablation_png=report("results/figures/ablation.png", category="Figures"),
         latency=report("results/tables/latency.md", category="Tables"),
         clusterucb=report("results/tables/clusterucb.md", category="Tables"),
         clusterucb_budget=report(
@@ -63,10 +57,9 @@ rule tables_and_figures:
         selection_evals=" ".join(
             f"{s}=results/eval/{s}.json" for s in SELECTION_SYSTEMS
         ),
-        methods=" ".join(METHODS),
         targets=" ".join(TARGETS),
         domains=" ".join(DOMAINS),
     shell:
         "python -m gs.report --eval {params.evals} --selection-eval {params.selection_evals}"
-        " --methods {params.methods} --targets {params.targets} --domains {params.domains}"
+        " --targets {params.targets} --domains {params.domains}"
         " > {log} 2>&1"

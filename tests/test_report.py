@@ -16,12 +16,10 @@ import pytest
 from gs.io import InputError, write_json
 from gs.report import (
     LIKELIHOOD_TASKS,
-    ablation_table,
     clusterucb_table,
     compute_table,
     main,
     main_table,
-    router_table,
 )
 
 DOMAINS = ["math", "code", "finance", "writing"]
@@ -99,76 +97,6 @@ def test_systems_must_agree_on_the_metric_of_a_domain(tmp_path, eval_files):
         main_table({**eval_files, "other": tmp_path / "other.json"}, DOMAINS)
 
 
-def test_router_table(tmp_path):
-    info = {
-        "expert_ids": [0, 1, 3],
-        "encoder": "minilm",
-        "heldout_accuracy": 0.9,
-        "majority_baseline_accuracy": 0.35,
-        "n_heldout": 20,
-        "train_accuracy": 1.0,
-        "latency_ms_per_prompt": 12.5,
-    }
-    write_json(tmp_path / "gradientspace" / "router.json", info)
-    write_json(tmp_path / "semantic" / "router.json", {**info, "expert_ids": [0], "heldout_accuracy": None})
-    df = router_table({m: tmp_path / m for m in ("gradientspace", "semantic")})
-    expected = [
-        {
-            "method": "gradientspace",
-            "experts": 3,
-            "encoder": "minilm",
-            "heldout_accuracy": 0.9,
-            "majority_baseline": 0.35,
-            "n_heldout": 20,
-            "train_accuracy": 1.0,
-            "latency_ms_per_prompt": 12.5,
-        },
-        {
-            "method": "semantic",
-            "experts": 1,
-            "encoder": "minilm",
-            "heldout_accuracy": None,
-            "majority_baseline": 0.35,
-            "n_heldout": 20,
-            "train_accuracy": 1.0,
-            "latency_ms_per_prompt": 12.5,
-        },
-    ]
-    # A constant router has no held-out accuracy: an empty cell (NaN), not 0.
-    pd.testing.assert_frame_equal(df, pd.DataFrame(expected))
-
-
-def test_ablation_table_takes_each_methods_single_expert_average(eval_files):
-    quality = pd.DataFrame(
-        {
-            "method": ["gradientspace", "elrea", "semantic", "rp16", "rp64"],
-            "k": [4, 4, 4, 4, 4],
-            "nmi": [0.9, 0.7, 0.8, 0.3, 0.5],
-            "ari": [0.85, 0.6, 0.7, 0.2, 0.4],
-            "purity": [0.95, 0.8, 0.9, 0.5, 0.6],
-            "coherence": [0.2, 0.18, 0.19, 0.1, 0.15],
-        }
-    )
-    main_df, _ = main_table(eval_files, DOMAINS)
-    likelihood_df, _ = main_table(eval_files, DOMAINS, LIKELIHOOD_TASKS)
-    df = ablation_table(quality, {"d": 460800}, 1024, main_df, likelihood_df)
-    # Semantic clustering is no gradient space: left out. Sorted by dimension, largest first.
-    assert df["method"].tolist() == ["gradientspace", "elrea", "rp64", "rp16"]
-    assert df["dimension"].tolist() == [460800, 1024, 64, 16]
-    assert df["gradient space"].tolist() == [
-        "full dimension (460,800) + online SVD",
-        "random projection to 1024 (ELREA)",
-        "random projection to 64",
-        "random projection to 16",
-    ]
-    assert df["nmi"].tolist() == [0.9, 0.7, 0.5, 0.3]
-    full = df.iloc[0]
-    assert full["accuracy (single expert, mean)"] == pytest.approx((0.5 + 0.25 + 1.0 + 0.0) / 4)
-    assert full["bits per byte (single expert, mean)"] == pytest.approx((0.8 + 0.35 + 1.5 + 1.0) / 4)
-    # No "elrea-single" or "rp*-single" system was evaluated: no number, not a neighbour's.
-    assert df.iloc[1:]["accuracy (single expert, mean)"].isna().all()
-
-
 def _selection(n: int = 8) -> dict:
     methods = {
         "clusterucb": {"selected_ids": ["a", "b"], "computations": 6},
@@ -234,27 +162,14 @@ def test_compute_table_reads_snakemake_benchmarks(tmp_path):
 
 def test_cli_tables_match_the_inputs(tmp_path, eval_files):
     res = tmp_path / "results"
-    (res / "clusters").mkdir(parents=True)
-    quality = {
-        "method": ["gradientspace", "rp16"],
-        "k": [4, 4],
-        "nmi": [0.9, 0.3],
-        "ari": [0.8, 0.2],
-        "purity": [0.9, 0.5],
-        "coherence": [0.2, 0.1],
-        "sizes": ["1/1/1/1", "2/1/1/0"],
-    }
-    pd.DataFrame(quality).to_csv(res / "clusters" / "quality.csv", index=False)
-    write_json(res / "gradients" / "extract.json", {"d": 1000})
-    np.savez(res / "gradients" / "features.npz", elrea_dim=np.array(32))
-    (res / "latency").mkdir()
+    (res / "latency").mkdir(parents=True)
     pd.DataFrame({"mode": ["single"], "ttft_s": [0.1]}).to_csv(res / "latency" / "latency.csv", index=False)
     write_json(res / "router" / "gradientspace" / "router.json", {"expert_ids": [0, 1], "heldout_accuracy": 1.0})
     (tmp_path / "benchmarks").mkdir()
     tables, figures = tmp_path / "tables", tmp_path / "figures"
     evals = [f"{s}={p}" for s, p in eval_files.items()]
     main(
-        ["--results", str(res), "--eval", *evals, "--methods", "gradientspace", "--domains", *DOMAINS]
+        ["--results", str(res), "--eval", *evals, "--domains", *DOMAINS]
         + ["--benchmarks", str(tmp_path / "benchmarks"), "--tables", str(tables), "--figures", str(figures)]
     )
     table = pd.read_csv(tables / "main.csv")
@@ -266,8 +181,6 @@ def test_cli_tables_match_the_inputs(tmp_path, eval_files):
     assert likelihood.set_index("system")["average"].to_dict() == pytest.approx(
         {s: np.mean([v[d][1] for d in DOMAINS]) for s, v in SCORES.items()}
     )
-    ablation = pd.read_csv(tables / "ablation.csv")
-    assert ablation["accuracy (single expert, mean)"].iloc[0] == pytest.approx(0.4375)
     assert (tables / "main.md").read_text().startswith("# Accuracy per system and domain\n")
     assert (figures / "likelihood.png").stat().st_size > 5000
     assert not list(tables.glob(".*"))  # no temporaries left
