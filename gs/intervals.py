@@ -26,6 +26,7 @@ import numpy as np
 
 RESAMPLES = 2000  # bootstrap replicates (ours)
 CONFIDENCE = 0.95  # two-sided interval level (ours)
+MIN_EXAMPLES = 2  # fewer examples in a stratum: no interval (one example resamples to a zero-width one) (ours)
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,6 @@ class Interval:
     def includes(self, value: float = 0.0) -> bool:
         """Whether ``value`` lies in ``[low, high]`` (False for an undefined interval)."""
         return bool(self.low <= value <= self.high)
-
-
-NAN_INTERVAL = Interval(float("nan"), float("nan"), float("nan"), 0)
 
 
 @dataclass(frozen=True)
@@ -94,9 +92,11 @@ def _interval(estimate: float, replicates: np.ndarray, n: int, confidence: float
     return Interval(float(estimate), float(low), float(high), n)
 
 
-def _usable(strata: Sequence[Sequence[Scores]]) -> bool:
+def _usable(strata: Sequence[Sequence[Scores]], least: int) -> bool:
+    """Every stratum has ``least`` examples or more, all scores finite."""
     return bool(strata) and all(
-        len(s[0]) > 0 and all(np.isfinite(x.num).all() and np.isfinite(x.den).all() for x in s) for s in strata
+        len(s[0]) >= max(least, 1) and all(np.isfinite(x.num).all() and np.isfinite(x.den).all() for x in s)
+        for s in strata
     )
 
 
@@ -110,12 +110,14 @@ def bootstrap_interval(
     """Percentile-bootstrap interval of the unweighted mean over ``strata`` of ``sum(num) / sum(den)``.
 
     One stratum: the plain bootstrap of one domain's statistic; several: the stratified bootstrap of the
-    average over domains. An empty stratum or a non-finite score gives :data:`NAN_INTERVAL`-like NaNs.
+    average over domains. A stratum of fewer than :data:`MIN_EXAMPLES` examples or a non-finite score
+    gives NaN bounds: no interval rather than a zero-width one (the estimate stays where defined).
     """
     n = sum(len(s) for s in strata)
-    if not _usable([[s] for s in strata]):
-        return Interval(float("nan"), float("nan"), float("nan"), n)
     cols = [[s] for s in strata]
+    if not _usable(cols, MIN_EXAMPLES):
+        estimate = float(_estimate(cols)[0]) if _usable(cols, 1) else float("nan")
+        return Interval(estimate, float("nan"), float("nan"), n)
     reps = _replicates(cols, resamples, np.random.default_rng(seed))[:, 0]
     return _interval(_estimate(cols)[0], reps, n, confidence)
 
@@ -130,14 +132,16 @@ def paired_interval(
     """Paired percentile-bootstrap interval of ``statistic(a) - statistic(b)``.
 
     ``strata[s] = (a, b)``: the two systems' scores on the same examples in the same order (length
-    ``n_s``); each replicate resamples the example indices once and applies them to both.
+    ``n_s``); each replicate resamples the example indices once and applies them to both. NaNs as
+    :func:`bootstrap_interval` for a stratum under :data:`MIN_EXAMPLES` or a non-finite score.
     """
     for a, b in strata:
         if len(a) != len(b):
             raise ValueError(f"paired scores must be matched example by example, got {len(a)} and {len(b)}")
     n = sum(len(a) for a, _ in strata)
-    if not _usable(strata):
-        return Interval(float("nan"), float("nan"), float("nan"), n)
+    if not _usable(strata, MIN_EXAMPLES):
+        estimate = float(np.subtract(*_estimate(strata))) if _usable(strata, 1) else float("nan")
+        return Interval(estimate, float("nan"), float("nan"), n)
     reps = _replicates(strata, resamples, np.random.default_rng(seed))
     est = _estimate(strata)
     return _interval(est[0] - est[1], reps[:, 0] - reps[:, 1], n, confidence)

@@ -35,9 +35,14 @@ rule tables_and_figures:
         main=report("results/tables/main.md", category="Tables"),
         main_csv="results/tables/main.csv",
         likelihood=report("results/tables/likelihood.md", category="Tables"),
+        likelihood_csv="results/tables/likelihood.csv",
+        likelihood_paired_csv="results/tables/likelihood_paired.csv",
         likelihood_png=report("results/figures/likelihood.png", category="Figures"),
+        paired=report("results/tables/paired.md", category="Tables"),
+        paired_csv="results/tables/paired.csv",
         latency=report("results/tables/latency.md", category="Tables"),
         clusterucb=report("results/tables/clusterucb.md", category="Tables"),
+        clusterucb_paired_csv="results/tables/clusterucb_paired.csv",
         clusterucb_budget=report(
             "results/tables/clusterucb_budget.md", category="Tables"
         ),
@@ -59,7 +64,8 @@ rule tables_and_figures:
         ),
         targets=" ".join(TARGETS),
         domains=" ".join(DOMAINS),
+        seed=config["seed"],
     shell:
         "python -m gs.report --eval {params.evals} --selection-eval {params.selection_evals}"
-        " --targets {params.targets} --domains {params.domains}"
+        " --targets {params.targets} --domains {params.domains} --seed {params.seed}"
         " > {log} 2>&1"

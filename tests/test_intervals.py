@@ -103,3 +103,10 @@ def test_determinism_bad_pairs_and_undefined_scores():
     undefined = bootstrap_interval([Scores.of_mean([1.0, np.nan])])
     assert math.isnan(undefined.low) and undefined.n == 2 and not undefined.includes(0.0)
     assert math.isnan(bootstrap_interval([Scores.of_mean([])]).estimate)
+    # One example resamples to itself: no interval rather than a zero-width one, also inside a stratified average.
+    one = bootstrap_interval([Scores.of_mean([1.0, 0.0, 1.0]), Scores.of_mean([1.0])])
+    assert (
+        math.isnan(one.low) and math.isnan(one.high) and one.n == 4 and one.estimate == pytest.approx((2 / 3 + 1) / 2)
+    )
+    single = paired_interval([(Scores.of_mean([1.0]), Scores.of_mean([0.25]))])
+    assert math.isnan(single.high) and single.estimate == 0.75

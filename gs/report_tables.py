@@ -1,0 +1,256 @@
+"""The study's result tables with their uncertainty: per-system values with lm-eval's stderr and a
+bootstrap 95% interval, and paired differences between the systems the papers compare.
+
+* :func:`main_table`: one row per system, per domain the primary metric (lm-eval's value), its
+  stderr as lm-eval reports it, and a percentile-bootstrap interval over the domain's examples
+  (:mod:`gs.intervals`); the ``average`` over domains gets a *stratified* bootstrap (each domain's
+  examples resampled within the domain, the average of the domain statistics taken per replicate),
+  and ``average_stderr = sqrt(sum_d stderr_d^2) / D`` (independent domains).
+* :func:`paired_table`: for each ``(comparison, system, reference)``, the difference
+  ``system - reference`` per domain and averaged, with a paired bootstrap interval over the examples
+  both scored (matched by task, ``doc_id`` and ``id``) and a plain-words reading of the interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gs.eval_scores import DOMAIN_TASKS, LIKELIHOOD_TASKS, TaskScores, paired_scores, task_scores
+from gs.intervals import CONFIDENCE, MIN_EXAMPLES, RESAMPLES, Interval, bootstrap_interval, paired_interval
+from gs.io import InputError, read_json
+
+NO_DIFFERENCE = "no difference detected at this scale"
+MEASURES = {"accuracy": DOMAIN_TASKS, "bits_per_byte": LIKELIHOOD_TASKS}
+LOWER_IS_BETTER = {"accuracy": False, "bits_per_byte": True}
+
+Reports = dict[str, tuple[Path, dict[str, Any]]]
+
+
+def load_reports(eval_files: dict[str, Path]) -> Reports:
+    """Each system's evaluation report, read once: ``{system: (path, report)}``."""
+    return {system: (path, read_json(path)) for system, path in eval_files.items()}
+
+
+def _scores(reports: Reports, system: str, task: str) -> TaskScores:
+    path, report = reports[system]
+    return task_scores(report, path, task)
+
+
+def main_table(
+    reports: Reports,
+    domains: list[str],
+    tasks: dict[str, str] = DOMAIN_TASKS,
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """One row per system; per domain ``d`` of ``tasks`` (the generation tasks by default,
+    :data:`LIKELIHOOD_TASKS` for the likelihood table) the columns ``d`` (lm-eval's value),
+    ``d_stderr``, ``d_ci_low``, ``d_ci_high``; then ``average`` (mean over domains), ``average_stderr``,
+    ``average_ci_low``, ``average_ci_high`` and ``n_examples`` ("n_math/n_code/..."). Returns the table
+    and the metric of each domain.
+
+    The mean is over every domain: a system lacking a domain's task is an :class:`InputError`, and one
+    whose metric is undefined there (``None``) gets no mean (NaN), never a mean over the other domains.
+    Systems scored with different metrics for a domain are an :class:`InputError`.
+    """
+    rows, metrics = [], {}
+    for system, (path, _) in reports.items():
+        row: dict[str, Any] = {"system": system}
+        per_domain = {d: _scores(reports, system, tasks[d]) for d in domains}
+        for d, ts in per_domain.items():
+            if d in metrics and ts.metric != metrics[d]:
+                raise InputError(f"{path}: {tasks[d]} is scored by {ts.metric!r}, the other systems' by {metrics[d]!r}")
+            metrics[d] = ts.metric
+            ci = bootstrap_interval([ts.scores], resamples=resamples, seed=seed)
+            row.update({d: ts.value, f"{d}_stderr": ts.stderr, f"{d}_ci_low": ci.low, f"{d}_ci_high": ci.high})
+        values = [per_domain[d].value for d in domains]
+        defined = bool(values) and None not in values
+        row["average"] = float(np.mean(values)) if defined else float("nan")
+        errors = [per_domain[d].stderr for d in domains]
+        row["average_stderr"] = (
+            math.sqrt(sum(e * e for e in errors)) / len(errors) if defined and None not in errors else float("nan")
+        )
+        ci = (
+            bootstrap_interval([per_domain[d].scores for d in domains], resamples=resamples, seed=seed)
+            if defined
+            else Interval(float("nan"), float("nan"), float("nan"), 0)
+        )
+        row.update(average_ci_low=ci.low, average_ci_high=ci.high)
+        row["n_examples"] = "/".join(str(per_domain[d].n_examples) for d in domains)
+        rows.append(row)
+    return pd.DataFrame(rows), metrics
+
+
+def _cell(value: Any, stderr: Any, low: Any, high: Any) -> str:
+    """``value ± stderr [low, high]``, parts left out where undefined."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    text = f"{value:.3f}"
+    if stderr is not None and not (isinstance(stderr, float) and math.isnan(stderr)):
+        text += f" ± {stderr:.3f}"
+    if not (math.isnan(low) or math.isnan(high)):
+        text += f" [{low:.3f}, {high:.3f}]"
+    return text
+
+
+def interval_markdown(df: pd.DataFrame, domains: list[str]) -> pd.DataFrame:
+    """The Markdown view of :func:`main_table`: one ``value ± stderr [CI low, CI high]`` cell per domain."""
+    out = pd.DataFrame({"system": df["system"]})
+    for col in [*domains, "average"]:
+        out[col] = [
+            _cell(r[col], r[f"{col}_stderr"], r[f"{col}_ci_low"], r[f"{col}_ci_high"]) for _, r in df.iterrows()
+        ]
+    out["n_examples"] = df["n_examples"]
+    return out
+
+
+def comparisons(systems: Sequence[str]) -> list[tuple[str, str, str]]:
+    """The comparisons the papers make among ``systems``, as ``(comparison, system, reference)``, read as
+    ``system - reference``; a comparison whose two systems are not both evaluated is left out.
+
+    * every other inference mode of a clustering (ensembles ``elrea`` / ``uniform``, ``oracle``) against
+      its single-expert routing on the same clusters;
+    * GradientSpace's single-expert routing against each other clustering's;
+    * GradientSpace's experts (single) against the multitask LoRA and against the base model.
+    """
+    present = set(systems)
+    out = []
+    for s in systems:
+        if s in ("base", "multitask") or s.startswith("select-") or "-" not in s:
+            continue
+        method, mode = s.rsplit("-", 1)
+        if mode != "single" and f"{method}-single" in present:
+            out.append((f"{mode} vs. single routing ({method} clusters)", s, f"{method}-single"))
+    gs = "gradientspace-single"
+    if gs in present:
+        for s in systems:
+            if s.endswith("-single") and s != gs and not s.startswith("select-"):
+                out.append((f"GradientSpace vs. {s.removesuffix('-single')} clustering (single expert)", gs, s))
+        for reference in ("multitask", "base"):
+            if reference in present:
+                out.append((f"GradientSpace experts vs. {reference}", gs, reference))
+    return out
+
+
+def reading(ci: Interval, measure: str, system: str, reference: str) -> str:
+    """Plain words for a paired interval: which system it favours, or that it includes 0."""
+    if math.isnan(ci.low):
+        if ci.n == 0:
+            return "undefined (no examples scored by both)"
+        return f"undefined (a domain with fewer than {MIN_EXAMPLES} examples, or an unscored example)"
+    if ci.includes(0.0):
+        return NO_DIFFERENCE
+    system_better = (ci.estimate < 0) == LOWER_IS_BETTER[measure]
+    return f"{system if system_better else reference} better"
+
+
+def paired_row(
+    a: dict[str, TaskScores],
+    b: dict[str, TaskScores],
+    domain: str,
+    measure: str,
+    *,
+    resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The paired difference ``a - b`` on one domain of ``a``/``b`` (``{domain: TaskScores}``), or on
+    their stratified average over all their domains when ``domain == "average"``."""
+    domains = list(a) if domain == "average" else [domain]
+    strata = [paired_scores(a[d], b[d]) for d in domains]
+    if any(len(x) == 0 for x, _ in strata):
+        ci = Interval(float("nan"), float("nan"), float("nan"), sum(len(x) for x, _ in strata))
+    else:
+        ci = paired_interval(strata, resamples=resamples, seed=seed)
+    return {
+        "domain": domain,
+        "measure": measure,
+        "metric": "/".join(dict.fromkeys(a[d].metric for d in domains)),
+        "difference": ci.estimate,
+        "ci_low": ci.low,
+        "ci_high": ci.high,
+        "n": ci.n,
+    }
+
+
+def paired_table(
+    reports: Reports,
+    domains: list[str],
+    pairs: Sequence[tuple[str, str, str]],
+    *,
+    measures: Sequence[str] = tuple(MEASURES),
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One row per measure, comparison and domain (then ``average``): columns ``measure``,
+    ``comparison``, ``system``, ``reference``, ``domain``, ``metric``, ``difference`` (system minus
+    reference), ``ci_low``, ``ci_high`` (paired bootstrap), ``n`` (examples both scored) and ``reading``."""
+    rows = []
+    for measure in measures:
+        tasks = MEASURES[measure]
+        for comparison, system, reference in pairs:
+            a = {d: _scores(reports, system, tasks[d]) for d in domains}
+            b = {d: _scores(reports, reference, tasks[d]) for d in domains}
+            for domain in [*domains, "average"]:
+                row = paired_row(a, b, domain, measure, resamples=resamples, seed=seed)
+                ci = Interval(row["difference"], row["ci_low"], row["ci_high"], row["n"])
+                rows.append(
+                    {
+                        "measure": measure,
+                        "comparison": comparison,
+                        "system": system,
+                        "reference": reference,
+                        **{k: v for k, v in row.items() if k != "measure"},
+                        "reading": reading(ci, measure, system, reference),
+                    }
+                )
+    columns = ["measure", "comparison", "system", "reference", "domain", "metric", "difference", "ci_low", "ci_high"]
+    return pd.DataFrame(rows, columns=[*columns, "n", "reading"])
+
+
+def clusterucb_paired_table(
+    reports: Reports, targets: list[str], *, resamples: int = RESAMPLES, seed: int = 0
+) -> pd.DataFrame:
+    """ClusterUCB's fine-tuned LoRA against full LESS's and random selection's, on each target's own test
+    (accuracy) and reference (bits per byte) examples: columns ``target`` then as :func:`paired_table`.
+    A target whose selections were not all fine-tuned and evaluated has no row."""
+    rows = []
+    for t in targets:
+        system = f"select-{t}-clusterucb"
+        for other in ("full", "random"):
+            reference = f"select-{t}-{other}"
+            if system not in reports or reference not in reports:
+                continue
+            for measure, tasks in MEASURES.items():
+                a = {t: _scores(reports, system, tasks[t])}
+                b = {t: _scores(reports, reference, tasks[t])}
+                row = paired_row(a, b, t, measure, resamples=resamples, seed=seed)
+                ci = Interval(row["difference"], row["ci_low"], row["ci_high"], row["n"])
+                rows.append(
+                    {
+                        "target": t,
+                        "measure": measure,
+                        "comparison": f"ClusterUCB vs. {'full LESS' if other == 'full' else 'random'}",
+                        "system": system,
+                        "reference": reference,
+                        **{k: v for k, v in row.items() if k not in ("measure", "domain")},
+                        "reading": reading(ci, measure, system, reference),
+                    }
+                )
+    columns = ["target", "measure", "comparison", "system", "reference", "metric", "difference", "ci_low", "ci_high"]
+    return pd.DataFrame(rows, columns=[*columns, "n", "reading"])
+
+
+def interval_note(resamples: int = RESAMPLES, confidence: float = CONFIDENCE) -> str:
+    """The sentence every table with intervals carries on how they were computed."""
+    return (
+        f"{confidence:.0%} intervals: percentile bootstrap over the examples, {resamples} resamples, seeded "
+        "(gs.intervals); the statistic resampled is the table's own (mean score; corpus bits per byte = "
+        "-sum log2 p / sum bytes)."
+    )
