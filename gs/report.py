@@ -31,6 +31,8 @@ from gs.io import InputError, atomic_path, read_json, run_cli
 from gs.report_figures import plot_budget, plot_differences
 from gs.report_tables import (
     NO_DIFFERENCE,
+    SMALL_SAMPLE,
+    TOO_FEW,
     Reports,
     clusterucb_paired_table,
     comparisons,
@@ -42,8 +44,8 @@ from gs.report_tables import (
 )
 
 
-def _markdown(df: pd.DataFrame) -> str:
-    return df.to_markdown(index=False, floatfmt=".3f") if len(df) else "(no rows)"
+def _markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    return df.to_markdown(index=False, floatfmt=floatfmt) if len(df) else "(no rows)"
 
 
 def write_table(
@@ -54,16 +56,18 @@ def write_table(
     note: str = "",
     md: pd.DataFrame | None = None,
     sections: dict[str, pd.DataFrame] | None = None,
+    floatfmt: str = ".3f",
 ) -> None:
     """``stem.csv`` (``df``) and ``stem.md``: a titled Markdown table (``md`` if given, a display form of
-    ``df``), a note on where the numbers come from, then any further ``sections`` (heading: table)."""
+    ``df``), a note on where the numbers come from, then any further ``sections`` (heading: table); numbers
+    in Markdown with ``floatfmt``."""
     with atomic_path(stem.with_suffix(".csv")) as tmp:
         df.to_csv(tmp, index=False)
-    text = f"# {title}\n\n{_markdown(df if md is None else md)}\n"
+    text = f"# {title}\n\n{_markdown(df if md is None else md, floatfmt)}\n"
     if note:
         text += f"\n{note}\n"
     for heading, table in (sections or {}).items():
-        text += f"\n## {heading}\n\n{_markdown(table)}\n"
+        text += f"\n## {heading}\n\n{_markdown(table, floatfmt)}\n"
     with atomic_path(stem.with_suffix(".md")) as tmp:
         Path(tmp).write_text(text)
 
@@ -178,7 +182,8 @@ def _paired_note(resamples: int) -> str:
         "accuracy higher is better, bits per byte lower is better; average = the mean over domains, "
         "stratified bootstrap (resampled within each domain). "
         + interval_note(resamples)
-        + f' "{NO_DIFFERENCE}": the interval includes 0.'
+        + f' "{NO_DIFFERENCE}": the interval includes 0; "{TOO_FEW}": it excludes 0 but a domain has under '
+        f"{SMALL_SAMPLE} paired examples, where the percentile bootstrap is too narrow to name a winner."
     )
 
 
@@ -230,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         tables / "paired",
         title="Paired differences between the systems the papers compare",
         note=_paired_note(args.resamples),
+        floatfmt=".4f",
     )
     reference = next((s for s in ("base", "gradientspace-single") if s in reports), next(iter(reports), None))
     others = [(f"vs. {reference}", s, reference) for s in reports if s != reference]
@@ -239,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         tables / "likelihood_paired",
         title=f"Bits per byte of each system minus {reference}'s, paired over the same reference answers",
         note=_paired_note(args.resamples),
+        floatfmt=".4f",
     )
     plot_differences(
         to_reference,
@@ -257,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
             tables / "clusterucb_paired",
             title="ClusterUCB minus full LESS and random, paired over each target's examples",
             note=_paired_note(args.resamples),
+            floatfmt=".4f",
         )
         write_table(
             clusterucb_table(res / "selection", args.targets, selection_reports, **boot),

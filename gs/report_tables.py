@@ -26,6 +26,12 @@ from gs.intervals import CONFIDENCE, MIN_EXAMPLES, RESAMPLES, Interval, bootstra
 from gs.io import InputError, read_json
 
 NO_DIFFERENCE = "no difference detected at this scale"
+# Fewer paired examples than this in a domain: the reading says so instead of naming a winner (ours). The
+# percentile bootstrap of a mean is about a z-interval with the n (not n - 1) variance; at n = 10 that is
+# 1.96 * sqrt(9 / 10) = 1.86 standard errors where Student's t wants 2.26 (coverage near 90%, not 95%), and
+# with n = 4 examples that all move the same way it excludes 0 where an exact sign test gives p = 0.125.
+SMALL_SAMPLE = 10
+TOO_FEW = f"too few examples to tell (under {SMALL_SAMPLE} a domain)"
 MEASURES = {"accuracy": DOMAIN_TASKS, "bits_per_byte": LIKELIHOOD_TASKS}
 LOWER_IS_BETTER = {"accuracy": False, "bits_per_byte": True}
 
@@ -139,14 +145,18 @@ def comparisons(systems: Sequence[str]) -> list[tuple[str, str, str]]:
     return out
 
 
-def reading(ci: Interval, measure: str, system: str, reference: str) -> str:
-    """Plain words for a paired interval: which system it favours, or that it includes 0."""
+def reading(ci: Interval, measure: str, system: str, reference: str, smallest: int | None = None) -> str:
+    """Plain words for a paired interval: which system it favours, or that it includes 0; where the
+    smallest domain behind it has under :data:`SMALL_SAMPLE` examples (``smallest``), an interval that
+    excludes 0 names no winner but :data:`TOO_FEW`."""
     if math.isnan(ci.low):
         if ci.n == 0:
             return "undefined (no examples scored by both)"
         return f"undefined (a domain with fewer than {MIN_EXAMPLES} examples, or an unscored example)"
     if ci.includes(0.0):
         return NO_DIFFERENCE
+    if smallest is not None and smallest < SMALL_SAMPLE:
+        return TOO_FEW
     system_better = (ci.estimate < 0) == LOWER_IS_BETTER[measure]
     return f"{system if system_better else reference} better"
 
@@ -176,6 +186,7 @@ def paired_row(
         "ci_low": ci.low,
         "ci_high": ci.high,
         "n": ci.n,
+        "smallest": min(len(x) for x, _ in strata),
     }
 
 
@@ -206,8 +217,8 @@ def paired_table(
                         "comparison": comparison,
                         "system": system,
                         "reference": reference,
-                        **{k: v for k, v in row.items() if k != "measure"},
-                        "reading": reading(ci, measure, system, reference),
+                        **{k: v for k, v in row.items() if k not in ("measure", "smallest")},
+                        "reading": reading(ci, measure, system, reference, row["smallest"]),
                     }
                 )
     columns = ["measure", "comparison", "system", "reference", "domain", "metric", "difference", "ci_low", "ci_high"]
@@ -239,8 +250,8 @@ def clusterucb_paired_table(
                         "comparison": f"ClusterUCB vs. {'full LESS' if other == 'full' else 'random'}",
                         "system": system,
                         "reference": reference,
-                        **{k: v for k, v in row.items() if k not in ("measure", "domain")},
-                        "reading": reading(ci, measure, system, reference),
+                        **{k: v for k, v in row.items() if k not in ("measure", "domain", "smallest")},
+                        "reading": reading(ci, measure, system, reference, row["smallest"]),
                     }
                 )
     columns = ["target", "measure", "comparison", "system", "reference", "metric", "difference", "ci_low", "ci_high"]

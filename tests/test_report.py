@@ -17,6 +17,7 @@ from gs.io import InputError, write_json
 from gs.report import clusterucb_table, compute_table, main
 from gs.report_tables import (
     NO_DIFFERENCE,
+    TOO_FEW,
     clusterucb_paired_table,
     comparisons,
     load_reports,
@@ -216,9 +217,10 @@ def test_paired_table_pairs_by_example_id(tmp_path, eval_files):
     ]  # fmt: skip
     assert df["domain"].tolist() == ["math", "code", "finance", "average"] * 2
     acc = df[df["measure"] == "accuracy"].set_index("domain")
-    # math: gs right on all 4, base on 1 -> +0.75, and gs is never worse on an example: the interval excludes 0.
+    # math: gs right on all 4, base on 1 -> +0.75, and gs is never worse on an example: the interval excludes 0,
+    # but on 4 examples that names no winner.
     assert acc.loc["math", "difference"] == pytest.approx(0.75)
-    assert acc.loc["math", "reading"] == "gradientspace-single better" and acc.loc["math", "ci_low"] > 0
+    assert acc.loc["math", "reading"] == TOO_FEW and acc.loc["math", "ci_low"] > 0
     # code: gs right on 1 (example 0), base on 0 and 2: -0.25 with disagreement both ways.
     a, b = _acc("gradientspace-single", "code"), _acc("base", "code")
     diff = a[0] - b[0]
@@ -234,7 +236,7 @@ def test_paired_table_pairs_by_example_id(tmp_path, eval_files):
     # finance bits per byte: gs's corpus value minus base's, on the same four answers (lower is better).
     gs_fin, base_fin = 285 / (LN2 * 190), 320 / (LN2 * 190)
     assert bits.loc["finance", "difference"] == pytest.approx(gs_fin - base_fin)
-    assert bits.loc["finance", "reading"] == "gradientspace-single better"
+    assert bits.loc["finance", "ci_high"] < 0 and bits.loc["finance", "reading"] == TOO_FEW
     # The stratified paired average, drawn domain by domain with the same indices for both systems.
     rng, reps = np.random.default_rng(1), np.zeros(2000)
     for d in DOMAINS[:3]:
@@ -330,9 +332,10 @@ def test_compute_table_reads_snakemake_benchmarks(tmp_path):
 
 def test_clusterucb_paired_table(tmp_path):
     evals = {}
-    accs = {"clusterucb": [1, 1, 1, 1, 1, 0], "full": [1, 1, 1, 1, 0, 1], "random": [0, 0, 0, 0, 0, 0]}
+    # 12 examples: over gs.report_tables.SMALL_SAMPLE, so an interval that excludes 0 names the better system.
+    accs = {"clusterucb": [1] * 10 + [1, 0], "full": [1] * 10 + [0, 1], "random": [0] * 12}
     for method, acc in accs.items():
-        ll = [(-50.0 - i - (10.0 if method == "random" else 0.0), 40) for i in range(6)]
+        ll = [(-50.0 - i - (10.0 if method == "random" else 0.0), 40) for i in range(12)]
         evals[f"select-math-{method}"] = tmp_path / f"select-math-{method}.json"
         write_json(evals[f"select-math-{method}"], _eval_report({"math": (acc, ll)}))
     df = clusterucb_paired_table(load_reports(evals), ["math", "code"])
@@ -343,9 +346,16 @@ def test_clusterucb_paired_table(tmp_path):
         ["math", "accuracy", "select-math-random"],
         ["math", "bits_per_byte", "select-math-random"],
     ]
-    assert df["difference"].tolist() == pytest.approx([0.0, 0.0, 5 / 6, -60 / (LN2 * 240)])
+    assert df["difference"].tolist() == pytest.approx([0.0, 0.0, 11 / 12, -120 / (LN2 * 480)])
     assert df["reading"].tolist() == [NO_DIFFERENCE, NO_DIFFERENCE] + ["select-math-clusterucb better"] * 2
-    assert df["n"].tolist() == [6] * 4
+    assert df["n"].tolist() == [12] * 4
+    # The same comparison on the first 6 examples only: the interval still excludes 0, the reading names no winner.
+    for method, acc in accs.items():
+        ll = [(-50.0 - i - (10.0 if method == "random" else 0.0), 40) for i in range(6)]
+        write_json(evals[f"select-math-{method}"], _eval_report({"math": (acc[:6], ll)}))
+    small = clusterucb_paired_table(load_reports(evals), ["math"])
+    assert (small["ci_high"].iloc[2:] < 0).tolist() == [False, True] and (small["ci_low"].iloc[2] > 0)
+    assert small["reading"].tolist()[2:] == [TOO_FEW, TOO_FEW]
 
 
 def test_cli_tables_match_the_inputs(tmp_path, eval_files):
