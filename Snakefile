@@ -33,3 +33,7 @@ rule all:
         "results/tables/clusterucb.md",
         "results/figures/latency.png",
         "results/figures/clusters.png",
+        "results/tables/cluster_quality.md",
+        "results/tables/router.md",
+        "results/tables/ablation.md",
+        "results/figures/ablation.png",

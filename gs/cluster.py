@@ -101,6 +101,7 @@ _RP = re.compile(r"rp(\d+)")
 
 ASSIGNMENTS_CSV = "assignments.csv"
 INFO_JSON = "cluster_info.json"
+SEED_LABELS_CSV = "seed_labels.csv"  # the same method rerun at seeds seed..seed+S-1 (cluster-quality spread)
 
 DEFAULTS: dict[str, Any] = {
     "assign": "kmeans",
@@ -122,7 +123,7 @@ GROUP_SECTIONS: dict[str, tuple[str, ...]] = {
     "kmeans": ("n_init",),
     "auto_k": ("criterion", "k_min", "k_max", "silhouette_sample", "elbow_rule"),
 }
-WORKFLOW_KEYS = ("methods", "ablation_dims")
+WORKFLOW_KEYS = ("methods", "ablation_dims", "quality_seeds", "ablation")
 _FLOOR = 1e-12  # relative floor on singular values before taking logs
 
 
@@ -757,6 +758,47 @@ def write_assignments(
     return out
 
 
+def write_seed_labels(path: str | os.PathLike, ids: Sequence[str] | np.ndarray, labels: Mapping[int, Any]) -> Path:
+    """Atomically write the CSV ``id,seed_<s>,...``: one column of cluster labels ``(n,)`` per seed ``s``."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"id": [str(i) for i in ids]})
+    for seed, lab in labels.items():
+        lab = np.asarray(lab, dtype=np.int64)
+        if lab.shape != (frame.shape[0],):
+            raise InputError(f"write_seed_labels: seed {seed} has {lab.shape} labels for {frame.shape[0]} ids")
+        frame[f"seed_{int(seed)}"] = lab
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        frame.to_csv(tmp, index=False)
+    return out
+
+
+def read_seed_labels(path: str | os.PathLike, ids: Sequence[str] | np.ndarray) -> dict[int, np.ndarray]:
+    """``{seed: labels (n,)}`` from :func:`write_seed_labels`'s CSV, rows in the order of ``ids``."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: seed labels file not found")
+    frame = pd.read_csv(p, dtype={"id": str})
+    cols = [c for c in frame.columns if re.fullmatch(r"seed_-?\d+", c)]
+    if "id" not in frame.columns or not cols:
+        raise InputError(f"{p}: expected columns id and seed_<s>, got {list(frame.columns)}")
+    frame = frame.set_index("id")
+    missing = [i for i in ids if str(i) not in frame.index]
+    if missing or len(frame) != len(ids):
+        raise InputError(f"{p}: ids differ from the features' (first missing: {missing[:1]})")
+    frame = frame.loc[[str(i) for i in ids]]
+    out = {}
+    for c in cols:
+        col = frame[c]
+        if col.isna().any() or (col < 0).any():
+            raise InputError(f"{p}: column {c} row {int(np.argmax(col.isna() | (col < 0)))} is not a label >= 0")
+        out[int(c[len("seed_") :])] = col.to_numpy(dtype=np.int64)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------
@@ -791,8 +833,13 @@ def main(argv: list[str] | None = None) -> None:
         "--match-k",
         help="random with k: auto: another method's cluster_info.json whose chosen k the random labels take",
     )
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="also rerun at seeds seed..seed+N-1 into seed_labels.csv (N >= 1)"
+    )
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        raise InputError(f"--seeds must be >= 1, got {args.seeds}")
 
     get_method(args.method)
     params = resolve_params(args.method, parse_params(args.params))
@@ -822,9 +869,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.method == "oracle":
         assert records is not None
         domains = [str(r.get("domain")) for r in records]
-    result = cluster(args.method, ClusterInputs(feats, embeddings=embeddings, domains=domains), params, args.seed)
+    inputs = ClusterInputs(feats, embeddings=embeddings, domains=domains)
+    result = cluster(args.method, inputs, params, args.seed)
     result.info["params"] = params
     out = Path(args.out_dir)
+    # The same inputs (embeddings computed once) at the other seeds: k-means initialisation, random labels.
+    by_seed = {args.seed: result.labels}
+    for s in range(1, args.seeds):
+        by_seed[args.seed + s] = cluster(args.method, inputs, params, args.seed + s).labels
+    write_seed_labels(out / SEED_LABELS_CSV, feats.ids, by_seed)
     write_assignments(out / ASSIGNMENTS_CSV, feats.ids, result.labels, result.info)
     sizes = "/".join(str(s) for s in result.info["sizes"])
     note = f" (dropped empty clusters {result.info['empty_clusters']})" if result.info.get("empty_clusters") else ""

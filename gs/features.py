@@ -38,7 +38,6 @@ from gs.io import InputError, atomic_path, parse_params, run_cli, write_json
 from gs.models import load_model, load_tokenizer
 from gs.projection import Projector
 from gs.svd import OnlineSVD, make_online_svd, resolve_device
-from gs.svd import resolve_dtype as resolve_svd_dtype
 from gs.training import LoraSpec, TrainSpec, load_adapter, seed_everything, train_lora
 
 
@@ -275,12 +274,14 @@ def stream_features(
     fingerprint_of: Any,
     device: torch.device,
     on_device: bool,
+    keep: Path | None = None,
 ) -> Streamed:
     """One resumable streaming pass of ``records`` into a fresh online SVD and the projectors.
 
     ``fingerprint_of(svd)`` gives the extraction's fingerprint (:func:`extraction_fingerprint`);
     every ``checkpoint_every`` batches the state goes to ``state_file`` (module docstring of
-    :func:`extract_features`), and a valid state there is resumed from.
+    :func:`extract_features`), and a valid state there is resumed from. ``keep``: also write the
+    rows the SVD sees, ``(n, d)`` float32, into this ``.npy`` file (:func:`open_kept_gradients`).
     """
     svd = new_online_svd(params, device)
     dims = projection_dims(params)
@@ -307,13 +308,19 @@ def stream_features(
         return pool_gradients(model, tok, rest, params, loss_on=loss, progress=progress, on_device=on_device)
 
     elrea_stream = stream(elrea_loss, False) if elrea_loss != loss_on else None
+    kept: np.memmap | None = None
     for batch_ids, grads in stream(loss_on, True):
         if not projectors:
             done.d = int(grads.shape[1])
             projectors = make_projectors(params, done.d, seed)
+        if keep is not None and kept is None:
+            kept = open_kept_gradients(keep, len(records), int(grads.shape[1]), resume=done.batches > 0)
         done.ids.extend(batch_ids)
         done.norms.append(grads.norm(dim=1).cpu().numpy())
         feats = normalise_rows(grads) if normalise else grads
+        if kept is not None:
+            row = done.batches * batch_size
+            kept[row : row + feats.shape[0]] = feats.float().cpu().numpy()
         svd.partial_fit(feats)
         for p, proj in projectors.items():
             done.projected[p].append(proj.transform(feats))
@@ -326,12 +333,38 @@ def stream_features(
         del grads, feats
         done.batches += 1
         if every and done.batches % every == 0 and done.batches < n_batches:
+            if kept is not None:
+                kept.flush()  # the rows up to this checkpoint are on disk before the state says so
             _save_state(state_file, done.payload(fingerprint, svd, done.seconds + time.perf_counter() - start))
         ran += 1
         if ran == die_after:
             os.kill(os.getpid(), signal.SIGKILL)  # tests only: a real, uncatchable kill
+    if kept is not None:
+        kept.flush()
+        del kept
     done.seconds += time.perf_counter() - start
     return Streamed(done, svd, projectors, done.seconds, fingerprint, elrea_dim, elrea_loss, resumed_at)
+
+
+KEPT_GRADIENTS = "gradients.npy"  # gradients.keep_gradients: the (n, d) rows the SVD saw, beside features.npz
+
+
+def open_kept_gradients(path: Path, n: int, d: int, *, resume: bool) -> np.memmap:
+    """The ``(n, d)`` float32 ``.npy`` memory map the extraction writes its rows into, in pool order.
+
+    A fresh pass creates it (``w+``); a resumed one reopens it (``r+``): the rows before the resumed
+    batch were flushed before their checkpoint was saved. A missing or mis-shaped file on resume is an
+    :class:`InputError` (the state folder holds both; delete it to start over).
+    """
+    if not resume:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+    if not path.is_file():
+        raise InputError(f"{path}: kept gradients missing beside the extraction state; delete {path.parent}")
+    kept = np.lib.format.open_memmap(path, mode="r+")
+    if kept.shape != (n, d) or kept.dtype != np.float32:
+        raise InputError(f"{path}: kept gradients are {kept.dtype} {kept.shape}, expected float32 ({n}, {d})")
+    return kept
 
 
 def second_pass_coordinates(
@@ -393,7 +426,10 @@ def extract_features(
     (n, r), ``singular_values`` (r,), ``projected_<p>`` (n, p) for each size p of the same gradients,
     ``elrea_features`` (n, elrea_dim): ELREA's features, the projection of gradients taken with
     ``elrea_loss_on`` (default instruction tokens), and ``elrea_dim``), ``svd_components.npy``
-    (r, d), ``projector_<p>.joblib`` and ``extract.json`` (d, n, timings, streaming state size).
+    (r, d), ``projector_<p>.joblib`` and ``extract.json`` (d, n, timings, streaming state size); with
+    ``keep_gradients: true`` also ``gradients.npy`` (n, d) float32, the rows the SVD saw (normalised when
+    ``normalize``), for the projection ablation (:mod:`gs.ablation`): 177 MB at the CPU default, never at
+    paper scale (n d floats).
 
     Checkpoints: every ``checkpoint_every`` batches (0: never) the SVD state, the features so far
     and the position in the pool go to ``out_dir/.extract_state/state.pt`` (atomically, one file;
@@ -422,7 +458,8 @@ def extract_features(
     def fingerprint_of(svd: OnlineSVD) -> str:
         return extraction_fingerprint(model_dir, warmup_dir, train_path, params, seed, svd)
 
-    res = stream_features(model, tok, records, params, seed, state_file, fingerprint_of, device, on_device)
+    keep = out / STATE_DIR / KEPT_GRADIENTS if params.get("keep_gradients") else None
+    res = stream_features(model, tok, records, params, seed, state_file, fingerprint_of, device, on_device, keep=keep)
     done, svd = res.done, res.svd
     every = int(params.get("checkpoint_every", 100))
     n_batches = -(-len(records) // int(params["batch_size"]))
@@ -454,6 +491,9 @@ def extract_features(
         "streaming_state_mb": round(state_bytes * (int(d or 0) * (rank + batch_size)) / 2**20, 1),
         "stacked_gradients_mb": round(4 * int(d or 0) * len(done.ids) / 2**20, 1),
     }
+    if keep is not None:  # complete: moved beside features.npz in one rename, before the state folder goes
+        os.replace(keep, out / KEPT_GRADIENTS)
+        summary["kept_gradients"] = KEPT_GRADIENTS
     write_json(out / "extract.json", summary)
     shutil.rmtree(out / STATE_DIR, ignore_errors=True)
     print(json.dumps(summary))
@@ -477,11 +517,10 @@ def cluster_gradient_sums(
     Returns ``{method: {"sums": (k, d) tensor, "counts": (k,) int64, "sq_norms": (k,) float64}}``:
     ``sq_norms`` the squared norms ``||S_c||^2`` (all that :func:`gs.quality.coherence_from_sums`
     needs). Methods are named by their folder (``results/clusters/<method>``), which holds
-    ``assignments.csv``. The sums live on the streaming state's device and dtype (config
-    ``svd.device``/``svd.dtype``, as :func:`extract_features`; float64 on the CPU, float32 on a GPU):
-    ``sum_m k_m * d`` words there, e.g. 12 clusters x 109M x 4 B = 5.2 GB per method at paper scale,
-    and never a float64 host copy. float32 sums of unit rows lose ~1e-7 relative in ``||S_c||^2``,
-    under 1e-6 in each coherence for clusters of thousands.
+    ``assignments.csv``. The sums live on the host in float64 whatever the model's device (each
+    batch is normalised where the gradients are and copied to the host once, then added to every
+    method's sums): ``sum_m k_m * d`` float64 words, e.g. 12 clusters x 109M x 8 B = 10.5 GB per method
+    at paper scale, which on a GPU would sit beside the gradient step (7 methods: 84 GiB > 80 GB).
     """
 
     seed_everything(seed)
@@ -498,12 +537,11 @@ def cluster_gradient_sums(
         frame = pd.read_csv(path, dtype={"id": str})
         labels[Path(d).name] = dict(zip(frame["id"], frame["cluster"].astype(int), strict=True))
     model, tok = _gradient_model(model_dir, warmup_dir)
-    device, on_device = _state_device(model, params)
-    dtype = resolve_svd_dtype(params["svd"].get("dtype", "auto"), device)
+    _, on_device = _state_device(model, params)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, np.ndarray] = {}
     for batch_ids, grads in pool_gradients(model, tok, records, params, on_device=on_device):
-        feats = normalise_rows(grads).to(device=device, dtype=dtype)
+        feats = normalise_rows(grads).to(device="cpu", dtype=torch.float64)  # (b, d), one copy to the host
         for method, lab in labels.items():
             try:
                 idx = torch.tensor([lab[i] for i in batch_ids])
@@ -511,15 +549,15 @@ def cluster_gradient_sums(
                 raise InputError(f"{method}: sample {e.args[0]!r} has no cluster assignment") from None
             k = max(lab.values()) + 1
             if method not in sums:
-                sums[method] = torch.zeros(k, feats.shape[1], dtype=dtype, device=device)
+                sums[method] = torch.zeros(k, feats.shape[1], dtype=torch.float64)
                 counts[method] = np.zeros(k, dtype=np.int64)
-            sums[method].index_add_(0, idx.to(device), feats)
+            sums[method].index_add_(0, idx, feats)
             np.add.at(counts[method], idx.numpy(), 1)
     return {
         m: {
             "sums": sums[m],
             "counts": counts[m],
-            "sq_norms": np.array([float(row.double().square().sum()) for row in sums[m]]),
+            "sq_norms": np.array([float(row.square().sum()) for row in sums[m]]),
         }
         for m in sums
     }

@@ -291,6 +291,30 @@ class Router:
         self.metrics = metrics
         return self
 
+    def heldout_by_seed(self, X: np.ndarray, labels: list[int] | np.ndarray, seeds: list[int]) -> list[dict[str, Any]]:
+        """The held-out measurement of :meth:`fit_embeddings` repeated at each of ``seeds``: the split
+        (:func:`_holdout_split`) and the classifier's ``random_state`` both take the seed. Embeddings ``X``
+        (n, h), labels (n,). Returns per seed ``{seed, heldout_accuracy, majority_baseline_accuracy,
+        n_heldout, holdout_strategy}`` (accuracies ``None`` without a held-out part); the fitted router is
+        left as it is."""
+        y = np.asarray(labels, dtype=int)
+        X = np.asarray(X, dtype=np.float32)
+        out = []
+        for seed in seeds:
+            tr, te, strategy = _holdout_split(y, self.holdout, int(seed))
+            row: dict[str, Any] = {"seed": int(seed), "n_heldout": int(len(te)), "holdout_strategy": strategy}
+            row["heldout_accuracy"] = row["majority_baseline_accuracy"] = None
+            if len(te):
+                if len(np.unique(y[tr])) == 1:
+                    pred = np.full(len(te), y[tr][0])
+                else:
+                    pred = _classifier(self.C, self.max_iter, int(seed)).fit(X[tr], y[tr]).predict(X[te])
+                values, counts = np.unique(y[tr], return_counts=True)
+                row["heldout_accuracy"] = float(np.mean(np.asarray(pred, dtype=int) == y[te]))
+                row["majority_baseline_accuracy"] = float(np.mean(y[te] == int(values[np.argmax(counts)])))
+            out.append(row)
+        return out
+
     # -- prediction --------------------------------------------------------------------------------
 
     def _check_fitted(self) -> None:
@@ -487,9 +511,17 @@ def main(argv: list[str] | None = None) -> None:
         max_length=int(params.get("max_length", 256)),
     )
     texts = [user_message(r) for r in records]
-    router.fit(texts, labels, expert_ids=experts)
+    if len({int(j) for j in labels}) == 1:
+        embeddings = np.zeros((len(texts), 0), dtype=np.float32)  # a constant router needs no encoder
+    else:
+        embeddings = router.embed(texts)
+    router.fit_embeddings(embeddings, labels, expert_ids=experts)
+    # The held-out accuracy at eval_seeds seeds (seed, seed+1, ...): its spread over splits (router table).
+    seeds = [args.seed + s for s in range(int(params.get("eval_seeds", 1)))]
+    by_seed = router.heldout_by_seed(embeddings, labels, seeds)
     latency = measure_latency(router, texts, int(params.get("latency_prompts", 32)))
-    router.save(args.out, extra={**latency, "method": manifest.get("method"), "experts_dir": str(args.experts)})
+    extra = {**latency, "method": manifest.get("method"), "experts_dir": str(args.experts), "heldout_by_seed": by_seed}
+    router.save(args.out, extra=extra)
     m = router.metrics
     print(
         f"wrote {args.out}: train acc {m['train_accuracy']:.3f}, held-out acc {m['heldout_accuracy']} "

@@ -6,6 +6,7 @@ rule cluster_samples:
     output:
         assignments="results/clusters/{method}/assignments.csv",
         info="results/clusters/{method}/cluster_info.json",
+        seeds="results/clusters/{method}/seed_labels.csv",
     log:
         "logs/cluster_samples/{method}.log",
     benchmark:
@@ -17,10 +18,11 @@ rule cluster_samples:
     params:
         cfg=json_param(config["cluster"]),
         seed=config["seed"],
+        seeds=config["cluster"].get("quality_seeds", 5),
         match_k=match_k_arg,
     shell:
         "python -m gs.cluster --method {wildcards.method} --features {input.features}"
-        " --train {input.train} --params {params.cfg} --seed {params.seed} {params.match_k}"
+        " --train {input.train} --params {params.cfg} --seed {params.seed} --seeds {params.seeds} {params.match_k}"
         " --out-dir results/clusters/{wildcards.method} > {log} 2>&1"
 
 
@@ -120,16 +122,23 @@ rule merge_coherence_shards:
 
 rule cluster_quality:
     input:
+        unpack(kept_gradients),
         features="results/gradients/features.npz",
         train="results/data/pool/train.jsonl",
         assignments=expand(
             "results/clusters/{method}/assignments.csv", method=QUALITY_METHODS
+        ),
+        seed_labels=expand(
+            "results/clusters/{method}/seed_labels.csv", method=QUALITY_METHODS
         ),
         coherence="results/clusters/coherence.json",
     output:
         csv=report("results/clusters/quality.csv", category="Clustering"),
         md="results/clusters/quality.md",
         png=report("results/figures/clusters.png", category="Clustering"),
+        seeds="results/clusters/quality_by_seed.csv",
+        table=report("results/tables/cluster_quality.md", category="Tables"),
+        table_csv="results/tables/cluster_quality.csv",
     log:
         "logs/cluster_quality/quality.log",
     benchmark:
@@ -138,7 +147,42 @@ rule cluster_quality:
         "../envs/report.yaml"
     params:
         dirs=expand("results/clusters/{method}", method=QUALITY_METHODS),
+        gradients=kept_gradients_arg,
     shell:
         "python -m gs.quality --features {input.features} --train {input.train}"
-        " --clusters {params.dirs} --coherence {input.coherence} --out-csv {output.csv}"
-        " --out-md {output.md} --out-png {output.png} > {log} 2>&1"
+        " --clusters {params.dirs} --coherence {input.coherence} {params.gradients} --out-csv {output.csv}"
+        " --out-md {output.md} --out-png {output.png} --out-seeds {output.seeds}"
+        " --out-table results/tables/cluster_quality > {log} 2>&1"
+
+
+rule ablation:
+    # Full dimension vs. random projections of every size, each clustered on its rows and on its top-r SVD
+    # coordinates, over seeds (gs.ablation); from the kept gradients, else the extraction's features.
+    input:
+        unpack(kept_gradients),
+        features="results/gradients/features.npz",
+        train="results/data/pool/train.jsonl",
+    output:
+        per_seed="results/ablation/per_seed.csv",
+        cost="results/ablation/cost.json",
+        table=report("results/tables/ablation.md", category="Tables"),
+        table_csv="results/tables/ablation.csv",
+        png=report("results/figures/ablation.png", category="Figures"),
+    log:
+        "logs/ablation/ablation.log",
+    benchmark:
+        "benchmarks/ablation/ablation.tsv"
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        mem_mb=grow(8000),
+        runtime=grow(60),
+    params:
+        cfg=json_param(config["cluster"]),
+        rank=config["gradients"]["svd"]["rank"],
+        seed=config["seed"],
+        gradients=kept_gradients_arg,
+    shell:
+        "python -m gs.ablation --features {input.features} --train {input.train} {params.gradients}"
+        " --params {params.cfg} --rank {params.rank} --seed {params.seed} --out-dir results/ablation"
+        " --out-table results/tables/ablation --out-png {output.png} > {log} 2>&1"

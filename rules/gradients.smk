@@ -2,6 +2,25 @@
 # (results/gradients/shards/<i>/) and a merge job that writes the single pass's files (gs.shards); S = 1 is the
 # single job extract_gradient_features, and the shard rules never enter the DAG. The coherence pass
 # (rules/cluster.smk) and LESS influence (less_influence, rules/selection.smk; its shards below) split the same way.
+# gradients.keep_gradients: the single extraction also writes the (n, d) rows it streamed (gradients.npy), read by
+# the projection ablation and the cluster-quality coherence of every seed (rules/cluster.smk). Only without shards.
+KEEP_GRADIENTS = bool(config["gradients"].get("keep_gradients", False))
+KEPT_GRADIENTS = "results/gradients/gradients.npy"
+if KEEP_GRADIENTS and SHARDS > 1:
+    raise WorkflowError(
+        "gradients.keep_gradients needs gradients.shards: 1 (the sharded extraction keeps no gradients)"
+    )
+
+
+def kept_gradients(wildcards):
+    """The kept gradients as an input, when the config keeps them."""
+    return {"gradients": KEPT_GRADIENTS} if KEEP_GRADIENTS else {}
+
+
+def kept_gradients_arg(wildcards, input):
+    return f"--gradients {input.gradients}" if "gradients" in input.keys() else ""
+
+
 if SHARDS > 1:
 
     ruleorder: merge_gradient_shards > extract_gradient_features
@@ -48,6 +67,7 @@ rule extract_gradient_features:
         components="results/gradients/svd_components.npy",
         summary="results/gradients/extract.json",
         projectors=expand("results/gradients/projector_{p}.joblib", p=PROJECTION_DIMS),
+        **({"gradients": KEPT_GRADIENTS} if KEEP_GRADIENTS else {}),
     log:
         "logs/extract_gradient_features/extract.log",
     benchmark:

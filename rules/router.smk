@@ -26,3 +26,21 @@ rule train_router:
         "python -m gs.router --train {input.train} --experts {input.experts}"
         " --assignments {input.assignments} --params {params.cfg} --model-dir {input.model}"
         " --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule router_table:
+    input:
+        expand("results/router/{method}", method=METHODS),
+    output:
+        md=report("results/tables/router.md", category="Tables"),
+        csv="results/tables/router.csv",
+    log:
+        "logs/router_table/router_table.log",
+    benchmark:
+        "benchmarks/router_table/router_table.tsv"
+    conda:
+        "../envs/report.yaml"
+    params:
+        routers=" ".join(f"{m}=results/router/{m}" for m in METHODS),
+    shell:
+        "python -m gs.router_table --routers {params.routers} --out-table results/tables/router > {log} 2>&1"
