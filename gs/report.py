@@ -276,8 +276,9 @@ def main(argv: list[str] | None = None) -> None:
             "accuracy / bits_per_byte on the target's own test / reference examples, where the selection was "
             "fine-tuned; " + interval_note(args.resamples),
             sections={
-                "Paired differences on the target's examples (ClusterUCB minus the other selection)": (selection_paired)
+                "Paired differences on the target's examples (ClusterUCB minus the other selection)": selection_paired
             },
+            floatfmt=".4f",
         )
         budget = clusterucb_budget_table(res / "selection", args.targets)
         write_table(
