@@ -355,3 +355,31 @@ def test_random_with_k_auto_takes_the_matched_methods_k(tmp_path, data):
     assert frame["cluster"].nunique() == 5
     with pytest.raises(InputError, match="k must be an integer"):
         C.main([*args, "--params", json.dumps({"k": "auto"}), "--out-dir", str(tmp_path / "r2")])
+
+
+def test_cli_seed_labels_are_the_method_rerun_at_each_seed(tmp_path, data):
+    """--seeds 5: seed_labels.csv holds seeds 3..7; seed 3 is assignments.csv, each column is scikit-learn's
+    k-means on the row-normalised projection at that random_state (ELREA's rp rule)."""
+    from sklearn.cluster import KMeans
+
+    features, train = write_inputs(tmp_path, data)
+    out = tmp_path / "clusters" / "rp8"
+    params = {"k": 3, "kmeans": {"n_init": 2}, "quality_seeds": 5, "ablation": {"dims": [8]}}
+    C.main(
+        ["--method", "rp8", "--features", str(features), "--train", str(train), "--seed", "3"]
+        + ["--seeds", "5", "--params", json.dumps(params), "--out-dir", str(out)]
+    )
+    feats = data[0]
+    by_seed = C.read_seed_labels(out / C.SEED_LABELS_CSV, feats.ids)
+    assert sorted(by_seed) == [3, 4, 5, 6, 7]
+    assigned = pd.read_csv(out / "assignments.csv", dtype={"id": str})["cluster"].to_numpy()
+    assert np.array_equal(by_seed[3], assigned)
+    x = feats.projected[8] / np.linalg.norm(feats.projected[8], axis=1, keepdims=True)
+    for seed, labels in by_seed.items():
+        direct = KMeans(n_clusters=3, n_init=2, random_state=seed).fit_predict(x)
+        assert nmi(direct, labels) == pytest.approx(1.0), seed
+    with pytest.raises(InputError, match="--seeds must be >= 1"):
+        C.main(["--method", "rp8", "--features", str(features), "--seed", "3", "--seeds", "0", "--out-dir", str(out)])
+    pd.DataFrame({"id": feats.ids[:-1], "seed_1": 0}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(InputError, match="ids differ"):
+        C.read_seed_labels(tmp_path / "bad.csv", feats.ids)

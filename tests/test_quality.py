@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import normalized_mutual_info_score
 
 from gs import cluster as C
 from gs import quality as Q
@@ -159,3 +160,73 @@ def test_cli(tmp_path, capsys):
             ["--features", str(tmp_path / "features.npz"), "--train", str(tmp_path / "train.jsonl")]
             + ["--clusters", *dirs, "--out-csv", str(out_csv), "--out-md", str(out_md), "--out-png", str(out_png)]
         )
+
+
+def test_seed_quality_and_summary_against_numpy():
+    rng = np.random.default_rng(4)
+    g = rng.standard_normal((12, 30))
+    unit = g / np.linalg.norm(g, axis=1, keepdims=True)
+    domains = ["a", "b", "c"] * 4
+    by_seed = {"m": {0: np.arange(12) % 3, 1: np.array([0] * 6 + [1] * 6), 2: np.arange(12) % 2}}
+    per_seed = Q.seed_quality(by_seed, domains, gram=unit @ unit.T)
+    assert per_seed["seed"].tolist() == [0, 1, 2] and per_seed["k"].tolist() == [3, 2, 2]
+    for row, labels in zip(per_seed.itertuples(), by_seed["m"].values(), strict=True):
+        cos = unit @ unit.T
+        per, sizes = [], []
+        for c in np.unique(labels):
+            idx = np.flatnonzero(labels == c)
+            per.append((cos[np.ix_(idx, idx)].sum() - len(idx)) / (len(idx) * (len(idx) - 1)))
+            sizes.append(len(idx))
+        assert row.coherence == pytest.approx(np.dot(per, sizes) / np.sum(sizes))
+        assert row.nmi == pytest.approx(normalized_mutual_info_score(domains, labels))
+    assert per_seed.loc[0, "nmi"] == pytest.approx(1.0)
+    # Without the Gram matrix: the coherence pass's value where the labels are the measured clustering.
+    fallback = Q.seed_quality(by_seed, domains, main_labels={"m": by_seed["m"][1]}, main_coherence={"m": 0.25})
+    assert fallback["coherence"].isna().tolist() == [True, False, True] and fallback.loc[1, "coherence"] == 0.25
+    table = Q.seed_summary(per_seed)
+    assert table.loc[0, "k"] == "2-3" and table.loc[0, "seeds"] == 3
+    assert table.loc[0, "ari_mean"] == pytest.approx(per_seed["ari"].mean())
+    assert table.loc[0, "ari_sd"] == pytest.approx(np.std(per_seed["ari"], ddof=1))
+    assert (table.loc[0, "nmi_min"], table.loc[0, "nmi_max"]) == (per_seed["nmi"].min(), per_seed["nmi"].max())
+    md = Q.seed_summary_markdown(table, "from kept gradients.")
+    assert "| m | 2-3 | 3 |" in md and "±" in md
+
+
+def test_cli_over_seeds_with_kept_gradients(tmp_path):
+    rng = np.random.default_rng(5)
+    n = 24
+    ids = np.asarray([f"id{i}" for i in range(n)])
+    domains = ["math", "code", "finance"] * 8
+    g = rng.standard_normal((n, 50)).astype(np.float32)
+    np.save(tmp_path / "gradients.npy", g)
+    np.savez(tmp_path / "features.npz", ids=ids, svd_coords=g[:, :3])
+    write_jsonl(tmp_path / "train.jsonl", [{"id": i, "domain": d} for i, d in zip(ids, domains, strict=True)])
+    feats = C.load_features(tmp_path / "features.npz")
+    out = tmp_path / "clusters" / "random"
+    labels = {s: C.cluster("random", C.ClusterInputs(feats), {"k": 3}, seed=s).labels for s in range(5)}
+    C.write_assignments(out / "assignments.csv", ids, labels[0], {"k": 3})
+    C.write_seed_labels(out / C.SEED_LABELS_CSV, ids, labels)
+    Q.main(
+        ["--features", str(tmp_path / "features.npz"), "--train", str(tmp_path / "train.jsonl")]
+        + ["--clusters", str(out), "--gradients", str(tmp_path / "gradients.npy")]
+        + [
+            "--out-csv",
+            str(tmp_path / "q.csv"),
+            "--out-md",
+            str(tmp_path / "q.md"),
+            "--out-png",
+            str(tmp_path / "c.png"),
+        ]
+        + ["--out-seeds", str(tmp_path / "s.csv"), "--out-table", str(tmp_path / "t" / "cluster_quality")]
+    )
+    per_seed = pd.read_csv(tmp_path / "s.csv")
+    table = pd.read_csv(tmp_path / "t" / "cluster_quality.csv")
+    assert per_seed["seed"].tolist() == [0, 1, 2, 3, 4] and table.loc[0, "seeds"] == 5
+    unit = g.astype(np.float64) / np.linalg.norm(g, axis=1, keepdims=True)
+    for s in range(5):
+        expected = Q.coherence_from_features(unit, labels[s])["overall"]
+        assert per_seed.loc[s, "coherence"] == pytest.approx(expected, abs=1e-6)
+    assert table.loc[0, "nmi_mean"] == pytest.approx(
+        np.mean([normalized_mutual_info_score(domains, labels[s]) for s in range(5)])
+    )
+    assert "kept full gradients" in (tmp_path / "t" / "cluster_quality.md").read_text()

@@ -233,6 +233,8 @@ def test_cli(tmp_path, capsys):
         assert key in report
     assert report["heldout_accuracy"] > 0.8 and report["latency_ms_per_prompt"] > 0
     assert report["method"] == "toy" and report["expert_ids"] == [0, 1, 2]
+    assert [r["seed"] for r in report["heldout_by_seed"]] == [0]  # eval_seeds defaults to 1 outside the config
+    assert report["heldout_by_seed"][0]["heldout_accuracy"] == report["heldout_accuracy"]
     assert "held-out acc" in capsys.readouterr().out
 
 
@@ -253,3 +255,54 @@ def test_cli_single_expert_needs_no_assignments(tmp_path, capsys):
         run_cli(main, [*argv, str(tmp_path / "r2")])
     assert "2 experts, so --assignments is needed" in capsys.readouterr().err
     assert not (tmp_path / "r2").exists()
+
+
+def test_heldout_by_seed_against_sklearn_directly():
+    """Each seed: scikit-learn's stratified split and a standardised logistic regression at that seed."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 20)
+    X = (rng.standard_normal((60, 6)) + 0.9 * np.eye(6)[y]).astype(np.float32)  # overlapping classes
+    router = Router("minilm", holdout=0.25, seed=0, max_iter=500).fit_embeddings(X, y)
+    rows = router.heldout_by_seed(X, y, [0, 1, 2, 3, 4])
+    assert [r["seed"] for r in rows] == [0, 1, 2, 3, 4]
+    assert rows[0]["heldout_accuracy"] == pytest.approx(router.metrics["heldout_accuracy"])
+    for r in rows:
+        tr, te = train_test_split(np.arange(60), test_size=15, stratify=y, random_state=r["seed"])
+        scaler = StandardScaler().fit(X[tr])
+        clf = LogisticRegression(max_iter=500, random_state=r["seed"]).fit(scaler.transform(X[tr]), y[tr])
+        assert r["heldout_accuracy"] == pytest.approx(np.mean(clf.predict(scaler.transform(X[te])) == y[te]))
+        assert r["majority_baseline_accuracy"] == pytest.approx(5 / 15) and r["n_heldout"] == 15
+    assert len({r["heldout_accuracy"] for r in rows}) > 1  # the splits differ
+
+
+def test_router_table_spread(tmp_path):
+    from scipy import stats
+
+    from gs.router_table import main as table_main
+
+    accs = {"a": [0.8, 0.9, 0.85, 0.7, 0.95], "b": [0.5]}
+    for method, values in accs.items():
+        info = {"encoder": "minilm", "expert_ids": [0, 1], "n_heldout": 20, "train_accuracy": 1.0}
+        info["latency_ms_per_prompt"] = 12.5
+        info["heldout_by_seed"] = [
+            {"seed": s, "heldout_accuracy": v, "majority_baseline_accuracy": 0.25} for s, v in enumerate(values)
+        ]
+        write_json(tmp_path / method / "router.json", info)
+    write_json(tmp_path / "old" / "router.json", {"heldout_accuracy": 0.6, "majority_baseline_accuracy": 0.3})
+    table_main(["--routers", *(f"{m}={tmp_path / m}" for m in ("a", "b", "old")), "--out-table", str(tmp_path / "t")])
+    df = pd.read_csv(tmp_path / "t.csv").set_index("method")
+    a = np.array(accs["a"])
+    assert df.loc["a", "seeds"] == 5 and df.loc["a", "heldout_accuracy_mean"] == pytest.approx(a.mean())
+    assert df.loc["a", "heldout_accuracy_sd"] == pytest.approx(a.std(ddof=1))
+    lo, hi = stats.t.interval(0.95, 4, loc=a.mean(), scale=stats.sem(a))
+    assert (df.loc["a", "heldout_accuracy_ci_low"], df.loc["a", "heldout_accuracy_ci_high"]) == pytest.approx((lo, hi))
+    assert df.loc["b", "seeds"] == 1 and np.isnan(df.loc["b", "heldout_accuracy_sd"])
+    assert df.loc["old", "heldout_accuracy_mean"] == 0.6
+    md = (tmp_path / "t.md").read_text()
+    assert f"| a | 2 | minilm | 5 | {a.mean():.3f} ± {a.std(ddof=1):.3f} [0.700, 0.950]" in md
+    with pytest.raises(InputError, match="METHOD=folder"):
+        table_main(["--routers", "a", "--out-table", str(tmp_path / "t")])
