@@ -22,8 +22,8 @@ TITLE = "Router accuracy (held-out training prompts, cluster ids as labels)"
 
 def router_rows(router_dirs: dict[str, Path]) -> pd.DataFrame:
     """One row per method: ``seeds``, ``heldout_accuracy_<stat>`` and ``majority_baseline_<stat>`` for the
-    :data:`gs.spread.STATS`, and the router's ``experts``, ``encoder``, ``n_heldout``, ``train_accuracy``,
-    ``latency_ms_per_prompt``."""
+    :data:`gs.spread.STATS`, and the router's ``experts``, ``encoder``, ``heldout_accuracy`` (the configured
+    seed's), ``n_heldout``, ``train_accuracy``, ``latency_ms_per_prompt``."""
     rows = []
     for method, folder in router_dirs.items():
         path = Path(folder) / "router.json"
@@ -50,6 +50,7 @@ def router_rows(router_dirs: dict[str, Path]) -> pd.DataFrame:
         row.update({f"majority_baseline_{k}": v for k, v in base.items()})
         row.update(
             {
+                "heldout_accuracy": info.get("heldout_accuracy"),  # the configured seed's, as router.json
                 "n_heldout": info.get("n_heldout"),
                 "train_accuracy": info.get("train_accuracy"),
                 "latency_ms_per_prompt": info.get("latency_ms_per_prompt"),

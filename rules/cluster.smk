@@ -122,7 +122,7 @@ rule merge_coherence_shards:
 
 rule cluster_quality:
     input:
-        unpack(kept_gradients),
+        **KEPT_INPUT,
         features="results/gradients/features.npz",
         train="results/data/pool/train.jsonl",
         assignments=expand(
@@ -147,7 +147,7 @@ rule cluster_quality:
         "../envs/report.yaml"
     params:
         dirs=expand("results/clusters/{method}", method=QUALITY_METHODS),
-        gradients=kept_gradients_arg,
+        gradients=KEPT_ARG,
     shell:
         "python -m gs.quality --features {input.features} --train {input.train}"
         " --clusters {params.dirs} --coherence {input.coherence} {params.gradients} --out-csv {output.csv}"
@@ -159,7 +159,7 @@ rule ablation:
     # Full dimension vs. random projections of every size, each clustered on its rows and on its top-r SVD
     # coordinates, over seeds (gs.ablation); from the kept gradients, else the extraction's features.
     input:
-        unpack(kept_gradients),
+        **KEPT_INPUT,
         features="results/gradients/features.npz",
         train="results/data/pool/train.jsonl",
     output:
@@ -181,7 +181,7 @@ rule ablation:
         cfg=json_param(config["cluster"]),
         rank=config["gradients"]["svd"]["rank"],
         seed=config["seed"],
-        gradients=kept_gradients_arg,
+        gradients=KEPT_ARG,
     shell:
         "python -m gs.ablation --features {input.features} --train {input.train} {params.gradients}"
         " --params {params.cfg} --rank {params.rank} --seed {params.seed} --out-dir results/ablation"

@@ -11,14 +11,9 @@ if KEEP_GRADIENTS and SHARDS > 1:
         "gradients.keep_gradients needs gradients.shards: 1 (the sharded extraction keeps no gradients)"
     )
 
-
-def kept_gradients(wildcards):
-    """The kept gradients as an input, when the config keeps them."""
-    return {"gradients": KEPT_GRADIENTS} if KEEP_GRADIENTS else {}
-
-
-def kept_gradients_arg(wildcards, input):
-    return f"--gradients {input.gradients}" if "gradients" in input.keys() else ""
+# The kept gradients as a named input and as the CLI argument of the rules that read them.
+KEPT_INPUT = {"gradients": KEPT_GRADIENTS} if KEEP_GRADIENTS else {}
+KEPT_ARG = f"--gradients {KEPT_GRADIENTS}" if KEEP_GRADIENTS else ""
 
 
 if SHARDS > 1:
@@ -63,11 +58,11 @@ rule extract_gradient_features:
         warmup="results/gradients/warmup",
         train="results/data/pool/train.jsonl",
     output:
+        **KEPT_INPUT,
         features="results/gradients/features.npz",
         components="results/gradients/svd_components.npy",
         summary="results/gradients/extract.json",
         projectors=expand("results/gradients/projector_{p}.joblib", p=PROJECTION_DIMS),
-        **({"gradients": KEPT_GRADIENTS} if KEEP_GRADIENTS else {}),
     log:
         "logs/extract_gradient_features/extract.log",
     benchmark:

@@ -301,7 +301,7 @@ def test_router_table_spread(tmp_path):
     lo, hi = stats.t.interval(0.95, 4, loc=a.mean(), scale=stats.sem(a))
     assert (df.loc["a", "heldout_accuracy_ci_low"], df.loc["a", "heldout_accuracy_ci_high"]) == pytest.approx((lo, hi))
     assert df.loc["b", "seeds"] == 1 and np.isnan(df.loc["b", "heldout_accuracy_sd"])
-    assert df.loc["old", "heldout_accuracy_mean"] == 0.6
+    assert df.loc["old", "heldout_accuracy_mean"] == 0.6 == df.loc["old", "heldout_accuracy"]
     md = (tmp_path / "t.md").read_text()
     assert f"| a | 2 | minilm | 5 | {a.mean():.3f} ± {a.std(ddof=1):.3f} [0.700, 0.950]" in md
     with pytest.raises(InputError, match="METHOD=folder"):
