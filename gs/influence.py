@@ -28,10 +28,20 @@ targets, C checkpoints, n the pool, peak memory per pool block, beyond the model
 * device (the model's): ``4 b d`` (the per-sample gradients :func:`gs.gradients.iter_gradients`
   still holds) ``+ 4 b d`` (the block moved back from the host) ``+ 8 b d`` (the Adam direction and
   one temporary) ``+ 8 d`` (one checkpoint's moments) ``+ 4 b p + 4 T p`` plus the projector's
-  workspace: TRAK's ``CudaProjector`` only its (16 ceil(b/16), SMs, p) float32 output, ``4 d 128``
-  for ``BasicProjector`` on a GPU (one generated block). On the CPU the first two terms are one.
+  workspace: TRAK's ``CudaProjector`` only its (16 ceil(b/16), SMs, p) float32 output; for
+  ``BasicProjector`` on a GPU one generated (d, block) block in the model's dtype (e bytes an entry:
+  ``e d block``, block = :func:`gs.projection.basic_block_size`, LESS's 128 where it fits
+  ``GPU_BLOCK_BYTES``, 19 bfloat16 columns at d = 109M) and the block cast to that dtype (``e b d``).
+  On the CPU the first two terms are one.
 * host: ``4 b d`` (the block iter_gradients hands over) ``+ 8 C T n`` and, for the CPU Rademacher
   projector, ``d p`` int8 + ``4 d 128`` (the kept matrix and its conversion buffer).
+
+Projector dtype: on a GPU TRAK's projector runs in the model's dtype, as LESS builds it
+(``collect_grads``: ``dtype = next(model.parameters()).dtype``; :func:`gs.projection.projector_dtype`),
+bfloat16 at paper scale; on the CPU in float32. LESS also buffers ``project_interval = 16`` gradients
+per ``project`` call; we project each gradient batch as it comes (``gradients.batch_size`` rows a
+call): with the bfloat16 projector ``python -m gs.plan --configfile config/paper.yaml`` shows this pass
+and ClusterUCB's within their 24 h without the buffer, which would hold 16 more (d,) gradients on the device.
 
 The pass costs n x C per-sample gradient computations: the "full gradient-based selection" reference
 whose cost ClusterUCB reduces.
@@ -51,7 +61,7 @@ from gs.data import load_records
 from gs.io import InputError, atomic_path, parse_params, parse_target_specs, run_cli
 from gs.less import adam_precondition
 from gs.models import load_model, load_tokenizer
-from gs.projection import KINDS, Projector
+from gs.projection import KINDS, Projector, projector_dtype
 from gs.training import load_adapter, seed_everything
 
 DEFAULT_KIND = "rademacher"  # LESS collect_grad_reps.py: TRAK's Rademacher projector
@@ -115,10 +125,14 @@ class _Features:
     """Projection (or none) of gradient blocks to (b, p) float32 on the model's device, then unit rows.
 
     Without projection the block is normalised in place (no copy when it is already float32 there).
+    ``model_dtype``: the model's (LESS's projector dtype on a GPU, :func:`gs.projection.projector_dtype`).
     """
 
-    def __init__(self, dim: int | None, kind: str, seed: int, device: torch.device) -> None:
+    def __init__(
+        self, dim: int | None, kind: str, seed: int, device: torch.device, model_dtype: torch.dtype = torch.float32
+    ) -> None:
         self.dim, self.kind, self.seed, self.device = dim, kind, seed, device
+        self.dtype = projector_dtype(model_dtype, device)
         self.projector: Projector | None = None
 
     def __call__(self, grads: torch.Tensor) -> torch.Tensor:
@@ -126,7 +140,9 @@ class _Features:
             return _unit_rows(grads.to(self.device, torch.float32))  # in place: the block is not reused
         if self.projector is None:
             # One projector for every checkpoint and both sides: LESS builds it with the same seed each time.
-            self.projector = Projector(self.kind, grads.shape[1], self.dim, self.seed, device=self.device)
+            self.projector = Projector(
+                self.kind, grads.shape[1], self.dim, self.seed, device=self.device, dtype=self.dtype
+            )
         return _unit_rows(self.projector.project(grads).to(self.device, torch.float32))
 
 
@@ -192,8 +208,9 @@ def compute_influence(
     feats: _Features | None = None
     for c, ckpt in enumerate(tqdm(checkpoints, desc="influence checkpoints", unit="checkpoint")):
         model = load_adapter(load_model(model_dir), ckpt["dir"], trainable=True)
-        device = next(model.parameters()).device
-        feats = feats or _Features(dim, kind, seed, device)
+        first = next(model.parameters())  # LESS collect_grads: the projector's device and dtype
+        device = first.device
+        feats = feats or _Features(dim, kind, seed, device, first.dtype)
         directions = _target_directions(model, tok, targets, names, feats, params)  # (T, p)
         m, v = load_moments(ckpt["dir"], device)
         start, batch_order = 0, []

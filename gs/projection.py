@@ -17,13 +17,20 @@ Three kinds, each fixed by ``(kind, d, dim, seed)`` alone, so a saved projector 
   multiply in float32 blocks of 128 columns converted into one reused (d, 128) buffer;
   the result equals ``BasicProjector.project`` up to float32 summation order. Above
   ``cache_limit_bytes`` (default 8 GiB) the matrix is not kept and ``BasicProjector`` regenerates it
-  per call, as TRAK does. On a GPU without ``fast_jl`` (ours, a departure from LESS's 128 columns):
-  ``BasicProjector``'s float32 (d, block) block is kept under ``GPU_BLOCK_BYTES`` (4 GiB): block =
-  min(128, dim, floor(GPU_BLOCK_BYTES / 4 d)) columns, 9 at the paper's d = 109M (a 128-column block
-  there is 52 GiB beside a 50 GiB gradient step); the block size fixes TRAK's seeds (``seed + 1000 *
-  block``), so it is saved with the projector. This fallback regenerates all d * dim entries on every
-  ``project`` call (slow: gs.plan counts it). Departures from LESS: inputs are projected in float32 (LESS casts them to
-  float16 first) and the matrix is not scaled (TRAK's is not either; cosines ignore the scale).
+  per call, as TRAK does; the CPU projects in float32 (LESS's dtype would be the CPU model's, float32 too).
+  On a GPU without ``fast_jl`` we follow LESS's ``BasicProjector`` call: its ``dtype`` is the model's
+  (LESS: ``dtype = next(model.parameters()).dtype``, bfloat16 at paper scale; :func:`projector_dtype`),
+  so TRAK draws and multiplies the matrix in that dtype (a bfloat16 entry costs half the RNG and
+  matmul traffic of a float32 one; +-1 is exact in either), and its block is LESS's 128 columns where a
+  (d, 128) block fits ``GPU_BLOCK_BYTES`` (4 GiB), else the largest that fits (ours, a departure:
+  ``min(128, dim, floor(GPU_BLOCK_BYTES / (itemsize d)))``, 19 bfloat16 columns at the paper's d =
+  109M, where a 128-column block would be 26 GiB beside a 50 GiB gradient step). The block size and
+  dtype fix TRAK's draw (seeds ``seed + 1000 * block``), so both are saved with the projector. This
+  fallback regenerates all d * dim entries on every ``project`` call (slow: gs.plan counts it); callers
+  amortise it over several gradient batches per call as LESS's ``project_interval`` does
+  (:mod:`gs.influence`). Departures from LESS: a float32 input is cast straight to the projector's dtype
+  (LESS stacks its gradients as float16 first), the (b, dim) result is returned as float32, and the
+  matrix is not scaled (TRAK's is not either; cosines ignore the scale).
 * ``sparse``: very sparse random projections (Li, Hastie & Church, KDD 2006; entries +-sqrt(s) with
   probability 1/(2s), s = sqrt(d)) through scikit-learn's ``SparseRandomProjection``; cheap on a CPU.
 * ``gaussian``: scikit-learn's dense ``GaussianRandomProjection``, for small d.
@@ -47,27 +54,37 @@ BACKENDS = ("fast_jl", "basic")
 LESS_BLOCK_SIZE = 128  # LESS collect_grad_reps.py: ``block_size = 128``
 LESS_MAX_BATCH_SIZE = 16  # LESS collect_grad_reps.py: ``projector_batch_size = 16``
 CACHE_LIMIT_BYTES = 8 * 2**30  # ours: the largest int8 matrix kept on the CPU
-GPU_BLOCK_BYTES = 4 * 2**30  # ours: the largest float32 (d, block) block BasicProjector keeps on a GPU
+GPU_BLOCK_BYTES = 4 * 2**30  # ours: the largest (d, block) block BasicProjector keeps on a GPU
 
 log = logging.getLogger(__name__)
 
 
-def basic_block_size(d: int, dim: int, device_type: str, budget: int = GPU_BLOCK_BYTES) -> int:
-    """Columns of ``BasicProjector``'s (d, block) float32 block: LESS's 128 (at most ``dim``), on a CUDA
-    device at most ``floor(budget / 4 d)``.
+def basic_block_size(
+    d: int, dim: int, device_type: str, dtype: torch.dtype = torch.float32, budget: int = GPU_BLOCK_BYTES
+) -> int:
+    """Columns of ``BasicProjector``'s (d, block) block of ``dtype`` entries: LESS's 128 (at most ``dim``),
+    on a CUDA device at most ``floor(budget / (itemsize d))``.
 
     Raises:
-        InputError: on CUDA, one float32 column of d entries exceeds ``budget``.
+        InputError: on CUDA, one column of d entries exceeds ``budget``.
     """
     block = min(LESS_BLOCK_SIZE, dim)
     if device_type != "cuda":
         return block
-    if 4 * d > budget:
+    size = torch.empty((), dtype=dtype).element_size()
+    if size * d > budget:
         raise InputError(
-            f"rademacher projector: one float32 column of d={d} ({4 * d / 2**30:.2f} GiB) exceeds "
+            f"rademacher projector: one {dtype} column of d={d} ({size * d / 2**30:.2f} GiB) exceeds "
             f"gs.projection.GPU_BLOCK_BYTES ({budget / 2**30:.2f} GiB); BasicProjector cannot run, install fast_jl"
         )
-    return min(block, budget // (4 * d))
+    return min(block, budget // (size * d))
+
+
+def projector_dtype(model_dtype: torch.dtype, device: str | torch.device) -> torch.dtype:
+    """The dtype of the TRAK projector for gradients of a model of ``model_dtype`` on ``device``: the
+    model's on a GPU (LESS ``collect_grads``: ``dtype = next(model.parameters()).dtype``), float32 on
+    the CPU (the int8-cached matrix multiplied in float32)."""
+    return model_dtype if torch.device(device).type == "cuda" else torch.float32
 
 
 def fast_jl_available(device: torch.device) -> bool:
@@ -102,6 +119,7 @@ class _TrakRademacher:
         backend: str | None,
         cache_limit: int,
         block_size: int | None = None,
+        dtype: torch.dtype = torch.float32,
     ):
         from trak.projectors import BasicProjector, CudaProjector, ProjectionType
 
@@ -115,6 +133,7 @@ class _TrakRademacher:
                 "its matrix cannot be regenerated without CUDA and fast_jl"
             )
         self.backend, self.device, self.dim = backend, device, dim
+        self.dtype = torch.float32 if backend == "fast_jl" else dtype  # BasicProjector's matrix and matmul
         self.block_size: int | None = None  # BasicProjector's columns per generated block
         # CPU cache of BasicProjector's matrix: (blocks, d, 128) int8, block i = columns [128 i, 128 (i + 1)).
         self.blocks: torch.Tensor | None = None
@@ -123,20 +142,22 @@ class _TrakRademacher:
         if backend == "fast_jl":
             self.trak = CudaProjector(**args, max_batch_size=LESS_MAX_BATCH_SIZE)
             return
-        block = int(block_size) if block_size is not None else basic_block_size(d, dim, device.type)
+        block = int(block_size) if block_size is not None else basic_block_size(d, dim, device.type, dtype)
         if device.type == "cuda":
             log.warning(
                 "rademacher projector: fast_jl unavailable, TRAK BasicProjector fallback on %s (slow: regenerates "
-                "%d x %d entries per call, %d-column blocks of %.2f GiB)",
+                "%d x %d %s entries per call, %d-column blocks of %.2f GiB)",
                 device,
                 d,
                 dim,
+                dtype,
                 block,
-                4 * d * block / 2**30,
+                torch.empty((), dtype=dtype).element_size() * d * block / 2**30,
             )
-        self.trak = BasicProjector(**args, block_size=block, dtype=torch.float32)
+        self.trak = BasicProjector(**args, block_size=block, dtype=dtype)
         self.block_size = self.trak.block_size
-        if device.type == "cpu" and d * self.trak.num_blocks * self.trak.block_size <= cache_limit:
+        cached = d * self.trak.num_blocks * self.trak.block_size <= cache_limit
+        if device.type == "cpu" and dtype == torch.float32 and cached:
             size = self.trak.block_size
             self.blocks = torch.zeros(self.trak.num_blocks, d, size, dtype=torch.int8)
             for i, state in enumerate(self.trak.generator_states):
@@ -145,8 +166,8 @@ class _TrakRademacher:
             self.trak.free_memory()
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """(b, d) -> (b, dim) float32 on ``self.device``."""
-        x = x.to(self.device, torch.float32).contiguous()
+        """(b, d) -> (b, dim) float32 on ``self.device`` (computed in ``self.dtype``)."""
+        x = x.to(self.device, self.dtype).contiguous()
         if self.blocks is None:
             return self.trak.project(x, model_id=0).float()
         if self._buffer is None:
@@ -166,6 +187,8 @@ class Projector:
     ``backend`` (``rademacher`` only): ``"fast_jl"`` or ``"basic"``; default: ``fast_jl`` when it runs.
     ``block_size`` (``basic`` only): ``BasicProjector``'s columns per block; default
     :func:`basic_block_size` (a saved projector passes its own: the block fixes the matrix).
+    ``dtype`` (``basic`` only): ``BasicProjector``'s dtype, LESS's model dtype on a GPU
+    (:func:`projector_dtype`); default float32. Only float32 on the CPU keeps the int8 matrix.
     """
 
     def __init__(
@@ -179,6 +202,7 @@ class Projector:
         backend: str | None = None,
         cache_limit_bytes: int = CACHE_LIMIT_BYTES,
         block_size: int | None = None,
+        dtype: str | torch.dtype = torch.float32,
     ) -> None:
         if kind not in KINDS:
             raise InputError(f"unknown projector {kind!r}; expected one of {', '.join(KINDS)}")
@@ -188,8 +212,12 @@ class Projector:
         self.backend: str | None = None
         if kind == "rademacher":
             dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            if isinstance(dtype, str):
+                dtype = getattr(torch, dtype.removeprefix("torch."), None)
+            if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+                raise InputError(f"rademacher projector: dtype must be a floating torch dtype, got {dtype!r}")
             self._trak = _TrakRademacher(
-                self.d, self.dim, self.seed, dev, backend, int(cache_limit_bytes), block_size=block_size
+                self.d, self.dim, self.seed, dev, backend, int(cache_limit_bytes), block_size=block_size, dtype=dtype
             )
             self.backend = self._trak.backend
             return
@@ -220,9 +248,10 @@ class Projector:
 
     def spec(self) -> dict[str, Any]:
         """What :func:`load_projector` needs to regenerate this projection (``backend`` and the drawing
-        ``device`` type and ``BasicProjector``'s ``block_size`` for ``rademacher``, None otherwise)."""
+        ``device`` type and ``BasicProjector``'s ``block_size`` and ``dtype`` for ``rademacher``, None otherwise)."""
         device = self._trak.device.type if self.kind == "rademacher" else None
         block = self._trak.block_size if self.kind == "rademacher" else None
+        dtype = str(self._trak.dtype).removeprefix("torch.") if self.kind == "rademacher" else None
         return {
             "kind": self.kind,
             "d": self.d,
@@ -231,6 +260,7 @@ class Projector:
             "backend": self.backend,
             "device": device,
             "block_size": block,
+            "dtype": dtype,
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -241,7 +271,8 @@ class Projector:
 def load_projector(path: str | os.PathLike) -> Projector:
     """Rebuild a saved projector (only its spec is stored; the matrix is regenerated on the device it was
     drawn on). Specs saved before ``rademacher`` existed (no ``backend``) load as they were; a
-    ``rademacher`` spec without ``block_size`` (saved before it was chosen) used LESS's 128."""
+    ``rademacher`` spec without ``block_size`` (saved before it was chosen) used LESS's 128, one without
+    ``dtype`` float32."""
     if not Path(path).is_file():
         raise InputError(f"{path}: projector file not found")
     spec = joblib.load(path)
@@ -258,5 +289,12 @@ def load_projector(path: str | os.PathLike) -> Projector:
         )
     block = spec.get("block_size", LESS_BLOCK_SIZE) if spec.get("backend") != "fast_jl" else None
     return Projector(
-        spec["kind"], spec["d"], spec["dim"], spec["seed"], device=device, backend=spec.get("backend"), block_size=block
+        spec["kind"],
+        spec["d"],
+        spec["dim"],
+        spec["seed"],
+        device=device,
+        backend=spec.get("backend"),
+        block_size=block,
+        dtype=spec.get("dtype") or "float32",
     )

@@ -110,8 +110,9 @@ def clustering_pass(
     print(note)
     tok = load_tokenizer(model_dir)
     model = load_adapter(load_model(model_dir), ckpt, trainable=True)
-    device = next(model.parameters()).device
-    feats = _Features(dim, kind, seed, device)
+    first = next(model.parameters())  # LESS collect_grads: the projector's device and dtype
+    device = first.device
+    feats = _Features(dim, kind, seed, device, first.dtype)
     names = sorted(targets)
     directions = _target_directions(model, tok, targets, names, feats, gradient_params)  # (T, p)
     m, v = load_moments(ckpt, device)

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from gs.plan import devices
+from gs.plan import devices, host
 from gs.plan.projector import gpu_projector
 from gs.plan.report import check, predict
 from gs.plan.resources import RuleResources, rule_resources
@@ -176,3 +176,27 @@ def test_gpu_projector_memory_and_time_follow_trak():
     # bandwidth-bound: 100 calls x bytes / (3.35 TB/s x 0.7); the traced step has no FLOPs.
     assert row.gpu_seconds == pytest.approx(100 * basic.bytes_streamed / (3.35e12 * 0.7))
     assert row.gpu_seconds > 900  # 9.8 s a call: the fallback is slow
+    # In bfloat16 (LESS: the model's dtype): 19 columns (floor(4 GiB / 2 d)), ceil(8192 / 19) = 432 blocks,
+    # 5 x 2 B an entry generated, the bf16 input re-read per block, the float32 input cast once (4 + 2 B),
+    # the block read once; the block and the cast input held.
+    bf = gpu_projector(d, p, b, False, 132, "bfloat16")
+    assert (bf.block, bf.dtype, bf.flops) == (19, "bfloat16", 2 * 4 * d * 8192)
+    assert bf.device_bytes == 2 * d * 19 + 2 * 4 * d
+    assert bf.bytes_streamed == 6 * 4 * d + 432 * (10 * d * 19 + 2 * 4 * d) + 2 * d * 8192
+    stage.projector_calls["projector"] = (bf, 100)
+    row_bf = predict(stage, 0, "gpu", h100, 0.5, 0.7, 1e9, RuleResources(mem_mb=64000, runtime=600, gpu=1))
+    assert row_bf.gpu_seconds == pytest.approx(100 * bf.bytes_streamed / (3.35e12 * 0.7))
+    assert 0.45 < row_bf.gpu_seconds / row.gpu_seconds < 0.5  # about half the traffic
+
+
+def test_host_arithmetic_adds_its_streaming_time():
+    h100 = devices.gpu("H100-80GB")
+    stage = _stage(GIB, 989e12 * 0.5)  # 10 s on the GPU (as above)
+    # gs.features.cluster_gradient_sums: per sample, 4 + 8 bytes (copy, float64) + 24 per method.
+    assert host.coherence_host_traffic(1000, 7, 3) == 7 * 1000 * (4 + 8 + 3 * 24)
+    stage.host_bytes_streamed = 20e9
+    res = RuleResources(mem_mb=64000, runtime=60, gpu=1, threads=4)
+    row = predict(stage, 0, "gpu", h100, 0.5, 0.7, 1e9, res, host_bandwidth=4e9)
+    assert row.gpu_seconds == pytest.approx(10.0 + 5.0)  # 20 GB at 4 GB/s after the GPU's 10 s
+    assert row.cpu_seconds == pytest.approx(10 * 989e12 * 0.5 / 4e9 + 5.0)
+    assert 1e8 < devices.measure_host_bandwidth(size=2**20, seconds=0.05) < 1e12

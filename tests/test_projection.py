@@ -9,7 +9,7 @@ import torch
 from trak.projectors import BasicProjector, ProjectionType
 
 from gs.io import InputError
-from gs.projection import GPU_BLOCK_BYTES, Projector, basic_block_size, load_projector
+from gs.projection import GPU_BLOCK_BYTES, Projector, basic_block_size, load_projector, projector_dtype
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -93,6 +93,51 @@ def test_gpu_fallback_block_fits_the_budget_and_is_saved(tmp_path):
     np.testing.assert_allclose(
         load_projector(tmp_path / "o.joblib").transform(x), _trak_basic(d, p, seed, x), atol=1e-3
     )
+
+
+def test_gpu_block_follows_the_projector_dtype():
+    d = 109_051_904  # paper scale, as above
+    # bfloat16 (LESS: the model's dtype): floor(4 GiB / (2 B x 109,051,904)) = floor(19.69) = 19 columns.
+    assert basic_block_size(d, 8192, "cuda", torch.bfloat16) == 19
+    assert basic_block_size(d, 8192, "cuda", torch.float32) == 9
+    # LESS's 128 where a (d, 128) block fits: 2 B x 16,000,000 x 128 = 4.1e9 B < 4 GiB = 4.29e9 B.
+    assert basic_block_size(16_000_000, 8192, "cuda", torch.bfloat16) == 128
+    assert basic_block_size(17_000_000, 8192, "cuda", torch.bfloat16) == 126  # floor(4294967296 / 34e6)
+    assert basic_block_size(d, 8192, "cpu", torch.bfloat16) == 128
+    assert basic_block_size(2**31, 8192, "cuda", torch.bfloat16) == 1  # one bf16 column of exactly 4 GiB
+    with pytest.raises(InputError, match="GPU_BLOCK_BYTES"):
+        basic_block_size(2**31 + 1, 8192, "cuda", torch.bfloat16)
+
+
+def test_projector_dtype_is_the_models_on_a_gpu_float32_on_the_cpu():
+    assert projector_dtype(torch.bfloat16, "cuda") == torch.bfloat16
+    assert projector_dtype(torch.bfloat16, torch.device("cuda", 0)) == torch.bfloat16
+    assert projector_dtype(torch.bfloat16, "cpu") == torch.float32
+    assert projector_dtype(torch.float32, "cuda") == torch.float32
+
+
+def test_bfloat16_projector_equals_trak_basic_projector_in_bfloat16(tmp_path):
+    d, p, seed = 3000, 50, 4
+    x = torch.randn(6, d, generator=torch.Generator().manual_seed(1))
+    # The reference: TRAK's BasicProjector as LESS builds it on a bf16 model (dtype = the model's), block 16.
+    ref = BasicProjector(
+        d, p, seed, ProjectionType.rademacher, torch.device("cpu"), block_size=16, dtype=torch.bfloat16
+    )
+    expected = ref.project(x.to(torch.bfloat16), model_id=0).float().numpy()
+    proj = Projector("rademacher", d, p, seed, device="cpu", block_size=16, dtype="bfloat16")
+    assert proj._trak.blocks is None  # only a float32 projector keeps the int8 matrix
+    out = proj.transform(x)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, expected)
+    # The same signs as the float32 draw on the CPU: bf16 differs only by rounding (8-bit mantissa).
+    f32 = Projector("rademacher", d, p, seed, device="cpu", block_size=16).transform(x)
+    assert np.abs(out - f32).max() < 2e-2 * np.abs(f32).max()
+    assert not np.array_equal(out, f32)
+    proj.save(tmp_path / "bf16.joblib")
+    assert joblib.load(tmp_path / "bf16.joblib")["dtype"] == "bfloat16"
+    np.testing.assert_array_equal(load_projector(tmp_path / "bf16.joblib").transform(x), out)
+    with pytest.raises(InputError, match="dtype"):
+        Projector("rademacher", d, p, seed, device="cpu", dtype="int8")
 
 
 def _standardised_errors(x: np.ndarray, proj: Projector, sparse_s: float | None = None) -> np.ndarray:

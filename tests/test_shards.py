@@ -180,6 +180,9 @@ def test_sharded_coherence_sums_equal_the_single_pass(sharded, tiny_model_dir):
     for i, f in enumerate(files):
         coherence_shard(str(tiny_model_dir), str(warmup), str(train), [str(cdir)], GRADIENTS, 0, i, 3, f)
     parts = [torch.load(f, weights_only=True)["methods"]["toy"] for f in files]
+    # summed on the host in float64 (whatever the model's device), saved as float32
+    assert single["sums"].dtype == torch.float64 and single["sums"].device.type == "cpu"
+    assert all(p["sums"].dtype == torch.float32 for p in parts)
     np.testing.assert_allclose(sum(p["sums"] for p in parts).numpy(), single["sums"].numpy(), atol=1e-6)
     assert sum(p["counts"] for p in parts).tolist() == single["counts"].tolist() == [6, 5, 5]
     result = merge_coherence(files, str(tmp / "coherence.json"))
@@ -325,3 +328,46 @@ def test_planner_plans_one_job_per_shard_and_the_merges():
     assert three[4].work[0].repeats == {"gradient": 2 + targets}
     d = three[0].work[0].trace.lora_dim
     assert three[1].host_extra["shard states"] == 4 * d * 3 * (2 + 4)  # S x (rank + oversample) float32 rows
+
+
+def test_planner_keeps_coherence_sums_on_the_host_and_projects_influence_in_the_model_dtype():
+    """On a GPU run: the coherence shard's float64 sums are host arrays (none on the device), saved
+    as float32 one method at a time; the merge holds two float32 totals; LESS influence's
+    BasicProjector runs in the model's dtype (bfloat16 here), gs.features' extraction in float32."""
+    import copy
+
+    from transformers import LlamaConfig
+
+    from gs.plan.cli import load_config
+    from gs.plan.stages import Planner
+
+    config = copy.deepcopy(load_config(ROOT / "config" / "test.yaml", ROOT / "config" / "config.yaml"))
+    config["plan"] = {**config.get("plan", {}), "run_on": "gpu", "fast_jl": False}
+    config["model"]["dtype"] = "bfloat16"
+    config["gradients"].pop("dtype", None)
+    config["gradients"]["projection"]["kind"] = "rademacher"
+    config["gradients"]["influence"] = {"projection_dim": 64, "projection_kind": "rademacher"}
+    hf = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1000,
+        max_position_embeddings=128,
+    )
+    planner = Planner(config, hf)
+    methods, k = 3, 2
+    stages = {s.rule: s for s in planner.gradient_passes(3, methods, k) + planner.influence_pass(3)}
+    co, merge = stages["gradient_coherence_shard"], stages["merge_coherence_shards"]
+    d = co.work[0].trace.lora_dim
+    assert not any("sums" in name for name in co.device_extra)
+    assert co.host_extra["cluster sums"] == 8 * methods * k * d
+    assert co.host_extra["float32 copy of one method's sums (saving)"] == 4 * k * d
+    assert merge.host_extra == {"cluster sums (total and one shard's)": 2 * 4 * methods * k * d}
+    # host arithmetic of the largest slice, ceil(16 / 3) = 6 samples: copy to float64, one add per method
+    assert co.host_bytes_streamed == 6 * d * (4 + 8 + methods * 24)
+    costs = [cost for cost, _ in stages["less_influence_shard"].projector_calls.values()]
+    assert [(c.backend, c.dtype, c.block) for c in costs] == [("basic", "bfloat16", 64)]  # min(128, p = 64)
+    extract = [cost for cost, _ in stages["extract_gradient_shard"].projector_calls.values()]
+    assert extract and all(c.dtype == "float32" for c in extract)

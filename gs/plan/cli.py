@@ -72,13 +72,14 @@ def plan(
     snakefile: str | Path = "Snakefile",
     baseline_bytes: int | None = None,
     cpu_flops: float | None = None,
+    host_bandwidth: float | None = None,
     declared: dict[str, dict[str, Any]] | None = None,
     full_depth: bool = False,
 ) -> tuple[list[Row], list[str]]:
     """Rows of every stage of ``config`` and notes on where the numbers came from.
 
-    ``baseline_bytes``/``cpu_flops``/``declared`` replace the measured import baseline, the measured
-    CPU throughput and the workflow's rule resources (tests).
+    ``baseline_bytes``/``cpu_flops``/``host_bandwidth``/``declared`` replace the measured import
+    baseline, the measured CPU throughput and host memory bandwidth and the workflow's rule resources (tests).
     """
     settings = {**DEFAULTS, **config.get("plan", {})}
     run_on = str(settings["run_on"])
@@ -110,6 +111,8 @@ def plan(
         baselines = {v: int(baseline_bytes) for v in import_sets}
     if cpu_flops is None:
         cpu_flops = devices.measure_cpu_flops(1)
+    if host_bandwidth is None:
+        host_bandwidth = devices.measure_host_bandwidth()
     if declared is None:
         declared = workflow_resources(snakefile, configfile)
     profile = read_profile(settings["profile"])
@@ -125,6 +128,7 @@ def plan(
             float(settings["bandwidth_efficiency"]),
             cpu_flops,
             res,
+            host_bandwidth,
         )
 
     rows = [row_of(s) for s in stages]
@@ -135,13 +139,17 @@ def plan(
         f"CPU time: FLOPs / (measured float32 matmul {cpu_flops / 1e9:.1f} GFLOP/s per thread x the rule's threads).",
         "Host peak: measured import baseline per stage + host arrays + "
         + ("the traced step." if run_on == "cpu" else "nothing of the model (loaded straight onto the GPU)."),
+        "Host arithmetic (the coherence pass's float64 cluster sums on the host): bytes streamed / "
+        f"(measured one-thread float64 add bandwidth {host_bandwidth / 1e9:.1f} GB/s), added to the stage's time.",
         f"Resources: the rules' own, updated by profile {settings['profile'] or '(none)'}.",
         "Rademacher projectors on a GPU (gs.plan.projector): "
         + (
             "TRAK CudaProjector (plan.fast_jl: true), 2 b d p float32 FLOPs a call."
             if settings.get("fast_jl", False)
-            else "TRAK BasicProjector fallback (plan.fast_jl: false), blocks under gs.projection.GPU_BLOCK_BYTES, "
-            "d p entries regenerated a call at 24 bytes an entry of memory traffic."
+            else "TRAK BasicProjector fallback (plan.fast_jl: false) in the projector's dtype (the model's in "
+            "LESS influence and ClusterUCB arms, float32 in gradient features), blocks under "
+            "gs.projection.GPU_BLOCK_BYTES, d p entries regenerated a call at 6 bytes an entry of memory traffic "
+            "per byte of the dtype (RNG and matmul read)."
         ),
         shard_note(
             lambda s: [row_of(st) for st in planner.gradient_passes(s, n_methods, k) + planner.influence_pass(s)],

@@ -53,6 +53,30 @@ def gpu_seconds(
     return max(flops / (peak * mfu), bytes_read / (device.bandwidth_tbs * 1e12 * bandwidth_efficiency))
 
 
+def measure_host_bandwidth(size: int = 2**23, seconds: float = 0.5) -> float:
+    """Measured bytes/s of an in-place float64 ``a.add_(b)`` on one thread (reads 16 and writes 8 bytes
+    an element, as ``index_add_`` of a row into a float64 sum does), over ``size``-element arrays
+    (64 MiB each, beyond the caches), repeated for about ``seconds``; the best repeat counts. One
+    thread: a conservative rate for memory-bound host arithmetic (more threads share the memory bus)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a = torch.zeros(size, dtype=torch.float64)
+        b = torch.ones(size, dtype=torch.float64)
+        a.add_(b)  # warm-up: pages touched
+        best, spent = float("inf"), 0.0
+        while spent < seconds:
+            start = time.perf_counter()
+            a.add_(b)
+            took = time.perf_counter() - start
+            best, spent = min(best, took), spent + took
+    finally:
+        torch.set_num_threads(before)
+    return 24.0 * size / best
+
+
 def measure_cpu_flops(threads: int = 1, size: int = 1024, seconds: float = 1.0) -> float:
     """Measured float32 matmul FLOP/s of this CPU on ``threads`` threads (``size`` cubed products,
     repeated for about ``seconds``; the best repeat counts)."""

@@ -113,6 +113,13 @@ def coherence_host_bytes(d: int, params: dict[str, Any], methods: int, k: int) -
     }
 
 
+def coherence_host_traffic(d: int, n: int, methods: int) -> float:
+    """Host bytes streamed by ``gs.features.cluster_gradient_sums`` over ``n`` samples: each (d,) row
+    copied to the host and converted to float64 once (4 read + 8 written), then ``index_add_``-ed into
+    one float64 cluster sum per method (8 + 8 read, 8 written)."""
+    return float(n) * d * (F32 + F64 + methods * 3 * F64)
+
+
 def influence_bytes(
     d: int, n: int, targets: int, checkpoints: int, batch: int, p: int | None, kind: str, run_on: str
 ) -> tuple[dict[str, int], dict[str, int]]:

@@ -8,14 +8,16 @@ columns. Both follow TRAK 0.3.2's ``trak/projectors.py`` and fast_jl 0.1.3's ``f
   kernel's batch (8 for b <= 8, 16 for b <= 16, at most ``max_batch_size`` 16: LESS), tiles = the
   GPU's SM count, and sums it over tiles into the (b, p) projection (counted with the stage's
   projected block). Work: 2 b d p FLOPs in float32 and one read of the (b, d) input.
-* ``BasicProjector``: a (d, block) float32 block on the device, regenerated for each of the
-  ceil(p / block) blocks on every call: ``bernoulli_`` writes 4 bytes an entry and the in-place
-  ``*= 2`` and ``-= 1`` read and write 8 each (20 bytes an entry, d p entries a call, the RNG taken as
-  bandwidth-bound), then the block's matmul reads the block (4 bytes an entry) and the (b, d) input
-  again for every block. Work: 2 b d p FLOPs.
+* ``BasicProjector``: a (d, block) block of the projector's dtype (gs.projection.projector_dtype: the
+  model's, bfloat16 at paper scale; e bytes an entry) on the device, regenerated for each of the
+  ceil(p / block) blocks on every call: ``bernoulli_`` writes e bytes an entry and the in-place
+  ``*= 2`` and ``-= 1`` read and write 2 e each (5 e bytes an entry, d p entries a call, the RNG taken
+  as bandwidth-bound), then the block's matmul reads the block (e bytes an entry) and the (b, d) input
+  in the projector's dtype again for every block; a float32 input is cast once first (4 b d read,
+  e b d written, a (b, d) copy held on the device). Work: 2 b d p FLOPs in the projector's dtype.
 
-Time of a call: :func:`gs.plan.devices.gpu_seconds` of these FLOPs and bytes in float32 (an estimate
-from the datasheet and the plan's MFU and bandwidth efficiency, not a measurement).
+Time of a call: :func:`gs.plan.devices.gpu_seconds` of these FLOPs and bytes in the projector's dtype
+(an estimate from the datasheet and the plan's MFU and bandwidth efficiency, not a measurement).
 """
 
 from __future__ import annotations
@@ -23,20 +25,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 F32 = 4
-RNG_BYTES_PER_ENTRY = 4 + 8 + 8  # BasicProjector.generate_sketch_matrix: bernoulli_, *= 2.0, -= 1.0
+RNG_WORDS_PER_ENTRY = 1 + 2 + 2  # BasicProjector.generate_sketch_matrix: bernoulli_, *= 2.0, -= 1.0
 
 
 @dataclass(frozen=True)
 class ProjectorCost:
     """One GPU projector: ``backend`` (``fast_jl`` or ``basic``), its ``block`` (basic: columns),
-    the device bytes it holds, and per ``project`` call its FLOPs and bytes streamed."""
+    the device bytes it holds, per ``project`` call its FLOPs and bytes streamed, and the ``dtype``
+    (a torch name) its FLOPs run in."""
 
     backend: str
     block: int | None
     device_bytes: int
     flops: float
     bytes_streamed: float
+    dtype: str = "float32"
 
 
 def fast_jl_batch(b: int, max_batch_size: int = 16) -> int:
@@ -45,11 +51,12 @@ def fast_jl_batch(b: int, max_batch_size: int = 16) -> int:
     return min(max_batch_size, size)
 
 
-def gpu_projector(d: int, p: int, b: int, fast_jl: bool, sms: int) -> ProjectorCost:
-    """The projector gs.projection builds for (b, d) gradients to p coordinates on a GPU with ``sms`` SMs.
+def gpu_projector(d: int, p: int, b: int, fast_jl: bool, sms: int, dtype: str = "float32") -> ProjectorCost:
+    """The projector gs.projection builds for (b, d) float32 gradients to p coordinates on a GPU with
+    ``sms`` SMs; ``dtype``: ``BasicProjector``'s (the model's, :func:`gs.projection.projector_dtype`).
 
     Raises:
-        InputError: without fast_jl, one float32 column of d exceeds :data:`gs.projection.GPU_BLOCK_BYTES`.
+        InputError: without fast_jl, one column of d entries exceeds :data:`gs.projection.GPU_BLOCK_BYTES`.
     """
     from gs.projection import LESS_MAX_BATCH_SIZE, basic_block_size
 
@@ -58,7 +65,11 @@ def gpu_projector(d: int, p: int, b: int, fast_jl: bool, sms: int) -> ProjectorC
         e = fast_jl_batch(b, LESS_MAX_BATCH_SIZE)
         out = F32 * math.ceil(b / e) * e * min(d, sms) * p
         return ProjectorCost("fast_jl", None, out, flops, F32 * b * d + 2 * out)
-    block = basic_block_size(d, p, "cuda")
+    torch_dtype = getattr(torch, dtype)
+    size = torch.empty((), dtype=torch_dtype).element_size()
+    block = basic_block_size(d, p, "cuda", torch_dtype)
     blocks = math.ceil(p / block)
-    streamed = blocks * (RNG_BYTES_PER_ENTRY * d * block + F32 * b * d) + F32 * d * p
-    return ProjectorCost("basic", block, F32 * d * block, flops, float(streamed))
+    cast = (F32 + size) * b * d if size != F32 else 0
+    streamed = cast + blocks * (RNG_WORDS_PER_ENTRY * size * d * block + size * b * d) + size * d * p
+    held = size * d * block + (size * b * d if size != F32 else 0)  # the block and the input's cast copy
+    return ProjectorCost("basic", block, held, flops, float(streamed), dtype)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gs.plan.devices import Gpu, gpu_seconds
+from gs.plan.devices import Gpu, gpu_seconds, measure_host_bandwidth
 from gs.plan.resources import RuleResources
 from gs.plan.stages import Stage
 
@@ -42,9 +42,12 @@ def predict(
     bandwidth_efficiency: float,
     cpu_flops: float,
     resources: RuleResources,
+    host_bandwidth: float | None = None,
 ) -> Row:
     """A stage's row. Host peak = measured import baseline + host arrays + (on a CPU run) the traced
-    step itself; on a GPU run :func:`gs.models.load_model` reads the weights straight onto the device."""
+    step itself; on a GPU run :func:`gs.models.load_model` reads the weights straight onto the device.
+    Time adds the stage's host arithmetic (``host_bytes_streamed`` / ``host_bandwidth`` bytes/s,
+    measured by :func:`gs.plan.devices.measure_host_bandwidth` when not given): the loop waits for it."""
     weights = max((w.trace.weight_bytes for w in stage.work), default=0)
     host = baseline + sum(stage.host_extra.values())
     host += stage.device_bytes if run_on == "cpu" else 0
@@ -56,9 +59,12 @@ def predict(
                 flops, work.trace.bytes_read.get(phase, 0), work.dtype, device, mfu, bandwidth_efficiency
             )
             cpu_s += repeats * flops / (cpu_flops * max(1, resources.threads))
-    for cost, calls in stage.projector_calls.values():  # gs.plan.projector: float32 work per call
-        gpu_s += calls * gpu_seconds(cost.flops, cost.bytes_streamed, "float32", device, mfu, bandwidth_efficiency)
+    for cost, calls in stage.projector_calls.values():  # gs.plan.projector: work per call in its dtype
+        gpu_s += calls * gpu_seconds(cost.flops, cost.bytes_streamed, cost.dtype, device, mfu, bandwidth_efficiency)
         cpu_s += calls * cost.flops / (cpu_flops * max(1, resources.threads))
+    if stage.host_bytes_streamed:
+        host_s = stage.host_bytes_streamed / (host_bandwidth or measure_host_bandwidth())
+        gpu_s, cpu_s = gpu_s + host_s, cpu_s + host_s
     row = Row(
         stage.stage, stage.rule, " ".join(stage.jobs), stage.device_bytes, weights, host, gpu_s, cpu_s, resources, []
     )

@@ -36,7 +36,9 @@ class Stage:
     ``device_bytes``: the stage's traced peak (0 for stages without a model); ``device_extra``: other
     device arrays (the SVD state on a GPU); ``host_extra``: host arrays by name; ``imports``: the
     modules whose import the baseline measures; ``jobs``: the Snakemake jobs (wildcards) it stands for;
-    ``projector_calls``: per GPU projector, its cost and how many ``project`` calls the job makes.
+    ``projector_calls``: per GPU projector, its cost and how many ``project`` calls the job makes;
+    ``host_bytes_streamed``: host memory traffic of the job's own arithmetic on host arrays (the
+    coherence pass's float64 sums), timed at the measured host bandwidth.
     """
 
     stage: str
@@ -49,6 +51,7 @@ class Stage:
     host_weights: int = 0
     note: str = ""
     projector_calls: dict[str, tuple[ProjectorCost, float]] = field(default_factory=dict)
+    host_bytes_streamed: float = 0.0
 
     @property
     def device_bytes(self) -> int:
@@ -95,15 +98,21 @@ class Planner:
             self._cache[full] = trace_step(self.hf, dtype, lora, step, adapters=adapters, full_depth=self.full_depth)
         return self._cache[full]
 
-    def _projectors(self, stage: Stage, kind: str, d: int, b: int, calls: dict[int, float]) -> None:
+    def _projectors(
+        self, stage: Stage, kind: str, d: int, b: int, calls: dict[int, float], dtype: str = "float32"
+    ) -> None:
         """On a GPU run, the Rademacher projectors gs.projection builds there (``plan.fast_jl``:
-        CudaProjector, else BasicProjector with its chosen block): each one's device bytes (all alive
-        together) and its ``calls[p]`` calls on (b, d) blocks."""
+        CudaProjector, else BasicProjector in ``dtype`` with its chosen block): each one's device bytes
+        (all alive together) and its ``calls[p]`` calls on (b, d) blocks."""
         if self.run_on != "gpu" or kind != "rademacher":
             return
         for p, n_calls in sorted(calls.items()):
-            cost = gpu_projector(d, p, b, self.fast_jl, self.sms)
-            what = "CudaProjector workspace" if cost.block is None else f"BasicProjector block, {cost.block} columns"
+            cost = gpu_projector(d, p, b, self.fast_jl, self.sms, dtype)
+            what = (
+                "CudaProjector workspace"
+                if cost.block is None
+                else f"BasicProjector {cost.dtype} block, {cost.block} columns, and cast input"
+            )
             name = f"projector {p} ({what})"
             stage.device_extra[name] = cost.device_bytes
             stage.projector_calls[name] = (cost, n_calls)
@@ -139,7 +148,9 @@ class Planner:
         co = Stage("gradient coherence", "gradient_coherence", ["coherence"], ("gs.features", "gs.quality"))
         co.work = [self._gradients(warm["lora"], gb, gt, gdtype, _ceil(n_job, gb))]
         co.host_extra = host.coherence_host_bytes(d, grads, n_methods, k)
-        # gs.features.stream_features: every projection dim once per batch, ELREA's dim again in its pass.
+        co.host_bytes_streamed = host.coherence_host_traffic(d, n_job, n_methods)
+        # gs.features.stream_features: every projection dim once per batch, ELREA's dim again in its pass;
+        # gs.features.make_projectors builds them with Projector's default dtype, float32.
         proj, nb = grads["projection"], _ceil(n_job, gb)
         calls = {p: float(nb) for p in {int(q) for q in proj["dims"]} | {int(proj["elrea_dim"])}}
         calls[int(proj["elrea_dim"])] += nb * (passes - 1)
@@ -191,13 +202,11 @@ class Planner:
             jobs,
             ("gs.shards", "gs.quality"),
         )
-        # gs.shards.coherence_shard: the sums live on the state's device in its dtype (float32 on a GPU)
-        # and are copied to the host once to be saved.
-        sums_bytes = n_methods * k * d * (host.F32 if self.run_on == "gpu" else host.F64)
-        if self.run_on == "gpu":
-            co.host_extra.pop("cluster sums", None)
-            co.device_extra = {"cluster sums": sums_bytes}
-        co.host_extra["cluster sums saved (host copy)"] = sums_bytes
+        # gs.shards.coherence_shard (gs.features.cluster_gradient_sums): the float64 sums live on the host
+        # on every device (host.coherence_host_bytes); they are saved as float32, one method's copy at a
+        # time, each float64 sum freed after its copy. The merge holds the float32 total and one shard's.
+        co.host_extra["float32 copy of one method's sums (saving)"] = host.F32 * k * d
+        sums_bytes = host.F32 * n_methods * k * d
         co_merge = Stage(f"merge of {shards} coherence shards", "merge_coherence_shards", ["merge"], ("gs.shards",))
         co_merge.host_extra = {"cluster sums (total and one shard's)": 2 * sums_bytes}
         return out + [co, co_merge]
@@ -232,7 +241,9 @@ class Planner:
         )
         if icfg.get("projection_dim") is not None:
             p = int(icfg["projection_dim"])
-            self._projectors(inf, icfg.get("projection_kind", "sparse"), inf.work[0].trace.lora_dim, gb, {p: batches})
+            # gs.influence._Features: the projector in the model's dtype on a GPU (gs.projection.projector_dtype).
+            kind = icfg.get("projection_kind", "sparse")
+            self._projectors(inf, kind, inf.work[0].trace.lora_dim, gb, {p: batches}, gdtype)
         if shards == 1:
             return [inf]
         merge = Stage(f"merge of {shards} influence shards", "merge_influence_shards", ["merge"], ("gs.shards",))
@@ -287,7 +298,8 @@ class Planner:
             ucb.host_extra["features"] = host.F32 * n * int(icfg.get("projection_dim") or d)
             if icfg.get("projection_dim") is not None:
                 p = int(icfg["projection_dim"])
-                self._projectors(ucb, icfg.get("projection_kind", "sparse"), d, gb, {p: ucb_batches})
+                kind = icfg.get("projection_kind", "sparse")  # gs.influence._Features: the model's dtype
+                self._projectors(ucb, kind, d, gb, {p: ucb_batches}, gdtype)
             out.append(ucb)
         sel = Stage("selection", "select_data", targets, ("gs.selection",))
         sel.host_extra = {"influence scores": host.F64 * (ckpts + 1) * len(targets) * n}
