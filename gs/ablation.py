@@ -392,6 +392,10 @@ def plot(table: pd.DataFrame, path: str | Path, spec: AblationSpec) -> Path:
                 ax.axhline(fm, color=color, ls="--", lw=1.2, label=f"full dimension, {labels[feats]}")
                 ax.axhspan(fm - fsd, fm + fsd, color=color, alpha=0.08)
         ax.set_xscale("log", base=2)
+        dims = sorted(table.loc[table["space"] == PROJECTED, "dimension"].dropna().astype(int).unique())
+        if dims:
+            ax.set_xticks(dims, [str(p) for p in dims])
+            ax.minorticks_off()
         ax.set_xlabel("projection dimension p")
         ax.set_ylabel(
             {"nmi": "NMI vs. domains", "ari": "ARI vs. domains", "coherence": "within-cluster gradient cosine"}[metric]
