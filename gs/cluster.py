@@ -50,6 +50,10 @@ Every method maps the ``n`` pooled training samples (pool order = the order of `
 ``oracle``: the true domain, mapped to ``0..k-1`` in sorted domain-name order; ``k`` = number of
 domains and the ``k`` param is ignored (recorded in the info).
 
+The CLI's ``--seeds N`` reruns the method on the same inputs at seeds ``seed..seed+N-1`` (k-means
+initialisation, the random permutation) into ``seed_labels.csv`` (:func:`write_seed_labels`), from which the
+cluster-quality table reports mean and spread (:mod:`gs.quality`); ``assignments.csv`` is the first seed's.
+
 The domain label is NEVER given to any method but ``oracle``: :func:`cluster` strips it from the
 inputs before calling any other method.
 
