@@ -21,6 +21,12 @@ variance ``1 - ||mean_c||^2`` of the unit gradients. Clusters with fewer than 2 
 pairs: ``NaN``, left out of the overall mean, which is weighted by the cluster size ``n_c``
 (``weights="samples"``: a random sample's mean cosine to its cluster-mates) or by the number of
 pairs (``weights="pairs"``: the mean over all within-cluster pairs).
+
+Over seeds (:func:`seed_quality`, :func:`seed_summary`): every method's ``seed_labels.csv`` (the method rerun
+at ``cluster.quality_seeds`` seeds, :mod:`gs.cluster`) is scored per seed and summarised as mean, sd, min-max
+and 95% t-interval (:mod:`gs.spread`). Coherence per seed from the Gram matrix ``K = U U^T`` of the kept unit
+gradients (``||S_c||^2 = 1_c^T K 1_c``; ``gradients.keep_gradients``), else only for the clustering the
+coherence pass measured.
 """
 
 from __future__ import annotations
