@@ -18,6 +18,10 @@ its projector and normalisation, :func:`gs.less.adam_precondition`), so with the
 projection settings the features are exactly the influence pass's training features at that checkpoint:
 the pass also yields every sample's influence there (on each target), which the on-demand selector
 reuses when the clustering checkpoint is one of the influence checkpoints (:mod:`gs.accounting`).
+Its Rademacher projector on a GPU runs in the model's dtype as LESS builds it (:mod:`gs.influence`,
+"Projector dtype"); that alone brings this one-job pass within its 24 h at paper scale (``python -m
+gs.plan --configfile config/paper.yaml``), so each gradient batch is still projected as it comes
+rather than buffered like LESS's ``project_interval`` or sharded.
 
 Departures: the draw of initial centres uses a numpy ``Generator`` (a seed does not reproduce Python's
 ``random``); empty clusters are dropped and the rest relabelled ``0..K'-1`` (the bandit needs every arm
