@@ -169,16 +169,11 @@ def kmeans(x: np.ndarray, k: int, n_init: int, seed: int) -> np.ndarray:
 
 
 def coherence_from_gram(gram_matrix: np.ndarray, labels: np.ndarray) -> float:
-    """Size-weighted mean within-cluster pairwise cosine (:func:`gs.quality.coherence_from_sums`) from the
-    Gram matrix ``(n, n)`` of the unit rows: ``||S_c||^2 = 1_c^T K 1_c``; NaN without a cluster of 2."""
-    from gs.quality import coherence_from_sums
+    """Size-weighted mean within-cluster pairwise cosine of the unit rows whose Gram matrix ``(n, n)`` is
+    given (:func:`gs.quality.coherence_from_gram`); NaN without a cluster of 2."""
+    from gs.quality import coherence_from_gram as coherence
 
-    y = np.asarray(labels, dtype=np.int64)
-    k = int(y.max()) + 1
-    onehot = np.zeros((y.shape[0], k))
-    onehot[np.arange(y.shape[0]), y] = 1.0
-    sq = np.einsum("ik,ij,jk->k", onehot, gram_matrix, onehot)
-    overall = coherence_from_sums(np.sqrt(np.clip(sq, 0.0, None))[:, None], onehot.sum(0))["overall"]
+    overall = coherence(gram_matrix, labels)["overall"]
     return float("nan") if overall is None else float(overall)
 
 
@@ -305,7 +300,7 @@ def run_features(features: Any, domains: Sequence[str], spec: AblationSpec) -> t
 
 
 def summary_table(per_seed: pd.DataFrame) -> pd.DataFrame:
-    """Mean, sd, min, max and 95% t-interval over seeds per (space, dimension, features) (:mod:`gs.spread`)."""
+    """Mean, sd, min and max over seeds per (space, dimension, features) (:mod:`gs.spread`)."""
     from gs.spread import summarise
 
     return summarise(per_seed, ["space", "dimension", "features"], METRICS)

@@ -24,7 +24,7 @@ pairs (``weights="pairs"``: the mean over all within-cluster pairs).
 
 Over seeds (:func:`seed_quality`, :func:`seed_summary`): every method's ``seed_labels.csv`` (the method rerun
 at ``cluster.quality_seeds`` seeds, :mod:`gs.cluster`) is scored per seed and summarised as mean, sd, min-max
-and 95% t-interval (:mod:`gs.spread`). Coherence per seed from the Gram matrix ``K = U U^T`` of the kept unit
+(:mod:`gs.spread`). Coherence per seed from the Gram matrix ``K = U U^T`` of the kept unit
 gradients (``||S_c||^2 = 1_c^T K 1_c``; ``gradients.keep_gradients``), else only for the clustering the
 coherence pass measured.
 """
@@ -188,6 +188,33 @@ class ClusterSums:
 
     def coherence(self, *, weights: str = "samples") -> Coherence:
         return coherence_from_sums(self.sums, self.counts, weights=weights)
+
+
+def unit_gram(x: Any, block: int = 65536) -> np.ndarray:
+    """``(n, n)`` float64 Gram matrix of the L2-normalised rows of ``x`` ``(n, f)`` (numpy or a memory map),
+    accumulated over column blocks (no float64 copy of ``x``): ``K_ij = <x_i, x_j> / (||x_i|| ||x_j||)``.
+    A zero row is an :class:`InputError`."""
+    n, f = x.shape
+    k = np.zeros((n, n))
+    for start in range(0, f, block):
+        part = np.asarray(x[:, start : start + block], dtype=np.float64)
+        k += part @ part.T
+    norms = np.sqrt(np.diag(k))
+    if (norms == 0).any() or not np.isfinite(norms).all():
+        raise InputError(f"row {int(np.argmax((norms == 0) | ~np.isfinite(norms)))} is zero or not finite")
+    return k / np.outer(norms, norms)
+
+
+def coherence_from_gram(gram: np.ndarray, labels: Any, *, weights: str = "samples") -> Coherence:
+    """:func:`coherence_from_sums` from the Gram matrix ``(n, n)`` of the unit rows and labels ``(n,)``:
+    ``||S_c||^2 = 1_c^T K 1_c`` (only the ``(k, 1)`` norms are passed on)."""
+    y = np.asarray(labels, dtype=np.int64)
+    if y.ndim != 1 or gram.shape != (y.shape[0], y.shape[0]) or y.size == 0 or y.min() < 0:
+        raise InputError(f"gram {gram.shape} and labels {y.shape}: expected (n, n) and (n,) labels >= 0")
+    onehot = np.zeros((y.shape[0], int(y.max()) + 1))
+    onehot[np.arange(y.shape[0]), y] = 1.0
+    sq = np.einsum("ik,ij,jk->k", onehot, gram, onehot)
+    return coherence_from_sums(np.sqrt(np.clip(sq, 0.0, None))[:, None], onehot.sum(0), weights=weights)
 
 
 def coherence_from_features(features: Any, labels: Any, *, weights: str = "samples") -> Coherence:
@@ -361,11 +388,7 @@ def seed_quality(
             y = np.asarray(labels, dtype=np.int64)
             coh = float("nan")
             if gram is not None:
-                k = int(y.max()) + 1
-                onehot = np.zeros((y.shape[0], k))
-                onehot[np.arange(y.shape[0]), y] = 1.0
-                sq = np.einsum("ik,ij,jk->k", onehot, gram, onehot)
-                value = coherence_from_sums(np.sqrt(np.clip(sq, 0, None))[:, None], onehot.sum(0))["overall"]
+                value = coherence_from_gram(gram, y)["overall"]
                 coh = float("nan") if value is None else value
             elif main_labels is not None and method in main_labels and np.array_equal(y, main_labels[method]):
                 value = (main_coherence or {}).get(method)
@@ -385,7 +408,7 @@ def seed_quality(
 
 
 def seed_summary(per_seed: pd.DataFrame) -> pd.DataFrame:
-    """Per method: ``k`` (``"a-b"`` when it varies over seeds) and mean, sd, min, max, 95% t-interval and
+    """Per method: ``k`` (``"a-b"`` when it varies over seeds) and mean, sd, min, max and
     ``seeds`` of every :data:`SEED_METRICS` (:func:`gs.spread.summarise`)."""
     from gs.spread import summarise
 
@@ -410,7 +433,7 @@ def seed_summary_markdown(table: pd.DataFrame, coherence_note: str) -> str:
         lines.append(f"| {r['method']} | {r['k']} | {r['seeds']} | " + " | ".join(cells) + " |")
     note = (
         "\nmean ± sd [min, max] over the clustering seeds (k-means initialisation; random: the permutation; "
-        "the oracle does not vary); 95% t-intervals in cluster_quality.csv. nmi/ari/purity: agreement with "
+        "the oracle does not vary). nmi/ari/purity: agreement with "
         f"the true domains. coherence: mean pairwise cosine of the full per-sample LoRA gradients within a "
         f"cluster, size-weighted; {coherence_note}\n"
     )
@@ -510,15 +533,12 @@ def _write_over_seeds(
         by_seed[Path(folder).name] = read_seed_labels(path, ids) if path.is_file() else {0: main_labels}
     gram = None
     if args.gradients:
-        from gs.ablation import gram as gram_of
-        from gs.ablation import normalise_rows
-
         if not Path(args.gradients).is_file():
             raise InputError(f"{args.gradients}: kept gradients not found")
         g = np.load(args.gradients, mmap_mode="r")
         if g.ndim != 2 or g.shape[0] != len(ids):
             raise InputError(f"{args.gradients}: shape {g.shape}, expected (n={len(ids)}, d)")
-        gram = gram_of(normalise_rows(g))
+        gram = unit_gram(g)
     per_seed = seed_quality(
         by_seed, domains, gram=gram, main_labels={m: lab for m, (lab, _) in methods.items()}, main_coherence=coherence
     )

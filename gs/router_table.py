@@ -2,7 +2,7 @@
 
 Reads ``results/router/<method>/router.json`` (:mod:`gs.router`): ``heldout_by_seed`` holds the held-out
 accuracy and the majority-class baseline at each of ``router.eval_seeds`` seeds (split and classifier
-initialisation); the spread is :func:`gs.spread.spread` (mean, sample sd, min-max, 95% t-interval). A
+initialisation); the spread is :func:`gs.spread.spread` (mean, sample sd, min-max). A
 ``router.json`` without ``heldout_by_seed`` (written before it existed) counts its one ``heldout_accuracy``.
 """
 
@@ -81,7 +81,7 @@ def table_markdown(df: pd.DataFrame) -> str:
         "\nHeld-out accuracy and the majority-class baseline (the training part's most frequent cluster): "
         "mean ± sd [min, max] over seeds (each seed draws its own stratified held-out split and classifier "
         "initialisation; gs.router). Train accuracy and latency: the router refitted on all prompts at the "
-        "first seed. The 95% t-intervals are in router.csv.\n"
+        "first seed.\n"
     )
     return "\n".join(lines) + "\n" + note
 

@@ -1,26 +1,22 @@
 """Mean and spread of a metric over seeds: the numbers every seed-averaged table reports.
 
 For values ``x_1..x_S`` over ``S`` seeds: the mean, the sample standard deviation (``ddof = 1``; NaN for
-one seed), the min and max, and a 95% Student-t interval ``mean +- t_{0.975, S-1} sd / sqrt(S)`` for the
-mean (NaN for one seed). NaN values (a metric a seed could not measure) are left out and counted apart.
+one seed), and the min and max. NaN values (a metric a seed could not measure) are left out and counted apart.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-STATS = ("mean", "sd", "min", "max", "ci_low", "ci_high", "n")
+STATS = ("mean", "sd", "min", "max", "n")
 
 
 def spread(values: Iterable[Any]) -> dict[str, float]:
-    """``{mean, sd, min, max, ci_low, ci_high, n}`` of the finite ``values``; all NaN (``n = 0``) if none."""
-    from scipy import stats
-
+    """``{mean, sd, min, max, n}`` of the finite ``values``; all NaN (``n = 0``) if none."""
     x = np.asarray([float(v) for v in values if v is not None], dtype=np.float64)
     x = x[np.isfinite(x)]
     n = int(x.shape[0])
@@ -28,16 +24,7 @@ def spread(values: Iterable[Any]) -> dict[str, float]:
         return {**{k: float("nan") for k in STATS if k != "n"}, "n": 0}
     mean = float(x.mean())
     sd = float(x.std(ddof=1)) if n > 1 else float("nan")
-    half = float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)) if n > 1 else float("nan")
-    return {
-        "mean": mean,
-        "sd": sd,
-        "min": float(x.min()),
-        "max": float(x.max()),
-        "ci_low": mean - half,
-        "ci_high": mean + half,
-        "n": n,
-    }
+    return {"mean": mean, "sd": sd, "min": float(x.min()), "max": float(x.max()), "n": n}
 
 
 def summarise(frame: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:

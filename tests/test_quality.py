@@ -170,6 +170,7 @@ def test_seed_quality_and_summary_against_numpy():
     by_seed = {"m": {0: np.arange(12) % 3, 1: np.array([0] * 6 + [1] * 6), 2: np.arange(12) % 2}}
     per_seed = Q.seed_quality(by_seed, domains, gram=unit @ unit.T)
     assert per_seed["seed"].tolist() == [0, 1, 2] and per_seed["k"].tolist() == [3, 2, 2]
+    np.testing.assert_allclose(Q.unit_gram(g * np.arange(1, 13)[:, None], block=7), unit @ unit.T, atol=1e-12)
     for row, labels in zip(per_seed.itertuples(), by_seed["m"].values(), strict=True):
         cos = unit @ unit.T
         per, sizes = [], []

@@ -280,8 +280,6 @@ def test_heldout_by_seed_against_sklearn_directly():
 
 
 def test_router_table_spread(tmp_path):
-    from scipy import stats
-
     from gs.router_table import main as table_main
 
     accs = {"a": [0.8, 0.9, 0.85, 0.7, 0.95], "b": [0.5]}
@@ -298,8 +296,7 @@ def test_router_table_spread(tmp_path):
     a = np.array(accs["a"])
     assert df.loc["a", "seeds"] == 5 and df.loc["a", "heldout_accuracy_mean"] == pytest.approx(a.mean())
     assert df.loc["a", "heldout_accuracy_sd"] == pytest.approx(a.std(ddof=1))
-    lo, hi = stats.t.interval(0.95, 4, loc=a.mean(), scale=stats.sem(a))
-    assert (df.loc["a", "heldout_accuracy_ci_low"], df.loc["a", "heldout_accuracy_ci_high"]) == pytest.approx((lo, hi))
+    assert (df.loc["a", "heldout_accuracy_min"], df.loc["a", "heldout_accuracy_max"]) == (a.min(), a.max())
     assert df.loc["b", "seeds"] == 1 and np.isnan(df.loc["b", "heldout_accuracy_sd"])
     assert df.loc["old", "heldout_accuracy_mean"] == 0.6 == df.loc["old", "heldout_accuracy"]
     md = (tmp_path / "t.md").read_text()
