@@ -16,7 +16,8 @@ rule cluster_samples:
     conda:
         "../envs/torch.yaml"
     params:
-        cfg=json_param(config["cluster"]),
+        # Without the ablation section: changing the sweep reruns rule ablation only, not the clusters downstream.
+        cfg=json_param({k: v for k, v in config["cluster"].items() if k != "ablation"}),
         seed=config["seed"],
         seeds=config["cluster"].get("quality_seeds", 5),
         match_k=match_k_arg,
