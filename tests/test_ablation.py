@@ -268,3 +268,39 @@ def test_open_kept_gradients_resume_checks(tmp_path):
         open_kept_gradients(path, 5, 3, resume=True)
     with pytest.raises(InputError, match="missing"):
         open_kept_gradients(Path(tmp_path / "none.npy"), 4, 3, resume=True)
+
+
+@pytest.mark.slow  # two CLI subprocesses: ~30 s each on a loaded 2-core machine
+def test_killed_extraction_resumes_its_kept_gradients(tiny_model_dir, tmp_path):
+    """SIGKILL after batch 3 (checkpoint after batch 2), rerun: gradients.npy equals the stacked gradients."""
+    import os
+    import subprocess
+    import sys
+
+    from gs.features import run_warmup
+    from tests.test_features import PARAMS, RECORDS, _stacked_gradients
+
+    train = tmp_path / "train.jsonl"
+    write_jsonl(train, RECORDS)
+    run_warmup(str(tiny_model_dir), str(train), PARAMS["warmup"], 0, str(tmp_path / "warmup"))
+    params = {**PARAMS, "batch_size": 2, "checkpoint_every": 2, "keep_gradients": True}
+    out = tmp_path / "killed"
+
+    def extract(die_after: int | None) -> subprocess.CompletedProcess:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env.pop("GS_TEST_DIE_AFTER_BATCHES", None)
+        if die_after is not None:
+            env["GS_TEST_DIE_AFTER_BATCHES"] = str(die_after)
+        cmd = [sys.executable, "-m", "gs.features", "extract", "--model-dir", str(tiny_model_dir)]
+        cmd += ["--warmup", str(tmp_path / "warmup"), "--train", str(train), "--params", json.dumps(params)]
+        cmd += ["--seed", "0", "--out-dir", str(out)]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+    run = extract(3)
+    assert run.returncode == -9, run.stderr[-2000:]
+    assert (out / ".extract_state" / "gradients.npy").is_file() and not (out / "gradients.npy").exists()
+    run = extract(None)
+    assert run.returncode == 0 and "after 2 batches" in run.stderr, run.stderr[-2000:]
+    kept = np.load(out / "gradients.npy")
+    np.testing.assert_allclose(kept, _stacked_gradients(tiny_model_dir, tmp_path / "warmup"), atol=1e-5)
+    assert not (out / ".extract_state").exists()
