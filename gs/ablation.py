@@ -9,7 +9,8 @@ downstream steps, on the same L2-normalised per-sample gradients ``G`` ``(n, d)`
   ``collect_grad_reps.py``/``merge_and_normalize_info``);
 * features k-means sees, both reported: ``raw``, the normalised rows themselves, and ``svd``, their
   top-``r`` uncentred SVD coordinates (``r = gradients.svd.rank``, as GradientSpace's online SVD keeps),
-  row-normalised (``gs.cluster``'s ``gradientspace`` rule with ``normalize: true``);
+  row-normalised (``gs.cluster``'s ``gradientspace`` rule with ``normalize: true``); exact SVDs of the kept
+  rows here, where the workflow's ``gradientspace`` method reads the online SVD's coordinates (:mod:`gs.svd`);
 * k-means (scikit-learn, k-means++, ``n_init`` of ``cluster.kmeans``, ``tol = 0``: Lloyd runs until no
   label changes), ``k = cluster.k`` (the number of domains when ``k: auto``);
 * scores against the hidden domains (NMI, ARI, purity, :mod:`gs.quality`) and the within-cluster mean
