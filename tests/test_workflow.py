@@ -120,7 +120,7 @@ def _check_evaluations(res: Path, config: dict) -> None:
 
 def _check_clustering_and_routers(res: Path, config: dict) -> None:
     """Cluster sizes against the assignments, the router table against router.json, the ablation
-    against the quality table and the main table."""
+    table against its per-seed rows, the quality table's seed count."""
     pool = _jsonl_ids(res / "data" / "pool" / "train.jsonl")
     quality = pd.read_csv(res / "clusters" / "quality.csv").set_index("method")
     for method in config["cluster"]["methods"]:
@@ -135,15 +135,17 @@ def _check_clustering_and_routers(res: Path, config: dict) -> None:
         held_out = info["heldout_accuracy"]
         assert math.isnan(row["heldout_accuracy"]) if held_out is None else row["heldout_accuracy"] == held_out
         assert row["n_heldout"] == info["n_heldout"]
-    main = pd.read_csv(res / "tables" / "main.csv").set_index("system")
-    ablation = pd.read_csv(res / "tables" / "ablation.csv").set_index("method")
-    assert ablation.loc["gradientspace", "accuracy (single expert, mean)"] == pytest.approx(
-        main.loc["gradientspace-single", "average"]
-    )
-    for method in ablation.index:
-        assert ablation.loc[method, "nmi"] == pytest.approx(quality.loc[method, "nmi"]), method
-    dims = {f"rp{p}": p for p in config["cluster"]["ablation_dims"]}
-    assert {m: ablation.loc[m, "dimension"] for m in dims} == dims
+    ablation = pd.read_csv(res / "tables" / "ablation.csv")
+    abl = config["cluster"]["ablation"]
+    proj = ablation[ablation["space"] == "random projection"]
+    assert sorted(proj["dimension"].unique()) == sorted(abl["dims"])
+    assert set(ablation["features"]) == {"raw", "svd"} and (ablation["seeds"] == abl["seeds"]).all()
+    per_seed = pd.read_csv(res / "ablation" / "per_seed.csv")
+    row = ablation[(ablation["dimension"] == max(abl["dims"])) & (ablation["features"] == "raw")].iloc[0]
+    sub = per_seed[(per_seed["dimension"] == max(abl["dims"])) & (per_seed["features"] == "raw")]
+    assert len(sub) == abl["seeds"] and row["nmi_mean"] == pytest.approx(sub["nmi"].mean())
+    seeds = pd.read_csv(res / "tables" / "cluster_quality.csv").set_index("method")
+    assert (seeds["seeds"] == config["cluster"]["quality_seeds"]).all()
 
 
 def _check_selection(res: Path, config: dict) -> None:
@@ -268,8 +270,18 @@ def test_end_to_end_on_the_tiny_config(tmp_path):
         "ablation.md",
         "latency.md",
         "clusterucb.md",
+        "paired.md",
     ):
         assert (res / "tables" / name).read_text().startswith("# "), name
+    # Every compared value carries its interval where one is defined (2+ examples a domain); the paired
+    # table reads each difference by its interval.
+    for table in (main, likelihood):
+        lo, hi, avg = table["average_ci_low"], table["average_ci_high"], table["average"]
+        assert ((lo <= avg) & (avg <= hi))[lo.notna()].all()
+    paired = pd.read_csv(res / "tables" / "paired.csv")
+    assert len(paired) and paired["reading"].notna().all()
+    includes_zero = (paired["ci_low"] <= 0) & (paired["ci_high"] >= 0)
+    assert (paired.loc[includes_zero, "reading"] == "no difference detected at this scale").all()
     compute = pd.read_csv(res / "tables" / "compute.csv")
     assert "extract_gradient_features" in set(compute["rule"])
     check_run(work, yaml.safe_load((work / "config" / "test.yaml").read_text()))
