@@ -36,7 +36,7 @@ import torch
 from gs.data import load_records
 from gs.io import InputError, atomic_path, parse_params, run_cli, write_json
 from gs.models import load_model, load_tokenizer
-from gs.projection import Projector
+from gs.projection import Projector, projector_dtype
 from gs.svd import OnlineSVD, make_online_svd, resolve_device
 from gs.training import LoraSpec, TrainSpec, load_adapter, seed_everything, train_lora
 
@@ -258,10 +258,17 @@ def projection_dims(params: dict[str, Any]) -> list[int]:
     return sorted({int(p) for p in proj_cfg["dims"]} | {int(proj_cfg["elrea_dim"])})
 
 
-def make_projectors(params: dict[str, Any], d: int, seed: int) -> dict[int, Projector]:
-    """``{p: Projector}`` of gradient dimension ``d``, seeded ``seed + p`` (the same in every shard)."""
+def make_projectors(
+    params: dict[str, Any], d: int, seed: int, dtype: torch.dtype = torch.float32
+) -> dict[int, Projector]:
+    """``{p: Projector}`` of gradient dimension ``d``, seeded ``seed + p`` (the same in every shard).
+
+    ``dtype``: a Rademacher projector's, :func:`gs.projection.projector_dtype` of the model's dtype and
+    device (the model's on a GPU, as LESS ``collect_grads`` builds it; float32 on the CPU).
+    """
     kind = params["projection"].get("kind", "sparse")
-    return {p: Projector(kind, d, p, seed + p) for p in projection_dims(params)}
+    extra = {"dtype": dtype} if kind == "rademacher" else {}
+    return {p: Projector(kind, d, p, seed + p, **extra) for p in projection_dims(params)}
 
 
 def stream_features(
@@ -298,7 +305,8 @@ def stream_features(
     done = _Progress(dims)
     if not _load_state(state_file, fingerprint, done, svd):
         done, svd = _Progress(dims), new_online_svd(params, device)  # nothing half-restored survives
-    projectors: dict[int, Projector] = {} if done.d is None else make_projectors(params, done.d, seed)
+    proj_dtype = projector_dtype(next(model.parameters()).dtype, device)
+    projectors: dict[int, Projector] = {} if done.d is None else make_projectors(params, done.d, seed, proj_dtype)
     die_after, ran = int(os.environ.get(DIE_AFTER_ENV, "0")), 0
     start = time.perf_counter()
     resumed_at = done.batches
@@ -312,7 +320,7 @@ def stream_features(
     for batch_ids, grads in stream(loss_on, True):
         if not projectors:
             done.d = int(grads.shape[1])
-            projectors = make_projectors(params, done.d, seed)
+            projectors = make_projectors(params, done.d, seed, proj_dtype)
         if keep is not None and kept is None:
             kept = open_kept_gradients(keep, len(records), int(grads.shape[1]), resume=done.batches > 0)
         done.ids.extend(batch_ids)

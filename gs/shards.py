@@ -72,6 +72,7 @@ from gs.features import (
     write_features,
 )
 from gs.io import InputError, atomic_path, parse_params, parse_target_specs, run_cli, write_json
+from gs.projection import projector_dtype
 from gs.svd import BrandSVD, FrequentDirections, OnlineSVD, make_online_svd, resolve_device
 from gs.training import seed_everything
 
@@ -262,6 +263,8 @@ def extract_shard(
     )
     payload = res.done.payload(res.fingerprint, res.svd, res.seconds)
     payload.update(shard=[index, shards], bounds=list(bounds), n_pool=len(pool))
+    # The merge rebuilds the projectors to save them: in the dtype the shards projected in.
+    payload["projector_dtype"] = str(projector_dtype(next(model.parameters()).dtype, device)).removeprefix("torch.")
     with atomic_path(out / SHARD_FILE) as tmp:
         torch.save(payload, tmp)
     summary = {"shard": index, "shards": shards, "bounds": list(bounds), "n": len(records), "d": res.done.d}
@@ -342,7 +345,8 @@ def merge_shards(
             done.projected[dim].append(p["projected"][str(dim)].numpy())
     elrea_dim = int(params["projection"]["elrea_dim"])
     elrea_loss = params.get("elrea_loss_on", "instruction")
-    projectors = make_projectors(params, done.d, seed)
+    proj_dtype = getattr(torch, str(payloads[0].get("projector_dtype", "float32")))
+    projectors = make_projectors(params, done.d, seed, proj_dtype)
     out = Path(out_dir)
     arrays = write_features(
         out, done, coords, merged.singular_values_, merged.components_tensor(), projectors, elrea_dim, elrea_loss

@@ -198,3 +198,17 @@ def test_cuda_projection_is_a_rademacher_sketch():
         ref = BasicProjector(d, p, 0, ProjectionType.rademacher, torch.device("cuda"), block_size=128)
     expected = ref.project(x, model_id=0).float().cpu().numpy()
     np.testing.assert_allclose(proj.transform(x), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_extraction_projectors_take_the_given_dtype():
+    """gs.features.make_projectors builds Rademacher projectors in the dtype stream_features passes
+    (projector_dtype of the model: bf16 on a GPU); the sparse kind has no dtype."""
+    from gs.features import make_projectors
+
+    params = {"projection": {"kind": "rademacher", "dims": [8, 16], "elrea_dim": 8}}
+    projs = make_projectors(params, 500, 3, torch.bfloat16)
+    assert sorted(projs) == [8, 16]
+    assert all(p._trak.dtype == torch.bfloat16 and p.seed == 3 + dim for dim, p in projs.items())
+    assert all(p._trak.dtype == torch.float32 for p in make_projectors(params, 500, 3).values())
+    sparse = make_projectors({"projection": {"kind": "sparse", "dims": [8], "elrea_dim": 8}}, 500, 3, torch.bfloat16)
+    assert sparse[8].kind == "sparse"

@@ -333,7 +333,7 @@ def test_planner_plans_one_job_per_shard_and_the_merges():
 def test_planner_keeps_coherence_sums_on_the_host_and_projects_influence_in_the_model_dtype():
     """On a GPU run: the coherence shard's float64 sums are host arrays (none on the device), saved
     as float32 one method at a time; the merge holds two float32 totals; LESS influence's
-    BasicProjector runs in the model's dtype (bfloat16 here), gs.features' extraction in float32."""
+    BasicProjector runs in the model's dtype (bfloat16 here), and so do gs.features' extraction projectors."""
     import copy
 
     from transformers import LlamaConfig
@@ -370,4 +370,4 @@ def test_planner_keeps_coherence_sums_on_the_host_and_projects_influence_in_the_
     costs = [cost for cost, _ in stages["less_influence_shard"].projector_calls.values()]
     assert [(c.backend, c.dtype, c.block) for c in costs] == [("basic", "bfloat16", 64)]  # min(128, p = 64)
     extract = [cost for cost, _ in stages["extract_gradient_shard"].projector_calls.values()]
-    assert extract and all(c.dtype == "float32" for c in extract)
+    assert extract and all(c.dtype == "bfloat16" for c in extract)

@@ -150,7 +150,7 @@ class Planner:
         co.host_extra = host.coherence_host_bytes(d, grads, n_methods, k)
         co.host_bytes_streamed = host.coherence_host_traffic(d, n_job, n_methods)
         # gs.features.stream_features: every projection dim once per batch, ELREA's dim again in its pass;
-        # gs.features.make_projectors builds them with Projector's default dtype, float32.
+        # gs.features.make_projectors builds them in gs.projection.projector_dtype: the model's on a GPU.
         proj, nb = grads["projection"], _ceil(n_job, gb)
         calls = {p: float(nb) for p in {int(q) for q in proj["dims"]} | {int(proj["elrea_dim"])}}
         calls[int(proj["elrea_dim"])] += nb * (passes - 1)
@@ -158,13 +158,13 @@ class Planner:
             stage = Stage("gradient features", "extract_gradient_features", ["extract"], ("gs.features",), [ex])
             stage.host_extra = host.extract_host_bytes(d, n, grads, self.run_on)
             stage.device_extra = dict(svd_device)
-            self._projectors(stage, proj.get("kind", "sparse"), d, gb, calls)
+            self._projectors(stage, proj.get("kind", "sparse"), d, gb, calls, gdtype)
             return [stage, co]
         jobs = [f"shard{i}" for i in range(shards)]
         stage = Stage(f"gradient features, 1 of {shards} shards", "extract_gradient_shard", jobs, ("gs.shards",), [ex])
         stage.host_extra = host.extract_host_bytes(d, n_job, grads, self.run_on)
         stage.device_extra = dict(svd_device)
-        self._projectors(stage, proj.get("kind", "sparse"), d, gb, calls)
+        self._projectors(stage, proj.get("kind", "sparse"), d, gb, calls, gdtype)
         out = [stage]
         if grads["svd"]["method"] == "frequent_directions":  # no left factor: coordinates in a second pass
             second = self._gradients(warm["lora"], gb, gt, gdtype, _ceil(n_job, gb))
