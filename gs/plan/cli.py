@@ -146,8 +146,8 @@ def plan(
         + (
             "TRAK CudaProjector (plan.fast_jl: true), 2 b d p float32 FLOPs a call."
             if settings.get("fast_jl", False)
-            else "TRAK BasicProjector fallback (plan.fast_jl: false) in the projector's dtype (the model's in "
-            "LESS influence and ClusterUCB arms, float32 in gradient features), blocks under "
+            else "TRAK BasicProjector fallback (plan.fast_jl: false) in the projector's dtype (the model's, "
+            "as LESS collect_grads builds it), blocks under "
             "gs.projection.GPU_BLOCK_BYTES, d p entries regenerated a call at 6 bytes an entry of memory traffic "
             "per byte of the dtype (RNG and matmul read)."
         ),
