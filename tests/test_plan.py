@@ -4,6 +4,7 @@ extrapolation against a full-depth trace, and the fits / does-not-fit checks on 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -200,3 +201,168 @@ def test_host_arithmetic_adds_its_streaming_time():
     assert row.gpu_seconds == pytest.approx(10.0 + 5.0)  # 20 GB at 4 GB/s after the GPU's 10 s
     assert row.cpu_seconds == pytest.approx(10 * 989e12 * 0.5 / 4e9 + 5.0)
     assert 1e8 < devices.measure_host_bandwidth(size=2**20, seconds=0.05) < 1e12
+
+
+# Run in a fresh process: the kept-gradient memory map as the extraction writes it
+# (gs.features.open_kept_gradients), as gs.quality reads it (unit_gram) and as gs.ablation sweeps it
+# (run_kept, its CLI's np.load(mmap_mode="r") path), each step's peak resident set (VmHWM, reset
+# before it) above the resident set before it. Lazy imports (torch, TRAK, scikit-learn) are done first.
+KEPT_RUN = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    import numpy as np
+    from gs.ablation import AblationSpec, run_kept
+    from gs.features import open_kept_gradients
+    from gs.quality import unit_gram
+
+    def reset():
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return int(open("/proc/self/statm").read().split()[1]) * 4096
+
+    def peak():
+        status = open("/proc/self/status").read()
+        return int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1]) * 1024
+
+    n, d, p, b = (int(x) for x in sys.argv[2:6])
+    path = Path(sys.argv[1])
+    domains = [str(i % 2) for i in range(n)]
+    spec = AblationSpec(dims=(8, p), seeds=1, kind="rademacher", k=2, rank=2, n_init=1, seed=0)
+    rng = np.random.default_rng(0)
+    run_kept(rng.standard_normal((n, 64), dtype=np.float32), domains, AblationSpec((8,), 1, "rademacher", 2, 2, 1, 0))
+    out = {}
+    before = reset()
+    kept = open_kept_gradients(path, n, d, resume=False)
+    for row in range(0, n, b):
+        kept[row : row + b] = rng.standard_normal((min(b, n - row), d), dtype=np.float32)
+    kept.flush()
+    out["extract"] = peak() - before
+    del kept
+    before = reset()
+    g = np.load(path, mmap_mode="r")
+    unit_gram(g)
+    out["quality"] = peak() - before
+    del g
+    before = reset()
+    g = np.load(path, mmap_mode="r")
+    run_kept(np.asarray(g, dtype=np.float32), domains, spec)
+    out["ablation"] = peak() - before
+    print(json.dumps(out))
+    """
+)
+
+
+def test_kept_gradient_arrays_match_a_real_run(tmp_path):
+    """Planned host arrays of the kept gradients against the real code's resident-set growth: the
+    extraction's memory map written row block by row block (4 n d), gs.quality's Gram matrix over it
+    (the map read whole and one (n, 65536) float64 block) and gs.ablation's sweep (the larger phase:
+    the map, float64 unit rows, their float32 copy, TRAK's (d, 128) float32 block and the sketch).
+    Expected sizes by hand below; the sweep's projection phase (16 n d + 4 d 128) is the larger here."""
+    n, d, p, b = 48, 300_000, 128, 8
+    assert host.kept_gradients_bytes(n, d) == 4 * n * d
+    # unit_gram's blocks of 65536 columns: 4 full and 37,856. The previous block's float64 copy is still alive
+    # beside the current one's, and the map is read up to the current block: largest at the 4th full block
+    # (4 x 65536 columns read, two full blocks) rather than the last (all read, a full and a 37,856 block).
+    assert sum(host.quality_gram_bytes(n, d).values()) == 4 * n * 4 * 65536 + 8 * n * 2 * 65536
+    assert 4 * n * 4 * 65536 + 8 * n * 2 * 65536 > 4 * n * d + 8 * n * (65536 + 37856)
+    # at d = 460,800 (7 full blocks and 2,048) the peak is the 7th block: 7 x 65536 columns read, two full blocks
+    assert sum(host.quality_gram_bytes(96, 460_800).values()) == 4 * 96 * 7 * 65536 + 8 * 96 * 2 * 65536
+    planned_ablation = host.ablation_host_bytes(n, d, p, "rademacher")
+    assert sum(planned_ablation.values()) == 4 * n * d + 8 * n * d + 4 * n * d + 4 * d * 128 + 4 * n * p
+    # the normalisation phase (the map and two float64 copies, 20 n d) is smaller at these sizes
+    assert 20 * n * d < sum(planned_ablation.values())
+    run = subprocess.run(
+        [sys.executable, "-c", KEPT_RUN, str(tmp_path / "gradients.npy"), str(n), str(d), str(p), str(b)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    real = json.loads(run.stdout.strip().splitlines()[-1])
+    print(real)
+    # the written batch itself (4 b d) is the extraction's "gradient batch", planned beside the map
+    assert real["extract"] == pytest.approx(host.kept_gradients_bytes(n, d) + 4 * b * d, rel=0.15)
+    assert real["quality"] == pytest.approx(sum(host.quality_gram_bytes(n, d).values()), rel=0.15)
+    assert real["ablation"] == pytest.approx(sum(planned_ablation.values()), rel=0.15)
+
+
+def _tiny_planner(**over):
+    """The Planner on config/test.yaml (over config/config.yaml) with a tiny Llama and a fixed draw rate."""
+    import copy
+    from pathlib import Path
+
+    from gs.plan.cli import load_config
+    from gs.plan.stages import Planner
+
+    root = Path(__file__).resolve().parents[1]
+    config = copy.deepcopy(load_config(root / "config" / "test.yaml", root / "config" / "config.yaml"))
+    for section, values in over.items():
+        config[section] = {**config[section], **values}
+    hf = _config(hidden_size=32, intermediate_size=64, vocab_size=1000, max_position_embeddings=128)
+    return Planner(config, hf, draw_rate=2e7), config
+
+
+@pytest.fixture(scope="module")
+def tiny_stages():
+    """The test config's planner, config and stages (traced once for the tests below)."""
+    planner, config = _tiny_planner()
+    return planner, config, planner.stages()
+
+
+def test_every_rule_of_the_workflow_has_a_stage(tiny_stages):
+    """Rules named in rules/*.smk against the planned stages: the default form, the shard form with
+    Frequent Directions (its basis merge and second pass) and rule plan, which gs.plan.cli adds itself."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    rules = set()
+    for smk in (root / "rules").glob("*.smk"):
+        rules |= set(re.findall(r"^rule (\w+):", smk.read_text(), re.M))
+    planned = {s.rule for s in tiny_stages[2]}
+    fd, _ = _tiny_planner(gradients={"svd": {"method": "frequent_directions", "rank": 2}, "keep_gradients": False})
+    planned |= {s.rule for s in fd.gradient_passes(2, 3, 2) + fd.influence_pass(2)}
+    assert "ablation" in rules and "router_table" in rules
+    assert rules - planned == {"plan"}
+
+
+def test_ablation_router_table_and_kept_gradient_stages(tiny_stages):
+    """The test config (n = 16, keep_gradients, ablation dims [8, 16, 32] over 5 Rademacher seeds): the
+    ablation's arrays and time by hand; the extraction and the quality stage count the memory map."""
+    _, config, all_stages = tiny_stages
+    stages = {s.rule: s for s in all_stages if s.rule != "cluster_samples"}
+    d, n = stages["extract_gradient_features"].work[0].trace.lora_dim, 16
+    ab = stages["ablation"]
+    assert ab.jobs == ["ablation"] and "trak.projectors" in ab.imports
+    block = 32  # min(128, P_max = 32): one (d, 32) float32 block, drawn once per seed
+    arrays = {k: v for k, v in ab.host_extra.items() if k != "features.npz"}
+    assert sum(arrays.values()) == max(4 * n * d + 16 * n * d, 4 * n * d + 12 * n * d + 4 * d * block + 4 * n * 32)
+    assert ab.host_seconds == pytest.approx(5 * d * block / 2e7)
+    assert ab.host_flops == pytest.approx(5 * 2 * n * d * block + 4 * 2 * n * n * d)
+    assert stages["extract_gradient_features"].host_extra["kept gradients (memory map, pages written)"] == 4 * n * d
+    assert sum(v for k, v in stages["cluster_quality"].host_extra.items() if "kept" in k or "float64" in k) == (
+        4 * n * d + 8 * n * d  # one block of d < 65536 columns
+    )
+    methods = config["cluster"]["methods"]
+    assert stages["router_table"].host_extra == {"table": 8 * len(methods) * (8 + 2 * 5)}
+    # Time of the ablation on either run: FLOPs at the CPU rate on the rule's one thread, plus the draw.
+    h100 = devices.gpu("H100-80GB")
+    for run_on in ("cpu", "gpu"):
+        row = predict(ab, 0, run_on, h100, 0.5, 0.7, 1e9, RuleResources(), host_bandwidth=1e10)
+        assert row.cpu_seconds == row.gpu_seconds == pytest.approx(ab.host_flops / 1e9 + ab.host_seconds)
+    # Without kept gradients: features.npz only in the ablation, no memory map in the extraction.
+    plain, _ = _tiny_planner(gradients={"keep_gradients": False})
+    assert list(plain._ablation(d, 123).host_extra) == ["features.npz"] and plain._ablation(d, 1).host_seconds == 0
+    assert not any("kept" in k for k in plain.gradient_passes(1, 3, 2)[0].host_extra)
+
+
+def test_plan_job_counts_its_baseline_children():
+    """Rule plan: the two largest import baselines measured at once, or the bandwidth probe if larger."""
+    from gs.plan.cli import plan_host_bytes
+
+    baselines = {("a",): 900, ("b",): 500, ("c",): 700}
+    assert sum(plan_host_bytes(baselines, 2).values()) == 2**27  # 128 MiB probe > 1600 bytes
+    big = {k: v * 2**20 for k, v in baselines.items()}
+    assert sum(plan_host_bytes(big, 2).values()) == (900 + 700) * 2**20
+    assert host.measure_rademacher_rate(size=2**16, seconds=0.02) > 1e5

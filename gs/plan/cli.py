@@ -17,9 +17,10 @@ from gs.plan.arch import model_config
 from gs.plan.host import measure_baselines
 from gs.plan.report import Row, predict, table
 from gs.plan.resources import RuleResources, read_profile, rule_resources, workflow_resources
-from gs.plan.stages import MODEL_IMPORTS, Planner
+from gs.plan.stages import MODEL_IMPORTS, Planner, Stage
 from gs.plan.stages import _k as planner_k
 
+BASELINE_WORKERS = 2  # import baselines measured at once (subprocesses of the plan job)
 DEFAULTS = {"gpu": "H100-80GB", "run_on": "cpu", "profile": None, "mfu": 0.4, "bandwidth_efficiency": 0.7}
 
 
@@ -75,11 +76,13 @@ def plan(
     host_bandwidth: float | None = None,
     declared: dict[str, dict[str, Any]] | None = None,
     full_depth: bool = False,
+    draw_rate: float | None = None,
 ) -> tuple[list[Row], list[str]]:
     """Rows of every stage of ``config`` and notes on where the numbers came from.
 
-    ``baseline_bytes``/``cpu_flops``/``host_bandwidth``/``declared`` replace the measured import
-    baseline, the measured CPU throughput and host memory bandwidth and the workflow's rule resources (tests).
+    ``baseline_bytes``/``cpu_flops``/``host_bandwidth``/``declared``/``draw_rate`` replace the measured
+    import baseline, the measured CPU throughput, host memory bandwidth and Rademacher draw rate and the
+    workflow's rule resources (tests).
     """
     settings = {**DEFAULTS, **config.get("plan", {})}
     run_on = str(settings["run_on"])
@@ -88,7 +91,7 @@ def plan(
     gpu = devices.gpu(str(settings["gpu"]))
     hf, source = model_config(config["model"])
     start = time.perf_counter()
-    planner = Planner(config, hf, full_depth=full_depth)
+    planner = Planner(config, hf, full_depth=full_depth, draw_rate=draw_rate)
     stages = planner.stages()
     n_methods = len(config["cluster"]["methods"]) + len(config["cluster"].get("ablation_dims", []))
     k = planner_k(config)
@@ -103,12 +106,16 @@ def plan(
             return tuple(dict.fromkeys(s.imports + MODEL_IMPORTS + (model_module,)))
         return s.imports
 
+    # Rule plan itself: this process (its imports, the workflow API, the model's module for the traces).
+    own = Stage("resource plan", "plan", ["plan"], ("gs.plan.cli", "snakemake.api", model_module))
+    stages = stages + [own]
     imports = {s.stage: with_model(s) for s in stages}
     import_sets = list(dict.fromkeys(list(imports.values()) + [with_model(s) for v in variants.values() for s in v]))
     if baseline_bytes is None:
-        baselines = measure_baselines(import_sets)
+        baselines = measure_baselines(import_sets, workers=BASELINE_WORKERS)
     else:
         baselines = {v: int(baseline_bytes) for v in import_sets}
+    own.host_extra = plan_host_bytes(baselines, BASELINE_WORKERS)
     if cpu_flops is None:
         cpu_flops = devices.measure_cpu_flops(1)
     if host_bandwidth is None:
@@ -142,6 +149,12 @@ def plan(
         "Host arithmetic (the coherence pass's float64 cluster sums on the host): bytes streamed / "
         f"(measured one-thread float64 add bandwidth {host_bandwidth / 1e9:.1f} GB/s), added to the stage's time.",
         f"Resources: the rules' own, updated by profile {settings['profile'] or '(none)'}.",
+        "Projection ablation (gs.ablation, on the host on any run): its float32 projections at the CPU rate above"
+        + (
+            f" and TRAK's Rademacher draw at the measured one-thread {planner.draw_rate / 1e6:.0f} M entries/s."
+            if planner.draw_rate is not None
+            else "."
+        ),
         "Rademacher projectors on a GPU (gs.plan.projector): "
         + (
             "TRAK CudaProjector (plan.fast_jl: true), 2 b d p float32 FLOPs a call."
@@ -159,6 +172,17 @@ def plan(
         ),
     ]
     return rows, notes
+
+
+def plan_host_bytes(baselines: dict[tuple[str, ...], int], workers: int) -> dict[str, int]:
+    """Host arrays of rule ``plan`` beyond its own imports, at the larger of its two phases: the import
+    baselines measured ``workers`` at a time in child processes (Snakemake's benchmark sums the RSS of
+    the job's process tree; counted at the largest ``workers`` of them at once), then
+    :func:`gs.plan.devices.measure_host_bandwidth`'s two float64 arrays of 2^23 (128 MiB)."""
+    largest = sorted(baselines.values(), reverse=True)[:workers]
+    children = {f"import baselines measured {workers} at a time (the largest)": sum(largest)}
+    probe = {"host bandwidth probe (two float64 arrays of 2^23)": 2 * 8 * 2**23}
+    return max(children, probe, key=lambda phase: sum(phase.values()))
 
 
 def shard_note(rows_for: Any, configured: int, n: int, run_on: str, limit: int = 256) -> str:

@@ -1,5 +1,6 @@
 """Host memory outside the traced step: the process's own baseline (measured) and the host arrays
-each stage allocates, from the shapes its code gives them.
+each stage allocates, from the shapes its code gives them; and the rate of the one host operation
+timed here rather than counted in FLOPs (TRAK's Rademacher draw, :func:`measure_rademacher_rate`).
 
 The baseline is the peak resident set of a fresh ``python`` that imports what the stage's process
 imports (its ``gs`` module, and for model stages peft and the architecture's transformers modelling
@@ -12,12 +13,14 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gs.io import InputError
 
 F32, F64, I32 = 4, 8, 4
+GRAM_BLOCK = 65536  # gs.quality.unit_gram / gs.ablation.gram: columns of x per float64 block
 
 
 def baseline_command(imports: tuple[str, ...]) -> list[str]:
@@ -155,3 +158,81 @@ def features_file_bytes(n: int, params: dict[str, Any]) -> int:
     proj = params["projection"]
     dims = sorted({int(p) for p in proj["dims"]} | {int(proj["elrea_dim"])})
     return F32 * n * (int(params["svd"]["rank"]) + sum(dims) + int(proj["elrea_dim"]) + 1)
+
+
+def kept_gradients_bytes(n: int, d: int) -> int:
+    """``gradients.npy`` (n, d) float32 (``gradients.keep_gradients``) through a memory map
+    (:func:`gs.features.open_kept_gradients`, ``numpy.load(mmap_mode="r")``): every page written (the
+    extraction) or read (the ablation, the quality Gram matrix) stays in the process's resident set
+    while the map is open, dirty or clean, so the whole file counts once every row is touched."""
+    return F32 * n * d
+
+
+def ablation_host_bytes(n: int, d: int, p_max: int, kind: str) -> dict[str, int]:
+    """Host arrays of ``gs.ablation.run_kept`` on the kept gradients (n, d) at its peak phase.
+
+    Both phases hold the memory map read whole (:func:`kept_gradients_bytes`, ``np.asarray(g,
+    float32)`` is a view of it). ``normalise_rows``: the float64 copy (8 n d), then beside it
+    ``numpy.linalg.norm``'s squares (8 n d, freed) and the quotient (8 n d): 16 n d. ``project`` (per
+    seed): the float64 unit rows (8 n d), their float32 contiguous copy handed to torch (4 n d), the
+    projector (``rademacher``: TRAK ``BasicProjector``'s one (d, min(128, p_max)) float32 block,
+    regenerated per block, never cached: ``cache_limit_bytes=0``; ``sparse``: scikit-learn's CSR
+    matrix, :func:`projector_bytes`) and the (n, p_max) float32 sketch. The Gram matrices and
+    decompositions in between are (n, n) or (n, p_max): small beside these.
+    """
+    mapped = {"kept gradients (memory map, read whole)": kept_gradients_bytes(n, d)}
+    normalise = {**mapped, "float64 rows and their squares or quotient (normalise_rows)": 2 * F64 * n * d}
+    projector = F32 * d * min(128, p_max) if kind == "rademacher" else projector_bytes(kind, d, p_max, "cpu")
+    project = {
+        **mapped,
+        "float64 unit rows": F64 * n * d,
+        "float32 copy projected": F32 * n * d,
+        f"projector ({kind})": projector,
+        "sketch (n, p_max) float32": F32 * n * p_max,
+    }
+    return max(normalise, project, key=lambda phase: sum(phase.values()))
+
+
+def quality_gram_bytes(n: int, d: int, block: int = GRAM_BLOCK) -> dict[str, int]:
+    """``gs.quality.unit_gram`` on the kept gradients (n, d) float32 memory map, at its peak block.
+
+    Block ``i`` copies columns ``[i B, (i + 1) B)`` of every row to float64 (``np.asarray(x[:, a:b],
+    float64)``) while the previous block's copy is still bound to ``part``; the map's pages are read
+    column block by column block, so by block ``i`` it holds ``4 n min(d, (i + 1) B)`` bytes. The peak is
+    the largest ``4 n min(d, (i + 1) B) + 8 n (w_{i-1} + w_i)`` over blocks of widths ``w``.
+    """
+    widths = [min(block, d - start) for start in range(0, d, block)]
+    best = max(
+        range(len(widths)),
+        key=lambda i: F32 * n * min(d, (i + 1) * block) + F64 * n * sum(widths[max(0, i - 1) : i + 1]),
+    )
+    return {
+        "kept gradients (memory map, pages read by the peak block)": F32 * n * min(d, (best + 1) * block),
+        "float64 column blocks (unit_gram: previous and current)": F64 * n * sum(widths[max(0, best - 1) : best + 1]),
+    }
+
+
+def measure_rademacher_rate(size: int = 2**20, seconds: float = 0.3) -> float:
+    """Measured entries/s of TRAK ``BasicProjector.generate_sketch_matrix``'s Rademacher draw on one
+    thread: ``bernoulli_(p=0.5, generator)`` then ``*= 2`` and ``-= 1`` in place on a float32 tensor of
+    ``size`` entries (4 MiB), repeated for about ``seconds``; the best repeat counts. The draw, not the
+    matmul, dominates the CPU ablation (module doc of :mod:`gs.ablation`: about 40 ns an entry here)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        block = torch.empty(size, dtype=torch.float32)
+        block.bernoulli_(p=0.5, generator=gen)  # warm-up: pages touched
+        best, spent = float("inf"), 0.0
+        while spent < seconds:
+            start = time.perf_counter()
+            block.bernoulli_(p=0.5, generator=gen)
+            block *= 2.0
+            block -= 1.0
+            took = time.perf_counter() - start
+            best, spent = min(best, took), spent + took
+    finally:
+        torch.set_num_threads(before)
+    return size / best

@@ -38,7 +38,10 @@ class Stage:
     modules whose import the baseline measures; ``jobs``: the Snakemake jobs (wildcards) it stands for;
     ``projector_calls``: per GPU projector, its cost and how many ``project`` calls the job makes;
     ``host_bytes_streamed``: host memory traffic of the job's own arithmetic on host arrays (the
-    coherence pass's float64 sums), timed at the measured host bandwidth.
+    coherence pass's float64 sums), timed at the measured host bandwidth; ``host_flops``: float32
+    matmul FLOPs the job runs on the host on any device (the ablation's CPU projections), timed at the
+    measured CPU rate; ``host_seconds``: host work timed at its own measured rate (TRAK's Rademacher
+    draw, :func:`gs.plan.host.measure_rademacher_rate`).
     """
 
     stage: str
@@ -52,6 +55,8 @@ class Stage:
     note: str = ""
     projector_calls: dict[str, tuple[ProjectorCost, float]] = field(default_factory=dict)
     host_bytes_streamed: float = 0.0
+    host_flops: float = 0.0
+    host_seconds: float = 0.0
 
     @property
     def device_bytes(self) -> int:
@@ -79,10 +84,15 @@ def _dtype(section: dict[str, Any], config: dict[str, Any]) -> str:
 
 
 class Planner:
-    """Builds the stages of one config. ``hf_config``: the model's transformers config."""
+    """Builds the stages of one config. ``hf_config``: the model's transformers config;
+    ``draw_rate``: Rademacher entries drawn per second on one host thread
+    (:func:`gs.plan.host.measure_rademacher_rate`, measured when None and a stage needs it)."""
 
-    def __init__(self, config: dict[str, Any], hf_config: Any, full_depth: bool = False) -> None:
+    def __init__(
+        self, config: dict[str, Any], hf_config: Any, full_depth: bool = False, draw_rate: float | None = None
+    ) -> None:
         self.config, self.hf, self.full_depth = config, hf_config, full_depth
+        self.draw_rate = draw_rate
         self.plan = config.get("plan", {})
         self.run_on = str(self.plan.get("run_on", "cpu"))
         self.prompt = int(self.plan.get("prompt_tokens", 256))
@@ -157,6 +167,8 @@ class Planner:
         if shards == 1:
             stage = Stage("gradient features", "extract_gradient_features", ["extract"], ("gs.features",), [ex])
             stage.host_extra = host.extract_host_bytes(d, n, grads, self.run_on)
+            if grads.get("keep_gradients", False):  # gs.features.stream_features: every row into the memory map
+                stage.host_extra["kept gradients (memory map, pages written)"] = host.kept_gradients_bytes(n, d)
             stage.device_extra = dict(svd_device)
             self._projectors(stage, proj.get("kind", "sparse"), d, gb, calls, gdtype)
             return [stage, co]
@@ -195,6 +207,16 @@ class Planner:
             merge.device_extra = stacked
         else:
             merge.host_extra.update(stacked)
+        if grads["svd"]["method"] == "frequent_directions":
+            # gs.shards.merge_basis: every shard payload (its projected features, once: nothing concatenated)
+            # and state, and the FD merge of the states on the state's device.
+            basis = Stage(f"basis of {shards} gradient shards", "merge_gradient_basis", ["basis"], ("gs.shards",))
+            features = merge.host_extra["projected features (parts + concatenated)"] // 2
+            basis.host_extra = {"shard payloads' features": features, "shard states": host.F32 * d * shards * m_i}
+            basis.device_extra = dict(merge.device_extra)
+            if self.run_on != "gpu":
+                basis.host_extra.update(stacked)
+            out.insert(1, basis)
         out.append(merge)
         co.stage, co.rule, co.jobs, co.imports = (
             f"gradient coherence, 1 of {shards} shards",
@@ -327,7 +349,10 @@ class Planner:
             ("gs.quality", "sklearn.metrics", "pandas", "matplotlib.pyplot"),
         )
         qu.host_extra = {"features.npz": feats}
+        if grads.get("keep_gradients", False):  # gs.quality: every seed's coherence from the Gram matrix
+            qu.host_extra.update(host.quality_gram_bytes(n, d))
         out.append(qu)
+        out.append(self._ablation(d, feats))
         if "semantic" in methods:
             sem = Stage(
                 "clustering (semantic)",
@@ -357,11 +382,56 @@ class Planner:
         ro = Stage("router", "train_router", methods, ("gs.router", "sentence_transformers"))
         ro.host_extra = self._encoder_bytes(n)
         out.append(ro)
+        out.append(self._router_table(methods))
         out.extend(self._evaluation(k))
         out.append(self._latency())
         return out
 
     # ------------------------------------------------------------------ stages without training
+
+    def _ablation(self, d: int, feats: int) -> Stage:
+        """Rule ``ablation`` (:mod:`gs.ablation`). With ``gradients.keep_gradients`` (``run_kept``): the
+        arrays of :func:`gs.plan.host.ablation_host_bytes`; time per seed, TRAK's draw of every
+        (d, block) block (``d x block x ceil(P_max / block)`` entries at the measured draw rate) and the
+        float32 projection (``2 n d`` FLOPs per column); once, the two float64 Gram matrices (``gram``
+        for coherence and for ``decompose``: ``2 n^2 d`` each, counted twice for float64). k-means and
+        the small decompositions ((n, n) and (n, p)) are left out. Without kept gradients
+        (``run_features``): ``features.npz`` and decompositions of (n, p) features only.
+        """
+        from gs.ablation import DEFAULTS
+
+        c, n = self.config, self.n_pool
+        spec = {**DEFAULTS, **(c["cluster"].get("ablation") or {})}
+        p_max, seeds, kind = max(int(p) for p in spec["dims"]), int(spec["seeds"]), str(spec["projection_kind"])
+        imports = ("gs.ablation", "gs.cluster", "gs.quality", "gs.projection", "sklearn.cluster", "matplotlib.figure")
+        if kind == "rademacher":
+            imports += ("trak.projectors",)
+        st = Stage("projection ablation", "ablation", ["ablation"], imports)
+        st.host_extra = {"features.npz": feats}
+        if not c["gradients"].get("keep_gradients", False):
+            st.note = "features.npz only (no kept gradients)"
+            return st
+        st.host_extra.update(host.ablation_host_bytes(n, d, p_max, kind))
+        block = min(128, p_max)
+        columns = block * _ceil(p_max, block) if kind == "rademacher" else p_max
+        if kind == "rademacher":
+            if self.draw_rate is None:
+                self.draw_rate = host.measure_rademacher_rate()
+            st.host_seconds = seeds * d * columns / self.draw_rate
+            st.host_flops = seeds * 2.0 * n * d * columns
+        else:  # scikit-learn's sparse product: 2 n flops per non-zero of the (p_max, d) matrix
+            st.host_flops = seeds * 2.0 * n * math.ceil(p_max * math.sqrt(d))
+        st.host_flops += 2 * 2 * (2.0 * n * n * d)
+        return st
+
+    def _router_table(self, methods: list[str]) -> Stage:
+        """Rule ``router_table`` (:mod:`gs.router_table`): one ``router.json`` a method into a table of one
+        row a method: 8 fields and the :data:`gs.spread.STATS` of two accuracies (8-byte cells)."""
+        from gs.spread import STATS
+
+        st = Stage("router table", "router_table", ["router_table"], ("gs.router_table",))
+        st.host_extra = {"table": host.F64 * len(methods) * (8 + 2 * len(STATS))}
+        return st
 
     def _prepare_model(self) -> Stage:
         model = self.config["model"]
