@@ -285,6 +285,11 @@ def test_end_to_end_on_the_tiny_config(tmp_path):
     compute = pd.read_csv(res / "tables" / "compute.csv")
     assert "extract_gradient_features" in set(compute["rule"])
     check_run(work, yaml.safe_load((work / "config" / "test.yaml").read_text()))
+    # The README's report command on this finished run (tests/test_commands.py runs it as written on stand-ins).
+    report = _snakemake("--report", "results/report.html", "--configfile", "config/test.yaml", cwd=work)
+    assert report.returncode == 0, (report.stdout + report.stderr)[-3000:]
+    assert (res / "report.html").stat().st_size > 100_000
+    (res / "report.html").unlink()
     # A killed job leaves no temporary output behind (gs.io.atomic_path), and a finished run none either.
     assert not [p for p in res.rglob(".*") if not p.name.startswith(".snakemake")]
 
