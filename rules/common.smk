@@ -42,6 +42,12 @@ def grow(base):
     return lambda wildcards, attempt: base * attempt
 
 
+# The resource plan (rules/plan.smk): every rule that runs the model directly, rather than through
+# another rule's outputs, waits for it, so a stage that cannot fit stops the run before model work;
+# the rest (data, prepare_model's download) runs beside it.
+PLAN = "results/plan/plan.csv"
+
+
 def model_dir():
     return f"resources/models/{config['model']['name']}"
 

@@ -1,6 +1,7 @@
 rule evaluate_system:
     input:
         system_inputs,
+        plan=PLAN,
         data=expand(
             "results/data/{domain}/{split}.jsonl",
             domain=DOMAINS,

@@ -11,6 +11,9 @@ rule train_experts:
         "benchmarks/train_experts/{method}.tsv"
     wildcard_constraints:
         method="|".join(METHODS),
+    # Before the evaluations that are ready earlier (base, multitask): the routed systems, the ensemble
+    # among them, wait on the experts and routers.
+    priority: 1
     conda:
         "../envs/torch.yaml"
     threads: HEAVY_THREADS
@@ -29,6 +32,7 @@ rule train_experts:
 
 rule train_multitask:
     input:
+        plan=PLAN,
         model=model_dir(),
         train="results/data/pool/train.jsonl",
     output:

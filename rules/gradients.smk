@@ -29,6 +29,7 @@ else:
 
 rule warmup_lora:
     input:
+        plan=PLAN,
         model=model_dir(),
         train="results/data/pool/train.jsonl",
     output:

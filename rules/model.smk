@@ -12,9 +12,6 @@ localrules:
 
 
 rule prepare_model:
-    input:
-        # The resource plan first: a stage that cannot fit stops the run before any model work.
-        plan="results/plan/plan.csv",
     output:
         directory(model_dir()),
     log:

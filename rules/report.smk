@@ -1,5 +1,6 @@
 rule latency:
     input:
+        plan=PLAN,
         model=model_dir(),
     output:
         csv="results/latency/latency.csv",
