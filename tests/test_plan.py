@@ -366,3 +366,37 @@ def test_plan_job_counts_its_baseline_children():
     big = {k: v * 2**20 for k, v in baselines.items()}
     assert sum(plan_host_bytes(big, 2).values()) == (900 + 700) * 2**20
     assert host.measure_rademacher_rate(size=2**16, seconds=0.02) > 1e5
+
+
+def test_selection_stage_runs_the_drawn_samples_influence():
+    """select_data computes ClusterUCB's draws on demand (gs.on_demand): the plan runs the gradient step
+    on budget_fraction of the pool plus the largest validation set at every checkpoint, by hand."""
+    import copy
+    import math
+    from pathlib import Path
+
+    from transformers import LlamaConfig
+
+    from gs.plan.cli import load_config
+    from gs.plan.stages import Planner
+
+    root = Path(__file__).resolve().parents[1]
+    config = copy.deepcopy(load_config(root / "config" / "test.yaml", root / "config" / "config.yaml"))
+    hf = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1000,
+        max_position_embeddings=128,
+    )
+    planner = Planner(config, hf)
+    sel = next(s for s in planner.stages() if s.rule == "select_data")
+    n, gb = planner.n_pool, int(config["gradients"]["batch_size"])
+    ckpts = math.ceil(float(config["gradients"]["warmup"]["train"]["epochs"]))
+    drawn = math.ceil(float(config["selection"]["budget_fraction"]) * n)
+    val = max(int(v["validation"]["n"]) for v in config["data"]["domains"].values())
+    assert sel.work and sel.work[0].repeats == {"gradient": ckpts * (math.ceil(drawn / gb) + math.ceil(val / gb))}
+    assert sel.host_extra["influence scores"] == 8 * (ckpts + 1) * len(config["selection"]["targets"]) * n
+    assert "gs.on_demand" in sel.imports

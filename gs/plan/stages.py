@@ -323,8 +323,20 @@ class Planner:
                 kind = icfg.get("projection_kind", "sparse")  # gs.influence._Features: the model's dtype
                 self._projectors(ucb, kind, d, gb, {p: ucb_batches}, gdtype)
             out.append(ucb)
-        sel = Stage("selection", "select_data", targets, ("gs.selection",))
-        sel.host_extra = {"influence scores": host.F64 * (ckpts + 1) * len(targets) * n}
+        # gs.selection with gs.on_demand: one target a job; ClusterUCB's draws (budget_fraction of the pool)
+        # run the influence pipeline at every checkpoint on the drawn samples and the target's validation
+        # set, in one model with the checkpoints' adapters swapped in (gs.on_demand's module doc).
+        sel = Stage("selection", "select_data", targets, ("gs.selection", "gs.on_demand"))
+        drawn = max(1, math.ceil(float(c["selection"].get("budget_fraction", 0.2)) * n))
+        sel_batches = ckpts * (_ceil(drawn, gb) + max(_ceil(v, gb) for v in n_val))
+        sel.work = [self._gradients(warm["lora"], gb, gt, gdtype, sel_batches)]
+        sel.host_extra, sel.device_extra = host.influence_bytes(
+            d, n, 1, ckpts, gb, icfg.get("projection_dim"), icfg.get("projection_kind", "sparse"), self.run_on
+        )
+        sel.host_extra["influence scores"] = host.F64 * (ckpts + 1) * len(targets) * n
+        if icfg.get("projection_dim") is not None:
+            kind = icfg.get("projection_kind", "sparse")
+            self._projectors(sel, kind, d, gb, {int(icfg["projection_dim"]): sel_batches}, gdtype)
         out.append(sel)
         for stage, rule, jobs, module in (
             ("data", "prepare_domain", list(c["data"]["domains"]), "gs.data"),
