@@ -400,3 +400,34 @@ def test_selection_stage_runs_the_drawn_samples_influence():
     assert sel.work and sel.work[0].repeats == {"gradient": ckpts * (math.ceil(drawn / gb) + math.ceil(val / gb))}
     assert sel.host_extra["influence scores"] == 8 * (ckpts + 1) * len(config["selection"]["targets"]) * n
     assert "gs.on_demand" in sel.imports
+
+
+def test_cpu_evaluation_in_another_dtype_counts_the_prepared_folder_read():
+    """On a CPU run whose evaluation dtype differs from the prepared folder's, every evaluation stage holds
+    the folder's weights as read (n_params x 4 bytes of float32 safetensors, memory-mapped) beside its own."""
+    import copy
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from gs.plan.cli import load_config
+    from gs.plan.stages import Planner
+
+    root = Path(__file__).resolve().parents[1]
+    config = copy.deepcopy(load_config(root / "config" / "test.yaml", root / "config" / "config.yaml"))
+    hf = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1000,
+        max_position_embeddings=128,
+    )
+    n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(hf).parameters())
+    key = "prepared folder read for the cast"
+    for eval_dtype, expected in (("bfloat16", 4 * n_params), ("float32", None)):
+        config["evaluation"]["dtype"] = eval_dtype
+        config["model"]["dtype"] = "float32"
+        stages = [s for s in Planner(config, hf).stages() if s.rule == "evaluate_system"]
+        assert stages and all(s.host_extra.get(key) == expected for s in stages), eval_dtype

@@ -67,6 +67,8 @@ def _config() -> dict:
     schema = yaml.safe_load((ROOT / "config/schema.yaml").read_text())
     if "shards" in schema["properties"]["gradients"].get("properties", {}):
         config["gradients"]["shards"] = SHARDS
+        # The sharded extraction keeps no full gradients (rules/gradients.smk refuses both together).
+        config["gradients"]["keep_gradients"] = False
     return config
 
 

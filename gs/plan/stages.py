@@ -501,6 +501,13 @@ class Planner:
         n_test = {d: min(v, int(limit)) if limit else v for d, v in tests.items()}
         lora = c["experts"]["lora"]
         dtype = _dtype(ev, c)
+        # gs.models.load_model reads the prepared folder's safetensors in its own dtype (memory-mapped: the
+        # pages read stay in the process's RSS) and casts them to the evaluation's dtype on the CPU.
+        from gs.models import resolve_dtype
+
+        folder_dtype = resolve_dtype(c["model"].get("dtype", "float32"))
+        cast = self.run_on == "cpu" and folder_dtype != resolve_dtype(dtype)
+        folder_read = self._n_params() * folder_dtype.itemsize if cast else 0
         out = []
         for mode in sorted(modes):
             streams = {"elrea": int(inf["top_m"] or k), "uniform": k}.get(mode, 1)
@@ -548,6 +555,8 @@ class Planner:
                 }
             if mode == "single":
                 st.host_extra = self._encoder_bytes(0)
+            if folder_read:
+                st.host_extra["prepared folder read for the cast"] = folder_read
             out.append(st)
         return out
 
