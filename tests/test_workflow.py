@@ -89,7 +89,9 @@ def _check_evaluations(res: Path, config: dict) -> None:
     limit = config["evaluation"]["limit"]
     main = pd.read_csv(res / "tables" / "main.csv").set_index("system")
     likelihood = pd.read_csv(res / "tables" / "likelihood.csv").set_index("system")
-    assert list(main.columns) == [*DOMAINS, "average", "n_examples"]
+    intervals = ("_stderr", "_ci_low", "_ci_high")
+    assert [c for c in main.columns if not c.endswith(intervals)] == [*DOMAINS, "average", "n_examples"]
+    assert {f"{d}{x}" for d in [*DOMAINS, "average"] for x in intervals} <= set(main.columns)
     assert set(likelihood.index) == set(main.index)
     for system in main.index:
         report = json.loads((res / "eval" / f"{system}.json").read_text())
