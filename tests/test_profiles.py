@@ -317,7 +317,7 @@ def test_slurm_submits_gpu_jobs_side_by_side_and_retries_with_more_memory_and_ti
     work.mkdir()
     for name in ("Snakefile", "rules", "config", "profiles", "envs", "gs"):
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, work / name)
-    inputs = ["results/data/pool/train.jsonl"] + [
+    inputs = ["results/data/pool/train.jsonl", "results/plan/plan.csv"] + [
         f"results/clusters/{m}/assignments.csv" for m in ("gradientspace", "random")
     ]
     for path in inputs:
