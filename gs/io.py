@@ -138,13 +138,32 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         Path(tmp).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+#: The line :func:`run_cli` ends a job's log with (read back by :mod:`gs.plan.compare`).
+PEAK_LINE = "peak resident memory: {mib} MiB (VmHWM)"
+
+
+def peak_resident_mib() -> int | None:
+    """This process's resident-set high-water mark in MiB (``VmHWM``, kept exactly by the kernel),
+    or None where ``/proc`` has none. Snakemake's ``benchmark:`` samples RSS (every 0.5 s for 15 s,
+    then every 30 s) and can miss a short peak; this cannot."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(x.split()[1]) // 1024 for x in f if x.startswith("VmHWM"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
 def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
-    """Run a module's ``main``; an :class:`InputError` becomes one ``error:`` line and exit code 1."""
+    """Run a module's ``main``; an :class:`InputError` becomes one ``error:`` line and exit code 1.
+    A run that succeeds ends its standard error with :data:`PEAK_LINE`."""
     try:
         main(argv)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+    peak = peak_resident_mib()
+    if peak is not None:
+        print(PEAK_LINE.format(mib=peak), file=sys.stderr)
 
 
 def parse_params(text: str, what: str = "--params") -> dict[str, Any]:

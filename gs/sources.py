@@ -398,6 +398,22 @@ SOURCES: dict[str, Callable[[int, int, dict[str, Any]], list[Item]]] = {
     "hf": hf,
 }
 
+#: The modules a source imports when it runs (its lazy imports above): the resource planner measures
+#: a ``prepare_domain`` job's memory baseline with them (reasoning-gym alone is about 70 MiB).
+SOURCE_IMPORTS: dict[str, tuple[str, ...]] = {
+    "gsm_symbolic": ("reasoning_gym",),
+    "finance": ("gs.finance",),
+    "hf": ("datasets",),
+}
+
+
+def source_imports(kind: str, options: dict[str, Any]) -> tuple[str, ...]:
+    """The modules source ``kind`` imports with these ``options`` (HumanEval from the hub: datasets)."""
+    if kind == "humaneval" and options.get("hub"):
+        return ("datasets",)
+    return SOURCE_IMPORTS.get(kind, ())
+
+
 LICENSES = {
     "gsm_symbolic": "Apache-2.0 (reasoning-gym); templates from GSM-Symbolic / GSM8K (MIT)",
     "codeio": "Apache-2.0 (reasoning-gym CodeI/O)",

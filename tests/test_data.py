@@ -237,3 +237,24 @@ def test_schema_rejects_bad_config(mutate):
     mutate(cfg)
     with pytest.raises(WorkflowError):
         _validate(cfg)
+
+
+def test_source_imports_name_what_a_source_imports_when_it_runs():
+    """The planner's prepare_domain baseline: the modules each source pulls in, checked in a fresh
+    interpreter that runs the source and lists what it newly imported."""
+    import subprocess
+    import sys
+
+    from gs.sources import source_imports
+
+    for kind, options in (("gsm_symbolic", {}), ("finance", {}), ("codeio", {}), ("verne_passages", {})):
+        code = (
+            "import sys, gs.data; before = set(sys.modules)\n"
+            f"gs.sources.load_source({kind!r}, 2, 0, {options!r})\n"
+            "print(' '.join(sorted(m for m in set(sys.modules) - before if '.' not in m or m.startswith('gs.'))))"
+        )
+        new = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+        for module in source_imports(kind, options):
+            assert module in new, (kind, module, new)
+        if not source_imports(kind, options):
+            assert "reasoning_gym" not in new and "datasets" not in new, (kind, new)

@@ -49,3 +49,43 @@ def test_missing_inputs_fail_with_one_line(tmp_path):
     (tmp_path / "plan.csv").write_text("stage,rule,jobs,host_peak_mib,cpu_time_h\n")
     with pytest.raises(InputError, match="no benchmarks"):
         compare.main(["--plan", str(tmp_path / "plan.csv"), "--benchmarks", str(tmp_path / "b")])
+
+
+def test_a_logged_kernel_peak_above_the_sampled_max_rss_is_the_measurement(tmp_path):
+    """A job whose log ends with its VmHWM line (gs.io.run_cli) is compared against the larger of that
+    and the benchmark's sampled max_rss; a job without the line against max_rss alone."""
+    plan = pd.DataFrame(
+        [
+            {
+                "stage": "prepare model",
+                "rule": "prepare_model",
+                "jobs": "prepare_model a",
+                "host_peak_mib": 1400,
+                "cpu_time_h": 0,
+            }
+        ]
+    )
+    bench, logs = tmp_path / "benchmarks", tmp_path / "logs"
+    _bench(bench / "prepare_model" / "prepare_model.tsv", 40.0, 470.0)  # the peak fell between samples
+    _bench(bench / "prepare_model" / "a.tsv", 40.0, 1000.0)
+    (logs / "prepare_model").mkdir(parents=True)
+    (logs / "prepare_model" / "prepare_model.log").write_text("wrote x\npeak resident memory: 1600 MiB (VmHWM)\n")
+    (logs / "prepare_model" / "a.log").write_text("peak resident memory: 900 MiB (VmHWM)\n")  # below the sample
+    peaks = compare.read_log_peaks(logs)
+    assert peaks == {("prepare_model", "prepare_model"): 1600.0, ("prepare_model", "a"): 900.0}
+    table = compare.compare(plan, compare.read_benchmarks(bench), log_peaks=peaks).set_index("job")
+    assert table.loc["prepare_model", "measured_mib"] == 1600.0
+    assert table.loc["prepare_model", "error_pct"] == -12  # (1400 - 1600) / 1600 = -12.5 -> round half even
+    assert table.loc["a", "measured_mib"] == 1000.0 and table.loc["a", "error_pct"] == 40
+
+
+def test_run_cli_ends_a_successful_run_with_the_peak_line(capsys):
+    from gs.io import run_cli
+
+    run_cli(lambda argv: print("done"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("peak resident memory: ") and err[0].endswith(" MiB (VmHWM)")
+    mib = int(err[0].split()[3])
+    import resource
+
+    assert abs(mib - resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024) <= 2  # the kernel's own count

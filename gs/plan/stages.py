@@ -338,8 +338,8 @@ class Planner:
             kind = icfg.get("projection_kind", "sparse")
             self._projectors(sel, kind, d, gb, {int(icfg["projection_dim"]): sel_batches}, gdtype)
         out.append(sel)
+        out.extend(self._prepare_domains())
         for stage, rule, jobs, module in (
-            ("data", "prepare_domain", list(c["data"]["domains"]), "gs.data"),
             ("data pool", "pool_data", ["pool_data"], "gs.data"),
             ("tables and figures", "tables_and_figures", ["report"], "gs.report"),
         ):
@@ -400,6 +400,22 @@ class Planner:
         return out
 
     # ------------------------------------------------------------------ stages without training
+
+    def _prepare_domains(self) -> list[Stage]:
+        """Rule ``prepare_domain``: one stage per set of modules the domains' sources import
+        (:func:`gs.sources.source_imports`), whose baseline is the job's memory (the items are small)."""
+        from gs.sources import source_imports
+
+        by_imports: dict[tuple[str, ...], list[str]] = {}
+        for domain, spec in self.config["data"]["domains"].items():
+            mods = sorted(
+                {m for split in spec.values() for m in source_imports(split["source"], split.get("options", {}))}
+            )
+            by_imports.setdefault(("gs.data", *mods), []).append(domain)
+        return [
+            Stage("data" + (f" ({', '.join(mods[1:])})" if len(mods) > 1 else ""), "prepare_domain", domains, mods)
+            for mods, domains in sorted(by_imports.items())
+        ]
 
     def _ablation(self, d: int, feats: int) -> Stage:
         """Rule ``ablation`` (:mod:`gs.ablation`). With ``gradients.keep_gradients`` (``run_kept``): the
@@ -581,10 +597,22 @@ class Planner:
         # Per n: base, single (1 forward a token), uniform (n), ELREA (top_m <= n): about n + 3 streams,
         # at batch 1 and at the throughput batch, each repeated; counted at the largest batch.
         steps = repeats * 2 * new * sum(int(x) + 3 for x in lat["n_experts"]) / n
-        return Stage(
-            "latency",
-            "latency",
-            ["latency"],
-            ("gs.latency",) + MODEL_IMPORTS,
-            [Work(dec, {"decode": steps, "prefill": steps / new * self.prompt / (self.prompt + new - 1)}, dtype)],
-        )
+        work = [Work(dec, {"decode": steps, "prefill": steps / new * self.prompt / (self.prompt + new - 1)}, dtype)]
+        st = Stage("latency", "latency", ["latency"], ("gs.latency",) + MODEL_IMPORTS, work)
+        modes = lat.get("modes", ["base", "single", "uniform", "elrea"])
+        if "elrea" in modes:
+            # ELREA routes each prompt by its warm-up-adapter gradient (gs.routing.elrea_prompt_features at
+            # gs.inference's gradient batch, prompts cut to gradient_max_length), projected to
+            # projection_dim by a sparse projector (gs.latency.make_synthetic_elrea): measured on the
+            # default, the job's peak (about 570 MiB over the decoding modes').
+            inf = {"gradient_batch_size": 4, "gradient_max_length": 512, **lat.get("inference", {})}
+            gb, gt = int(inf["gradient_batch_size"]), min(int(inf["gradient_max_length"]), self.prompt)
+            # gs.latency.time_generation, per n: a warm-up and `repeats` calls at batch 1, then at the throughput batch
+            calls = len(lat["n_experts"]) * (1 + repeats) * (1 + _ceil(b, gb))
+            work.append(self._gradients(lat.get("warmup_lora") or lat["lora"], gb, gt, dtype, calls))
+            st.host_extra["ELREA projector"] = host.projector_bytes(
+                "sparse", work[-1].trace.lora_dim, int(lat.get("projection_dim", 256)), self.run_on
+            )
+        if "single" in modes:
+            st.host_extra.update(self._encoder_bytes(0))
+        return st
