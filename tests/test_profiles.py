@@ -340,6 +340,8 @@ def test_slurm_submits_gpu_jobs_side_by_side_and_retries_with_more_memory_and_ti
         "--nolock",
         "--slurm-init-seconds-before-status-checks",
         "1",
+        "--seconds-between-status-checks",  # ours: 1 s, not Snakemake's 10 s, for a short test
+        "1",
         *targets,
         cwd=work,
         env=env,

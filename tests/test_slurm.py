@@ -166,6 +166,8 @@ def test_slurm_profile_runs_real_sbatch_jobs_and_matches_the_local_run(slurm_clu
         "config/test.yaml",
         "--slurm-init-seconds-before-status-checks",
         "5",
+        "--seconds-between-status-checks",  # ours: 1 s, not Snakemake's 10 s, for a short test
+        "1",
         cwd=slurm,
     )
     out = result.stdout + result.stderr
