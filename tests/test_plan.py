@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -425,3 +426,43 @@ def test_cpu_evaluation_in_another_dtype_counts_the_prepared_folder_read():
         config["model"]["dtype"] = "float32"
         stages = [s for s in Planner(config, hf).stages() if s.rule == "evaluate_system"]
         assert stages and all(s.host_extra.get(key) == expected for s in stages), eval_dtype
+
+
+def test_import_baselines_are_measured_once_per_environment(tmp_path, monkeypatch):
+    """The second plan in one environment reads the baselines the first measured; a changed
+    environment (another installed version) measures again; GS_PLAN_CACHE=0 keeps nothing."""
+    calls = []
+
+    def fake_measure(sets, workers=2):
+        calls.append(list(sets))
+        return {v: 100 * len(v) for v in sets}
+
+    monkeypatch.setattr(host, "measure_baselines", fake_measure)
+    monkeypatch.setattr(host, "environment_fingerprint", lambda: "env-1")
+    path = tmp_path / "cache.json"
+    sets = [("a",), ("a", "b")]
+    assert host.cached_baselines(sets, path=path) == ({("a",): 100, ("a", "b"): 200}, sets)
+    assert host.cached_baselines(sets + [("c",)], path=path) == (
+        {("a",): 100, ("a", "b"): 200, ("c",): 100},
+        [("c",)],
+    )
+    assert calls == [sets, [("c",)]]
+    monkeypatch.setattr(host, "environment_fingerprint", lambda: "env-2")
+    assert host.cached_baselines(sets, path=path)[1] == sets  # measured again
+    monkeypatch.setenv("GS_PLAN_CACHE", "0")
+    assert host.baseline_cache_path() is None
+    monkeypatch.setenv("GS_PLAN_CACHE", str(tmp_path / "other.json"))
+    assert host.baseline_cache_path() == tmp_path / "other.json"
+
+
+def test_environment_fingerprint_follows_the_gs_files():
+    """Touching a gs file changes the fingerprint (its baseline may change with it)."""
+    before = host.environment_fingerprint()
+    target = Path(host.__file__)
+    stat = target.stat()
+    try:
+        os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+        assert host.environment_fingerprint() != before
+    finally:
+        os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert host.environment_fingerprint() == before

@@ -14,7 +14,7 @@ import yaml
 from gs.io import InputError, atomic_path
 from gs.plan import devices
 from gs.plan.arch import model_config
-from gs.plan.host import measure_baselines
+from gs.plan.host import cached_baselines
 from gs.plan.report import Row, predict, table
 from gs.plan.resources import RuleResources, read_profile, rule_resources, workflow_resources
 from gs.plan.stages import MODEL_IMPORTS, Planner, Stage
@@ -112,10 +112,10 @@ def plan(
     imports = {s.stage: with_model(s) for s in stages}
     import_sets = list(dict.fromkeys(list(imports.values()) + [with_model(s) for v in variants.values() for s in v]))
     if baseline_bytes is None:
-        baselines = measure_baselines(import_sets, workers=BASELINE_WORKERS)
+        baselines, measured = cached_baselines(import_sets, workers=BASELINE_WORKERS)
     else:
-        baselines = {v: int(baseline_bytes) for v in import_sets}
-    own.host_extra = plan_host_bytes(baselines, BASELINE_WORKERS)
+        baselines, measured = {v: int(baseline_bytes) for v in import_sets}, import_sets
+    own.host_extra = plan_host_bytes({v: baselines[v] for v in measured}, BASELINE_WORKERS)
     if cpu_flops is None:
         cpu_flops = devices.measure_cpu_flops(1)
     if host_bandwidth is None:
@@ -179,7 +179,7 @@ def plan_host_bytes(baselines: dict[tuple[str, ...], int], workers: int) -> dict
     baselines measured ``workers`` at a time in child processes (Snakemake's benchmark sums the RSS of
     the job's process tree; counted at the largest ``workers`` of them at once), then
     :func:`gs.plan.devices.measure_host_bandwidth`'s two float64 arrays of 2^23 (128 MiB)."""
-    largest = sorted(baselines.values(), reverse=True)[:workers]
+    largest = sorted(baselines.values(), reverse=True)[:workers]  # none when every baseline was cached
     children = {f"import baselines measured {workers} at a time (the largest)": sum(largest)}
     probe = {"host bandwidth probe (two float64 arrays of 2^23)": 2 * 8 * 2**23}
     return max(children, probe, key=lambda phase: sum(phase.values()))
