@@ -8,6 +8,7 @@ end-to-end workflow test.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,3 +108,27 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_sep("-", "recorded summaries")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def plan_inputs():
+    """For planner tests: config/test.yaml merged as Snakemake merges it (a fresh copy, free to edit)
+    and a 32-wide 2-layer Llama config to plan it with."""
+    import copy
+
+    from transformers import LlamaConfig
+
+    from gs.plan.cli import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    config = copy.deepcopy(load_config(root / "config" / "test.yaml", root / "config" / "config.yaml"))
+    hf = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1000,
+        max_position_embeddings=128,
+    )
+    return config, hf

@@ -33,29 +33,6 @@ TINY = dict(
 )
 
 
-def _test_config_and_small_llama():
-    """config/test.yaml merged as Snakemake merges it, and a 32-wide 2-layer Llama to plan it with."""
-    import copy
-    from pathlib import Path
-
-    from transformers import LlamaConfig
-
-    from gs.plan.cli import load_config
-
-    root = Path(__file__).resolve().parents[1]
-    config = copy.deepcopy(load_config(root / "config" / "test.yaml", root / "config" / "config.yaml"))
-    hf = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=1000,
-        max_position_embeddings=128,
-    )
-    return config, hf
-
-
 def _config(**over):
     from transformers import LlamaConfig
 
@@ -392,14 +369,14 @@ def test_plan_job_counts_its_baseline_children():
     assert host.measure_rademacher_rate(size=2**16, seconds=0.02) > 1e5
 
 
-def test_selection_stage_runs_the_drawn_samples_influence():
+def test_selection_stage_runs_the_drawn_samples_influence(plan_inputs):
     """select_data computes ClusterUCB's draws on demand (gs.on_demand): the plan runs the gradient step
     on budget_fraction of the pool plus the largest validation set at every checkpoint, by hand."""
     import math
 
     from gs.plan.stages import Planner
 
-    config, hf = _test_config_and_small_llama()
+    config, hf = plan_inputs
     planner = Planner(config, hf)
     sel = next(s for s in planner.stages() if s.rule == "select_data")
     n, gb = planner.n_pool, int(config["gradients"]["batch_size"])
@@ -411,14 +388,14 @@ def test_selection_stage_runs_the_drawn_samples_influence():
     assert "gs.on_demand" in sel.imports
 
 
-def test_cpu_evaluation_in_another_dtype_counts_the_prepared_folder_read():
+def test_cpu_evaluation_in_another_dtype_counts_the_prepared_folder_read(plan_inputs):
     """On a CPU run whose evaluation dtype differs from the prepared folder's, every evaluation stage holds
     the folder's weights as read (n_params x 4 bytes of float32 safetensors, memory-mapped) beside its own."""
     from transformers import AutoModelForCausalLM
 
     from gs.plan.stages import Planner
 
-    config, hf = _test_config_and_small_llama()
+    config, hf = plan_inputs
     n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(hf).parameters())
     key = "prepared folder read for the cast"
     for eval_dtype, expected in (("bfloat16", 4 * n_params), ("float32", None)):

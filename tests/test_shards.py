@@ -288,24 +288,12 @@ def test_sharded_less_influence_equals_the_single_pass(sharded, tiny_model_dir):
     np.testing.assert_allclose(merged["per_checkpoint"], single["per_checkpoint"], atol=1e-5)
 
 
-def test_planner_plans_one_job_per_shard_and_the_merges():
+def test_planner_plans_one_job_per_shard_and_the_merges(plan_inputs):
     """gs.plan's shard stages on the test config (n = 16, batch 4, two gradient passes for ELREA's
     instruction loss): a shard job of S = 3 streams the largest slice, ceil(16 / 3) = 6 samples."""
-    from transformers import LlamaConfig
-
-    from gs.plan.cli import load_config
     from gs.plan.stages import Planner
 
-    config = load_config(ROOT / "config" / "test.yaml", ROOT / "config" / "config.yaml")
-    hf = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=1000,
-        max_position_embeddings=128,
-    )
+    config, hf = plan_inputs
     planner = Planner(config, hf)
     assert planner.n_pool == 16
     one = planner.gradient_passes(1, 3, 2) + planner.influence_pass(1)
@@ -330,32 +318,18 @@ def test_planner_plans_one_job_per_shard_and_the_merges():
     assert three[1].host_extra["shard states"] == 4 * d * 3 * (2 + 4)  # S x (rank + oversample) float32 rows
 
 
-def test_planner_keeps_coherence_sums_on_the_host_and_projects_influence_in_the_model_dtype():
+def test_planner_keeps_coherence_sums_on_the_host_and_projects_influence_in_the_model_dtype(plan_inputs):
     """On a GPU run: the coherence shard's float64 sums are host arrays (none on the device), saved
     as float32 one method at a time; the merge holds two float32 totals; LESS influence's
     BasicProjector runs in the model's dtype (bfloat16 here), and so do gs.features' extraction projectors."""
-    import copy
-
-    from transformers import LlamaConfig
-
-    from gs.plan.cli import load_config
     from gs.plan.stages import Planner
 
-    config = copy.deepcopy(load_config(ROOT / "config" / "test.yaml", ROOT / "config" / "config.yaml"))
+    config, hf = plan_inputs
     config["plan"] = {**config.get("plan", {}), "run_on": "gpu", "fast_jl": False}
     config["model"]["dtype"] = "bfloat16"
     config["gradients"].pop("dtype", None)
     config["gradients"]["projection"]["kind"] = "rademacher"
     config["gradients"]["influence"] = {"projection_dim": 64, "projection_kind": "rademacher"}
-    hf = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=1000,
-        max_position_embeddings=128,
-    )
     planner = Planner(config, hf)
     methods, k = 3, 2
     stages = {s.rule: s for s in planner.gradient_passes(3, methods, k) + planner.influence_pass(3)}
