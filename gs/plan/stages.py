@@ -532,7 +532,7 @@ class Planner:
             sizes = ({t: n_test[t]} if t in n_test else {}, {t: refs[t]} if t in refs else {})
             groups.append(("multitask", f"evaluation (select-{t})", systems, *sizes))
         out = []
-        for mode, name, systems, n_test, refs in groups:
+        for mode, name, systems, group_tests, group_refs in groups:
             streams = {"elrea": int(inf["top_m"] or k), "uniform": k}.get(mode, 1)
             adapters = 0 if mode == "base" else (1 if mode == "multitask" else k + (mode == "elrea"))
             use_lora = lora if adapters else None
@@ -553,11 +553,11 @@ class Planner:
             )
             steps = sum(
                 _ceil(v, b) * (gen.get(f"gs_{d}", max_gen) if isinstance(gen, dict) else max_gen)
-                for d, v in n_test.items()
+                for d, v in group_tests.items()
             )
-            batches = sum(_ceil(n_test[d] + refs.get(d, 0), lb) for d in n_test)
+            batches = sum(_ceil(group_tests[d] + group_refs.get(d, 0), lb) for d in group_tests)
             # The traced prefill fills the cache to its last position; a batch's real prefill is the prompt.
-            prefill = sum(_ceil(v, b) for v in n_test.values()) * self.prompt / (self.prompt + max_gen - 1)
+            prefill = sum(_ceil(v, b) for v in group_tests.values()) * self.prompt / (self.prompt + max_gen - 1)
             work = [
                 Work(dec, {"decode": steps, "prefill": prefill}, dtype),
                 Work(lk, {"likelihood": batches}, dtype),
@@ -565,7 +565,7 @@ class Planner:
             st = Stage(name, "evaluate_system", systems, ("gs.evaluation",) + MODEL_IMPORTS, work)
             if mode == "elrea":
                 gb, gt = int(inf["gradient_batch_size"]), int(inf["gradient_max_length"])
-                prompts = sum(n_test.values()) + sum(refs.values())
+                prompts = sum(group_tests.values()) + sum(group_refs.values())
                 work.append(self._gradients(c["gradients"]["warmup"]["lora"], gb, gt, dtype, _ceil(prompts, gb)))
                 proj = c["gradients"]["projection"]
                 st.host_extra = {
@@ -578,7 +578,7 @@ class Planner:
                 st.host_extra = self._encoder_bytes(0)
             if folder_read:
                 st.host_extra["prepared folder read for the cast"] = folder_read
-            if "writing" in n_test and ev.get("fluency", True) and self.run_on == "cpu":
+            if "writing" in group_tests and ev.get("fluency", True) and self.run_on == "cpu":
                 # gs.evaluation.fluency_scores loads the base model again after lm-eval; on the CPU the routed
                 # model's freed pages stay with the process (measured on the default: RSS 1370 -> 2067 MiB
                 # during that load), so its weights and its folder read come on top. On a GPU the weights
