@@ -473,6 +473,21 @@ def measure_latency(router: Router, texts: list[str], n: int = 32) -> dict[str, 
 # --------------------------------------------------------------------------------------------------
 
 
+def planned_experts(assignments: Any, expert_params: dict[str, Any]) -> dict[int, int]:
+    """``{cluster: expert}`` as :func:`gs.experts.train_experts` will map them, from the experts config
+    section's ``min_cluster_size`` and ``small_clusters``."""
+    from gs.experts import plan_experts
+
+    for key in ("min_cluster_size", "small_clusters"):
+        if key not in expert_params:
+            raise InputError(f"--expert-params: missing key {key!r}")
+    return plan_experts(
+        assignments,
+        min_cluster_size=int(expert_params["min_cluster_size"]),
+        small_clusters=str(expert_params["small_clusters"]),
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     from gs.experts import expert_labels, load_manifest, read_assignments
     from gs.prompting import user_message
@@ -480,7 +495,17 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description="Train the prompt -> expert router.")
     parser.add_argument("--train", required=True, help="pooled training records (JSONL)")
-    parser.add_argument("--experts", required=True, help="experts folder (reads experts.json)")
+    # The router needs only which expert each cluster goes to, not the trained adapters: from a trained
+    # experts folder, or planned from the assignments by the experts' own rule (gs.experts.plan_experts),
+    # so a method whose experts are never evaluated still gets its router without training them.
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--experts", help="experts folder (reads experts.json)")
+    source.add_argument(
+        "--expert-params",
+        help="the experts config section as JSON (min_cluster_size, small_clusters): the cluster -> expert "
+        "map is planned from --assignments as gs.experts does it, without the trained experts",
+    )
+    parser.add_argument("--method", help="the clustering method's name, recorded with --expert-params")
     parser.add_argument("--assignments", help="cluster assignments CSV (id,cluster); optional for one expert")
     parser.add_argument("--params", required=True, help="router config section as JSON")
     parser.add_argument("--model-dir", help="base model folder (needed by encoder 'base')")
@@ -492,10 +517,19 @@ def main(argv: list[str] | None = None) -> None:
     records = read_jsonl(args.train)
     if not records:
         raise InputError(f"{args.train}: no training records")
-    manifest = load_manifest(args.experts)
-    experts = sorted(int(e["expert"]) for e in manifest["experts"])
+    if args.experts:
+        manifest = load_manifest(args.experts)
+        experts = sorted(int(e["expert"]) for e in manifest["experts"])
+        mapping = manifest["cluster_to_expert"]
+        method, source = manifest.get("method"), str(args.experts)
+    else:
+        if not args.assignments:
+            raise InputError("--expert-params plans the experts from the clusters, so --assignments is needed")
+        mapping = planned_experts(read_assignments(args.assignments), parse_params(args.expert_params))
+        experts = sorted(set(mapping.values()))
+        method, source = args.method, "planned from the assignments (gs.experts.plan_experts)"
     if args.assignments:
-        labels = expert_labels(records, read_assignments(args.assignments), manifest["cluster_to_expert"])
+        labels = expert_labels(records, read_assignments(args.assignments), mapping)
     elif len(experts) == 1:
         labels = [experts[0]] * len(records)
     else:
@@ -520,7 +554,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [args.seed + s for s in range(int(params.get("eval_seeds", 1)))]
     by_seed = router.heldout_by_seed(embeddings, labels, seeds)
     latency = measure_latency(router, texts, int(params.get("latency_prompts", 32)))
-    extra = {**latency, "method": manifest.get("method"), "experts_dir": str(args.experts), "heldout_by_seed": by_seed}
+    extra = {**latency, "method": method, "experts_dir": source, "heldout_by_seed": by_seed}
     router.save(args.out, extra=extra)
     m = router.metrics
     print(

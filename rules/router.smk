@@ -2,7 +2,9 @@ rule train_router:
     input:
         model=model_dir(),
         train="results/data/pool/train.jsonl",
-        experts="results/experts/{method}",
+        # Not the trained experts: the router learns the cluster -> expert map the experts' rule plans
+        # from the same assignments and config (gs.experts.plan_experts), so a method that no system
+        # evaluates (random, oracle in the default) gets its router-table row without its experts.
         assignments="results/clusters/{method}/assignments.csv",
     output:
         directory("results/router/{method}"),
@@ -22,9 +24,10 @@ rule train_router:
         runtime=grow(60),
     params:
         cfg=json_param(config["router"]),
+        experts=json_param(config["experts"]),
         seed=config["seed"],
     shell:
-        "python -m gs.router --train {input.train} --experts {input.experts}"
+        "python -m gs.router --train {input.train} --expert-params {params.experts} --method {wildcards.method}"
         " --assignments {input.assignments} --params {params.cfg} --model-dir {input.model}"
         " --seed {params.seed} --out {output} > {log} 2>&1"
 

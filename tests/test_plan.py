@@ -358,6 +358,14 @@ def test_ablation_router_table_and_kept_gradient_stages(tiny_stages):
     assert not any("kept" in k for k in plain.gradient_passes(1, 3, 2)[0].host_extra)
 
 
+def test_experts_are_planned_only_for_evaluated_methods():
+    """A method no system evaluates keeps its router (the router table) but trains no experts."""
+    planner, _ = _tiny_planner(evaluation={"modes": {"gradientspace": ["single"], "semantic": []}})
+    stages = {s.rule: s for s in planner.stages()}
+    assert stages["train_experts"].jobs == ["gradientspace"]
+    assert stages["train_router"].jobs == ["gradientspace", "semantic"]
+
+
 def test_plan_job_counts_its_baseline_children():
     """Rule plan: the two largest import baselines measured at once, or the bandwidth probe if larger."""
     from gs.plan.cli import plan_host_bytes

@@ -238,6 +238,55 @@ def test_cli(tmp_path, capsys):
     assert "held-out acc" in capsys.readouterr().out
 
 
+def test_cli_plans_the_experts_from_the_assignments(tmp_path):
+    """--expert-params: the router learns the cluster -> expert map the experts' rule would plan (worked
+    out by hand below), the same router as one given a trained experts folder with that manifest."""
+    records = [{"id": f"s{i}", "instruction": t, "output": "x"} for i, t in enumerate(TEXTS)]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in records))
+    # Math in clusters 5 (10 prompts) and 9 (2), poems in 1 (12), code in 3 (12). min_cluster_size 3 and
+    # "merge": cluster 9 goes to the largest cluster, 1 (tied with 3 at 12; the lower id wins); experts
+    # are numbered over the kept clusters in ascending order: 1 -> 0, 3 -> 1, 5 -> 2, and 9 -> 0.
+    clusters = [5] * 10 + [9] * 2 + [1] * len(POEMS) + [3] * len(CODE)
+    pd.DataFrame({"id": [r["id"] for r in records], "cluster": clusters}).to_csv(tmp_path / "a.csv", index=False)
+    hand_map = {"1": 0, "3": 1, "5": 2, "9": 0}
+    experts = tmp_path / "experts"
+    write_json(
+        experts / "experts.json",
+        {"method": "toy", "cluster_to_expert": hand_map, "experts": [{"expert": j} for j in range(3)]},
+    )
+    params = json.dumps({"encoder": "minilm", "holdout": 0.25, "max_iter": 500, "latency_prompts": 2})
+    common = ["--train", str(train), "--assignments", str(tmp_path / "a.csv"), "--params", params, "--seed", "0"]
+    expert_params = json.dumps({"min_cluster_size": 3, "small_clusters": "merge", "lora": {}})
+    main([*common, "--expert-params", expert_params, "--method", "toy", "--out", str(tmp_path / "planned")])
+    main([*common, "--experts", str(experts), "--out", str(tmp_path / "manifest")])
+    planned = json.loads((tmp_path / "planned" / "router.json").read_text())
+    assert planned["expert_ids"] == [0, 1, 2] and planned["method"] == "toy"
+    assert "planned" in planned["experts_dir"]
+    a = Router.load(tmp_path / "planned", experts=[0, 1, 2])
+    b = Router.load(tmp_path / "manifest", experts=[0, 1, 2])
+    assert a.predict(NEW).tolist() == b.predict(NEW).tolist() == [2, 0, 1]
+    np.testing.assert_array_equal(a.predict(TEXTS), b.predict(TEXTS))
+
+
+def test_cli_expert_params_need_assignments_and_their_keys(tmp_path, capsys):
+    from gs.io import run_cli
+
+    train = tmp_path / "train.jsonl"
+    train.write_text(
+        "".join(json.dumps({"id": str(i), "instruction": t, "output": "x"}) + "\n" for i, t in enumerate(NEW))
+    )
+    pd.DataFrame({"id": ["0", "1", "2"], "cluster": [0, 1, 1]}).to_csv(tmp_path / "a.csv", index=False)
+    argv = ["--train", str(train), "--params", "{}", "--seed", "0", "--out", str(tmp_path / "r")]
+    with pytest.raises(SystemExit):
+        run_cli(main, [*argv, "--expert-params", '{"min_cluster_size": 1, "small_clusters": "merge"}'])
+    assert "--assignments is needed" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_cli(main, [*argv, "--assignments", str(tmp_path / "a.csv"), "--expert-params", '{"min_cluster_size": 1}'])
+    assert "missing key 'small_clusters'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_cli_single_expert_needs_no_assignments(tmp_path, capsys):
     from gs.io import run_cli
 

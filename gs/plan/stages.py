@@ -376,9 +376,14 @@ class Planner:
             out.append(sem)
 
         ex_cfg = c["experts"]
-        out.append(
-            Stage("experts", "train_experts", methods, ("gs.experts",), [self._training(ex_cfg, n, extra_steps=k)])
-        )
+        # Experts are trained only for a method some system evaluates (rules/router.smk: routers do
+        # not need them).
+        modes = c["evaluation"]["modes"]
+        trained = [m for m in methods if modes.get(m, ["single"])]
+        if trained:
+            out.append(
+                Stage("experts", "train_experts", trained, ("gs.experts",), [self._training(ex_cfg, n, extra_steps=k)])
+            )
         out.append(
             Stage("multitask LoRA", "train_multitask", ["multitask"], ("gs.experts",), [self._training(ex_cfg, n)])
         )
