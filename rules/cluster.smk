@@ -13,6 +13,7 @@ rule cluster_samples:
         "benchmarks/cluster_samples/{method}.tsv"
     wildcard_constraints:
         method="[a-z0-9_]+",
+    priority: CHAIN_PRIORITY
     conda:
         "../envs/torch.yaml"
     params:

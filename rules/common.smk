@@ -42,6 +42,23 @@ def grow(base):
     return lambda wildcards, attempt: base * attempt
 
 
+# Scheduling on a few cores: Snakemake's ILP picks among the ready jobs by priority, then by core
+# load, and breaks ties as its solver likes. The longest path is warm-up -> gradients -> clusters ->
+# experts -> the routed systems' evaluations (the ELREA-style ensemble's evaluation alone is a fifth of
+# the default's job-seconds), so its jobs go first and the independent ones (base and multitask
+# evaluations, latency, LESS, ClusterUCB) fill the other cores. Left to the tie-break, one fresh run of
+# the default started the warm-up after both of those evaluations, 270 s late.
+CHAIN_PRIORITY = 1
+
+
+def evaluation_priority(wildcards):
+    """An ensemble's evaluation (the longest job) first, then the other routed systems', then the rest."""
+    if wildcards.system in ("base", "multitask") or wildcards.system.startswith("select-"):
+        return 0
+    mode = wildcards.system.rsplit("-", 1)[1]
+    return CHAIN_PRIORITY + 1 if mode in ("elrea", "uniform") else CHAIN_PRIORITY
+
+
 # The resource plan (rules/plan.smk): every rule that runs the model directly, rather than through
 # another rule's outputs, waits for it, so a stage that cannot fit stops the run before model work;
 # the rest (data, prepare_model's download) runs beside it.

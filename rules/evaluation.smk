@@ -15,6 +15,7 @@ rule evaluate_system:
         "benchmarks/evaluate_system/{system}.tsv"
     wildcard_constraints:
         system="|".join(SYSTEMS + SELECTION_SYSTEMS),
+    priority: evaluation_priority
     conda:
         "../envs/evaluation.yaml"
     # One thread: decoding a 135M model on a CPU is latency-bound, so two 1-thread jobs side by side

@@ -11,9 +11,8 @@ rule train_experts:
         "benchmarks/train_experts/{method}.tsv"
     wildcard_constraints:
         method="|".join(METHODS),
-    # Before the evaluations that are ready earlier (base, multitask): the routed systems, the ensemble
-    # among them, wait on the experts and routers.
-    priority: 1
+    # On the longest path (rules/common.smk): before the evaluations that are ready earlier.
+    priority: CHAIN_PRIORITY
     conda:
         "../envs/torch.yaml"
     threads: HEAVY_THREADS

@@ -38,6 +38,7 @@ rule warmup_lora:
         "logs/warmup_lora/warmup_lora.log",
     benchmark:
         "benchmarks/warmup_lora/warmup_lora.tsv"
+    priority: CHAIN_PRIORITY
     conda:
         "../envs/torch.yaml"
     threads: HEAVY_THREADS
@@ -68,6 +69,7 @@ rule extract_gradient_features:
         "logs/extract_gradient_features/extract.log",
     benchmark:
         "benchmarks/extract_gradient_features/extract.tsv"
+    priority: CHAIN_PRIORITY
     conda:
         "../envs/torch.yaml"
     threads: HEAVY_THREADS
@@ -100,6 +102,7 @@ rule extract_gradient_shard:
         "benchmarks/extract_gradient_shard/{shard}.tsv"
     wildcard_constraints:
         shard="[0-9]+",
+    priority: CHAIN_PRIORITY
     conda:
         "../envs/torch.yaml"
     threads: HEAVY_THREADS
@@ -128,6 +131,7 @@ rule merge_gradient_basis:
         "logs/merge_gradient_basis/basis.log",
     benchmark:
         "benchmarks/merge_gradient_basis/basis.tsv"
+    priority: CHAIN_PRIORITY
     conda:
         "../envs/torch.yaml"
     threads: HEAVY_THREADS
@@ -157,6 +161,7 @@ rule gradient_shard_coordinates:
         "benchmarks/gradient_shard_coordinates/{shard}.tsv"
     wildcard_constraints:
         shard="[0-9]+",
+    priority: CHAIN_PRIORITY
     conda:
         "../envs/torch.yaml"
     threads: HEAVY_THREADS
@@ -188,6 +193,7 @@ rule merge_gradient_shards:
         "logs/merge_gradient_shards/merge.log",
     benchmark:
         "benchmarks/merge_gradient_shards/merge.tsv"
+    priority: CHAIN_PRIORITY
     conda:
         "../envs/torch.yaml"
     threads: HEAVY_THREADS

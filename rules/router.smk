@@ -14,7 +14,7 @@ rule train_router:
         "benchmarks/train_router/{method}.tsv"
     wildcard_constraints:
         method="|".join(METHODS),
-    priority: 1
+    priority: CHAIN_PRIORITY
     conda:
         "../envs/torch.yaml"
     # A GPU only for the base-model encoder; the sentence encoders (minilm) are small enough for the CPU.
