@@ -60,6 +60,39 @@ def test_dry_run_lists_the_whole_dag(configfile):
     assert counts["train_experts"] == sum(1 for m in methods if modes.get(m, ["single"]))
 
 
+def test_the_longest_path_is_scheduled_first():
+    """Snakemake's ILP picks ready jobs by priority: the chain warm-up -> gradients -> clusters -> experts
+    -> routed evaluations outranks the jobs ready as early beside it (base and multitask evaluations,
+    latency, LESS), and the ensemble's evaluation, the longest job, outranks the single-expert ones."""
+    result = _snakemake("-n", "--forceall", "--nolock", "--cores", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    priority = {}
+    for block in re.split(r"^(?:local)?rule ", result.stdout + result.stderr, flags=re.M)[1:]:
+        name = block.split(":", 1)[0]
+        wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        level = re.search(r"^\s+priority: (\d+)$", block, re.M)
+        priority[(name, wildcards.group(1) if wildcards else "")] = int(level.group(1)) if level else 0
+    chain = [
+        ("warmup_lora", ""),
+        ("extract_gradient_features", ""),
+        ("cluster_samples", "method=gradientspace"),
+        ("train_experts", "method=gradientspace"),
+        ("train_router", "method=gradientspace"),
+        ("evaluate_system", "system=gradientspace-single"),
+    ]
+    beside = [
+        ("evaluate_system", "system=base"),
+        ("evaluate_system", "system=multitask"),
+        ("latency", ""),
+        ("less_influence", ""),
+        ("train_multitask", ""),
+    ]
+    assert min(priority[j] for j in chain) > max(priority[j] for j in beside)
+    ensemble = priority[("evaluate_system", "system=gradientspace-elrea")]
+    assert ensemble > priority[("evaluate_system", "system=gradientspace-single")]
+    assert ensemble > priority[("evaluate_system", "system=semantic-single")]
+
+
 def test_every_rule_has_log_benchmark_and_conda_env():
     rules_dir = ROOT / "rules"
     for smk in sorted(rules_dir.glob("*.smk")):
