@@ -26,14 +26,7 @@ include: "rules/report.smk"
 
 rule all:
     input:
-        "results/plan/plan.csv",
-        "results/data/summary.csv",
-        "results/clusters/quality.csv",
+        OTHER_PRODUCTS,
         "results/tables/main.md",
         "results/tables/clusterucb.md",
         "results/figures/latency.png",
-        "results/figures/clusters.png",
-        "results/tables/cluster_quality.md",
-        "results/tables/router.md",
-        "results/tables/ablation.md",
-        "results/figures/ablation.png",

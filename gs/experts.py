@@ -210,6 +210,17 @@ def _load_base(model_dir: str | os.PathLike) -> tuple[Any, Any]:
     return load_model(model_dir), load_tokenizer(model_dir)
 
 
+def plan_experts_from_params(assignments: pd.DataFrame, params: dict[str, Any]) -> dict[int, int]:
+    """:func:`plan_experts` with the experts config section's ``min_cluster_size`` and ``small_clusters``
+    (the map :func:`train_experts` trains by, and the router learns without the trained experts)."""
+    for key in ("min_cluster_size", "small_clusters"):
+        if key not in params:
+            raise InputError(f"params: missing key {key!r}")
+    return plan_experts(
+        assignments, min_cluster_size=int(params["min_cluster_size"]), small_clusters=str(params["small_clusters"])
+    )
+
+
 def train_experts(
     model_dir: str | os.PathLike,
     records: list[dict[str, Any]],
@@ -237,13 +248,8 @@ def train_experts(
     if not records:
         raise InputError("no training records")
     lora, train = _specs(params)
-    for key in ("min_cluster_size", "small_clusters"):
-        if key not in params:
-            raise InputError(f"params: missing key {key!r}")
     frame = validate_assignments(assignments)
-    mapping = plan_experts(
-        frame, min_cluster_size=int(params["min_cluster_size"]), small_clusters=str(params["small_clusters"])
-    )
+    mapping = plan_experts_from_params(frame, params)
     labels = expert_labels(records, frame, mapping)
     expert_ids = sorted(set(mapping.values()))
     from gs.training import train_lora

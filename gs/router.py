@@ -473,23 +473,8 @@ def measure_latency(router: Router, texts: list[str], n: int = 32) -> dict[str, 
 # --------------------------------------------------------------------------------------------------
 
 
-def planned_experts(assignments: Any, expert_params: dict[str, Any]) -> dict[int, int]:
-    """``{cluster: expert}`` as :func:`gs.experts.train_experts` will map them, from the experts config
-    section's ``min_cluster_size`` and ``small_clusters``."""
-    from gs.experts import plan_experts
-
-    for key in ("min_cluster_size", "small_clusters"):
-        if key not in expert_params:
-            raise InputError(f"--expert-params: missing key {key!r}")
-    return plan_experts(
-        assignments,
-        min_cluster_size=int(expert_params["min_cluster_size"]),
-        small_clusters=str(expert_params["small_clusters"]),
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
-    from gs.experts import expert_labels, load_manifest, read_assignments
+    from gs.experts import expert_labels, load_manifest, plan_experts_from_params, read_assignments
     from gs.prompting import user_message
     from gs.training import seed_everything
 
@@ -517,19 +502,20 @@ def main(argv: list[str] | None = None) -> None:
     records = read_jsonl(args.train)
     if not records:
         raise InputError(f"{args.train}: no training records")
+    assignments = read_assignments(args.assignments) if args.assignments else None
     if args.experts:
         manifest = load_manifest(args.experts)
         experts = sorted(int(e["expert"]) for e in manifest["experts"])
         mapping = manifest["cluster_to_expert"]
         method, source = manifest.get("method"), str(args.experts)
     else:
-        if not args.assignments:
+        if assignments is None:
             raise InputError("--expert-params plans the experts from the clusters, so --assignments is needed")
-        mapping = planned_experts(read_assignments(args.assignments), parse_params(args.expert_params))
+        mapping = plan_experts_from_params(assignments, parse_params(args.expert_params))
         experts = sorted(set(mapping.values()))
         method, source = args.method, "planned from the assignments (gs.experts.plan_experts)"
-    if args.assignments:
-        labels = expert_labels(records, read_assignments(args.assignments), mapping)
+    if assignments is not None:
+        labels = expert_labels(records, assignments, mapping)
     elif len(experts) == 1:
         labels = [experts[0]] * len(records)
     else:

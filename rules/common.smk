@@ -53,10 +53,24 @@ CHAIN_PRIORITY = 1
 
 def evaluation_priority(wildcards):
     """An ensemble's evaluation (the longest job) first, then the other routed systems', then the rest."""
-    if wildcards.system in ("base", "multitask") or wildcards.system.startswith("select-"):
+    mode = system_spec(wildcards.system)["mode"]
+    if mode in ("base", "multitask"):
         return 0
-    mode = wildcards.system.rsplit("-", 1)[1]
     return CHAIN_PRIORITY + 1 if mode in ("elrea", "uniform") else CHAIN_PRIORITY
+
+
+# What rule all asks for besides the report's tables and the latency figure (rules/report.smk waits
+# for these too).
+OTHER_PRODUCTS = [
+    "results/plan/plan.csv",
+    "results/data/summary.csv",
+    "results/clusters/quality.csv",
+    "results/tables/cluster_quality.md",
+    "results/figures/clusters.png",
+    "results/tables/router.md",
+    "results/tables/ablation.md",
+    "results/figures/ablation.png",
+]
 
 
 # The resource plan (rules/plan.smk): every rule that runs the model directly, rather than through

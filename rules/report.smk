@@ -32,18 +32,9 @@ rule tables_and_figures:
         selection_evals=expand("results/eval/{system}.json", system=SELECTION_SYSTEMS),
         selections=expand("results/selection/{target}/selection.json", target=TARGETS),
         latency="results/latency/latency.csv",
-        # Not read: the compute table lists every job's benchmark, so every other job of `all` ends first
-        # (with the longest path scheduled first, cluster quality could otherwise end after the report).
-        others=[
-            "results/plan/plan.csv",
-            "results/data/summary.csv",
-            "results/clusters/quality.csv",
-            "results/tables/cluster_quality.md",
-            "results/figures/clusters.png",
-            "results/tables/router.md",
-            "results/tables/ablation.md",
-            "results/figures/ablation.png",
-        ],
+        # Not read: the compute table lists every job's benchmark, so every other product of `all` ends
+        # first (with the longest path scheduled first, cluster quality could otherwise end after it).
+        others=OTHER_PRODUCTS,
     output:
         main=report("results/tables/main.md", category="Tables"),
         main_csv="results/tables/main.csv",

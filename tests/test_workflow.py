@@ -51,9 +51,9 @@ def test_dry_run_lists_the_whole_dag(configfile):
     for rule in sorted(set(defined) - absent):
         assert re.search(rf"^{rule}\s+\d+$", out, re.M), f"rule {rule} missing from the DAG of {configfile}"
     # Every method gets a router (the router table); experts only where some system evaluates them.
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    for section, values in yaml.safe_load((ROOT / configfile).read_text()).items():
-        config[section] = {**config[section], **values} if isinstance(values, dict) else values
+    from gs.plan.cli import load_config
+
+    config = load_config(ROOT / configfile, ROOT / "config" / "config.yaml")
     methods, modes = config["cluster"]["methods"], config["evaluation"]["modes"]
     counts = {rule: int(n) for rule, n in re.findall(r"^(train_router|train_experts)\s+(\d+)$", out, re.M)}
     assert counts["train_router"] == len(methods)
