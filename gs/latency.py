@@ -342,13 +342,14 @@ def measure(
             and ``router_dir`` (single, uniform), ``elrea_experts_dir``, ``warmup_dir``,
             ``features_path``, ``projector_path``, ``assignments_path`` (elrea).
         work_dir: where the synthetic artifacts go (default: a temporary folder, removed after).
-        dtype: the weights' dtype name; default (None): the prepared model's own (the configured one).
+        dtype: the weights' dtype name (``auto``: :func:`gs.models.run_dtype`); default (None): the prepared
+            model's own (the configured one).
 
     Returns:
         One row per (artifacts, mode, n) with the columns of :data:`COLUMNS`.
     """
     from gs.inference import RoutedLM
-    from gs.models import default_device
+    from gs.models import default_device, run_dtype
 
     bad = [m for m in modes if m not in LATENCY_MODES]
     if bad:
@@ -358,6 +359,7 @@ def measure(
     prompts = list(prompts or DEFAULT_PROMPTS)
     dev = torch.device(device or default_device())
     name = device_name(dev)
+    dtype = run_dtype(model_dir, dtype, str(dev))  # auto: decided for this device (gs.cpu_dtype)
     lora_spec, warm_spec = _lora_spec(lora), _lora_spec(warmup_lora if warmup_lora is not None else lora)
     timing = {"max_new_tokens": max_new_tokens, "repeats": repeats, "throughput_batch": throughput_batch}
     common = {"params": inference_params, "device": str(dev), "dtype": dtype, "seed": seed}

@@ -35,6 +35,7 @@ from gs.io import InputError, atomic_path, run_cli
 SOURCES = ("gguf", "hub", "local")
 DEVICES = ("auto", "cuda", "cpu")
 SETTINGS_FILE = "gs_model.json"
+AUTO = "auto"  # dtype decided per machine where the model runs (gs.cpu_dtype)
 # What a hub download keeps: config, tokenizer and safetensors weights (not ``original/*.pth``).
 HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt"]
 
@@ -118,7 +119,8 @@ def model_device(model_dir: str | os.PathLike) -> str:
 
 def _spec_settings(spec: dict[str, Any]) -> dict[str, str]:
     dtype = str(spec.get("dtype", "float32"))
-    resolve_dtype(dtype)
+    if dtype != AUTO:  # auto is decided where the model is loaded (gs.cpu_dtype)
+        resolve_dtype(dtype)
     device = str(spec.get("device", "auto"))
     if device not in DEVICES:
         raise InputError(f"model {spec.get('name')!r}: unknown device {device!r}; expected one of {DEVICES}")
@@ -158,7 +160,7 @@ def _load_from_spec(spec: dict[str, Any]) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = spec.get("source")
-    dtype = resolve_dtype(spec.get("dtype", "float32"))
+    dtype = resolve_dtype(stored_dtype(spec))
     if source == "gguf":
         path = locate_gguf(spec["package"], spec["gguf_file"])
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -184,12 +186,33 @@ def _load_from_spec(spec: dict[str, Any]) -> tuple[Any, Any]:
     raise InputError(f"model {spec.get('name')!r}: unknown source {source!r}; expected one of {SOURCES}")
 
 
+def stored_dtype(spec: dict[str, Any]) -> str:
+    """The dtype ``gguf``/``local`` weights are saved in: the configured one; float32 for ``auto``
+    (each job casts on load to the dtype it runs in)."""
+    dtype = str(spec.get("dtype", "float32"))
+    return "float32" if dtype == AUTO else dtype
+
+
+def run_dtype(model_dir: str | os.PathLike, dtype: str | None = None, device: str | None = None) -> str:
+    """The dtype name a stage runs this folder's model in: ``dtype`` or the folder's own, with ``auto``
+    decided for the device it runs on (:func:`gs.cpu_dtype.resolve`: bfloat16 on a GPU that has it, the
+    measured faster of float32 and bfloat16 on the CPU)."""
+    from gs.cpu_dtype import model_shapes, resolve
+
+    settings = model_settings(model_dir)
+    name = dtype or settings["dtype"]
+    if name != AUTO:
+        return name
+    target = resolve_device(device or settings["device"], where=str(Path(model_dir) / SETTINGS_FILE))
+    return resolve(name, target, model_shapes(model_dir))
+
+
 def prepare_model(spec: dict[str, Any], out_dir: str | os.PathLike) -> Path:
     """Write the model and tokenizer of ``spec`` as a plain Hugging Face folder at ``out_dir``, with
     ``gs_model.json`` recording ``spec["dtype"]`` and ``spec["device"]`` (default ``"auto"``).
 
-    ``gguf``/``local`` weights are saved in the configured dtype; ``hub`` weights are downloaded as they
-    are (:func:`load_model` casts them on load). No device is touched here: on SLURM this is a local
+    ``gguf``/``local`` weights are saved in the configured dtype (float32 for ``auto``); ``hub`` weights are
+    downloaded as they are (:func:`load_model` casts them on load). No device is touched here: on SLURM this is a local
     rule on a login node.
     """
     from transformers import AutoConfig, AutoTokenizer
@@ -227,6 +250,7 @@ def load_model(model_dir: str | os.PathLike, dtype: str | None = None, device: s
 
     Both default to the folder's :func:`model_settings` (config ``model.dtype``/``model.device`` as
     written by :func:`prepare_model`); pass them only to override (a test, the CPU latency baseline).
+    ``auto`` is decided by :func:`run_dtype` for the device the model goes to.
     The weights are read once, cast to ``dtype`` and placed with ``device_map`` (no float32 copy on
     the host first). Returned in eval mode.
 
@@ -237,8 +261,8 @@ def load_model(model_dir: str | os.PathLike, dtype: str | None = None, device: s
 
     settings = model_settings(model_dir)
     where = str(Path(model_dir) / SETTINGS_FILE) if device is None else "device"
-    torch_dtype = resolve_dtype(dtype or settings["dtype"])
     target = resolve_device(device or settings["device"], where=where)
+    torch_dtype = resolve_dtype(run_dtype(model_dir, dtype, target))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, device_map=target)
     return model.eval()
 

@@ -11,6 +11,8 @@ rule plan:
     output:
         csv="results/plan/plan.csv",
         md="results/plan/plan.md",
+        # What dtype: auto runs in on this CPU (measured, gs.cpu_dtype), read by compute.md.
+        dtype="results/plan/cpu_dtype.json",
     log:
         "logs/plan/plan.log",
     benchmark:
@@ -18,4 +20,5 @@ rule plan:
     conda:
         "../envs/torch.yaml"
     shell:
-        "python -m gs.plan --configfile {input} --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
+        "python -m gs.plan --configfile {input} --out-csv {output.csv} --out-md {output.md}"
+        " --out-dtype {output.dtype} > {log} 2>&1"

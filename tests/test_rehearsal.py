@@ -101,9 +101,15 @@ def test_rehearsal_runs_the_paper_path_and_resumes_a_killed_extraction(tmp_path)
         for key in ("norms", "svd_coords", "singular_values", "elrea_features", "projected_64", "projected_256"):
             np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5, err_msg=key)
 
-    # The paper path's pieces really ran: bf16 model, hub data cleaned, projected influence, chunked likelihood.
+    # The paper path's pieces really ran: the model in the dtype the plan measured as faster here (dtype: auto;
+    # bfloat16 where the CPU has it natively, as config/paper.yaml on a GPU), hub data cleaned, projected
+    # influence, chunked likelihood.
     settings = json.loads((work / "resources/models/rehearsal-tiny-llama/gs_model.json").read_text())
-    assert settings["dtype"] == "bfloat16"
+    assert settings["dtype"] == "auto"
+    chosen = json.loads((res / "plan" / "cpu_dtype.json").read_text())
+    assert chosen["dtype"] in ("float32", "bfloat16") and chosen["line"].startswith(f"cpu dtype: {chosen['dtype']} (")
+    base_eval = json.loads((res / "eval" / "base.json").read_text())
+    assert base_eval["lm_eval"]["model_args"]["dtype"] == chosen["dtype"]
     writing = [json.loads(line) for line in (res / "data/writing/train.jsonl").read_text().splitlines()]
     assert writing and not any("<newline>" in r["output"] or "[ WP ]" in r["instruction"] for r in writing)
     assert len({r["instruction"] for r in writing}) == len(writing)  # repeated prompts dropped before taking n

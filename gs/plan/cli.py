@@ -11,6 +11,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from gs.cpu_dtype import CpuDtypeChoice, write_choice
+from gs.cpu_dtype import choose as choose_cpu_dtype
 from gs.io import InputError, atomic_path
 from gs.plan import devices
 from gs.plan.arch import model_config
@@ -77,12 +79,15 @@ def plan(
     declared: dict[str, dict[str, Any]] | None = None,
     full_depth: bool = False,
     draw_rate: float | None = None,
+    dtype_choice: CpuDtypeChoice | None = None,
 ) -> tuple[list[Row], list[str]]:
     """Rows of every stage of ``config`` and notes on where the numbers came from.
 
     ``baseline_bytes``/``cpu_flops``/``host_bandwidth``/``declared``/``draw_rate`` replace the measured
-    import baseline, the measured CPU throughput, host memory bandwidth and Rademacher draw rate and the
-    workflow's rule resources (tests).
+    import baseline, the measured CPU throughput (one rate, or rates by dtype), host memory bandwidth and
+    Rademacher draw rate and the workflow's rule resources (tests). ``dtype_choice``: what ``dtype: auto``
+    runs in on this CPU (:func:`gs.cpu_dtype.choose`, measured when None on a CPU run); on a GPU run
+    ``auto`` is planned as bfloat16.
     """
     settings = {**DEFAULTS, **config.get("plan", {})}
     run_on = str(settings["run_on"])
@@ -90,8 +95,11 @@ def plan(
         raise InputError(f"plan.run_on: expected cpu or gpu, got {run_on!r}")
     gpu = devices.gpu(str(settings["gpu"]))
     hf, source = model_config(config["model"])
+    if run_on == "cpu" and dtype_choice is None:
+        dtype_choice = choose_cpu_dtype(*hf_shapes(hf))
+    auto_dtype = dtype_choice.dtype if run_on == "cpu" else "bfloat16"
     start = time.perf_counter()
-    planner = Planner(config, hf, full_depth=full_depth, draw_rate=draw_rate)
+    planner = Planner(config, hf, full_depth=full_depth, draw_rate=draw_rate, auto_dtype=auto_dtype)
     stages = planner.stages()
     n_methods = len(config["cluster"]["methods"]) + len(config["cluster"].get("ablation_dims", []))
     k = planner_k(config)
@@ -117,7 +125,11 @@ def plan(
         baselines, measured = {v: int(baseline_bytes) for v in import_sets}, import_sets
     own.host_extra = plan_host_bytes({v: baselines[v] for v in measured}, BASELINE_WORKERS)
     if cpu_flops is None:
-        cpu_flops = devices.measure_cpu_flops(1)
+        # Each dtype the stages compute in, at its own measured rate (bfloat16 is emulated, and many times
+        # slower, on a CPU without AVX512-BF16 or AMX).
+        used = {w.dtype for s in stages for w in s.work}
+        used |= {cost.dtype for s in stages for cost, _ in s.projector_calls.values()}
+        cpu_flops = {d: devices.measure_cpu_flops(1, dtype=d) for d in sorted(used | {"float32"})}
     if host_bandwidth is None:
         host_bandwidth = devices.measure_host_bandwidth()
     if declared is None:
@@ -143,7 +155,12 @@ def plan(
         f"Model architecture: {source}; steps traced under FakeTensorMode in {traced:.0f} s.",
         f"GPU time: FLOPs / ({gpu.name} peak x MFU {settings['mfu']}) or bytes streamed / "
         f"({gpu.bandwidth_tbs} TB/s x {settings['bandwidth_efficiency']}), the larger.",
-        f"CPU time: FLOPs / (measured float32 matmul {cpu_flops / 1e9:.1f} GFLOP/s per thread x the rule's threads).",
+        "CPU time: FLOPs / (measured matmul rate of the dtype the work runs in, per thread, x the rule's threads): "
+        + ", ".join(f"{d} {devices.cpu_rate(cpu_flops, d) / 1e9:.1f} GFLOP/s" for d in _rated(cpu_flops))
+        + ".",
+        *([dtype_choice.describe()] if dtype_choice is not None else []),
+        f"dtype auto is planned as {auto_dtype}"
+        + (" (a GPU that supports bfloat16)." if run_on == "gpu" else " (the faster on this CPU, above)."),
         "Host peak: measured import baseline per stage + host arrays + "
         + ("the traced step." if run_on == "cpu" else "nothing of the model (loaded straight onto the GPU)."),
         "Host arithmetic (the coherence pass's float64 cluster sums on the host): bytes streamed / "
@@ -172,6 +189,17 @@ def plan(
         ),
     ]
     return rows, notes
+
+
+def hf_shapes(hf: Any) -> tuple[int, int]:
+    """``(hidden_size, intermediate_size)`` of a transformers config (the shapes ``dtype: auto`` is timed at)."""
+    text = getattr(hf, "text_config", hf)
+    hidden = int(text.hidden_size)
+    return hidden, int(getattr(text, "intermediate_size", None) or 4 * hidden)
+
+
+def _rated(cpu_flops: float | dict[str, float]) -> list[str]:
+    return sorted(cpu_flops) if isinstance(cpu_flops, dict) else ["float32"]
 
 
 def plan_host_bytes(baselines: dict[tuple[str, ...], int], workers: int) -> dict[str, int]:
@@ -226,6 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-csv", default="results/plan/plan.csv")
     parser.add_argument("--out-md", default="results/plan/plan.md")
     parser.add_argument(
+        "--out-dtype", default=None, help="JSON of the CPU's measured dtype choice (dtype: auto), for compute.md"
+    )
+    parser.add_argument(
         "--full-depth", action="store_true", help="trace every layer (slower; default: 1 and 2, extended)"
     )
     args = parser.parse_args(argv)
@@ -233,8 +264,14 @@ def main(argv: list[str] | None = None) -> None:
     from snakemake.utils import validate
 
     validate(config, "config/schema.yaml")
-    rows, notes = plan(config, configfile=args.configfile, snakefile=args.snakefile, full_depth=args.full_depth)
     settings = {**DEFAULTS, **config.get("plan", {})}
+    choice = None
+    if settings["run_on"] == "cpu":
+        choice = choose_cpu_dtype(*hf_shapes(model_config(config["model"])[0]))
+        print(choice.line(), flush=True)
+    rows, notes = plan(
+        config, configfile=args.configfile, snakefile=args.snakefile, full_depth=args.full_depth, dtype_choice=choice
+    )
     records = table(rows)
     md = _markdown(records, devices.gpu(settings["gpu"]), settings["run_on"], notes)
     print(md)
@@ -250,3 +287,5 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.out_md).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out_md) as tmp:
         Path(tmp).write_text(md)
+    if args.out_dtype:
+        write_choice(choice, args.out_dtype)

@@ -77,17 +77,19 @@ def measure_host_bandwidth(size: int = 2**23, seconds: float = 0.5) -> float:
     return 24.0 * size / best
 
 
-def measure_cpu_flops(threads: int = 1, size: int = 1024, seconds: float = 1.0) -> float:
-    """Measured float32 matmul FLOP/s of this CPU on ``threads`` threads (``size`` cubed products,
-    repeated for about ``seconds``; the best repeat counts)."""
+def measure_cpu_flops(threads: int = 1, size: int = 1024, seconds: float = 1.0, dtype: str = "float32") -> float:
+    """Measured ``dtype`` matmul FLOP/s of this CPU on ``threads`` threads (``size`` cubed products,
+    repeated for about ``seconds``; the best repeat counts). bfloat16 is many times slower than float32
+    on a CPU without native bfloat16 (AVX2 only), faster on one with AVX512-BF16 or AMX."""
     import torch
 
     if threads < 1:
         raise InputError(f"threads must be at least 1, got {threads}")
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        a = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
+        a = torch.randn(size, size, generator=torch.Generator().manual_seed(0)).to(torch_dtype)
         torch.mm(a, a)  # warm-up
         best, spent = float("inf"), 0.0
         while spent < seconds:
@@ -98,3 +100,11 @@ def measure_cpu_flops(threads: int = 1, size: int = 1024, seconds: float = 1.0) 
     finally:
         torch.set_num_threads(before)
     return 2.0 * size**3 / best
+
+
+def cpu_rate(rates: float | dict[str, float], dtype: str) -> float:
+    """FLOP/s of work in ``dtype`` from one rate (every dtype alike) or per-dtype measured rates
+    (a dtype not measured runs at the float32 rate: host arrays, projections)."""
+    if isinstance(rates, dict):
+        return rates.get(dtype, rates["float32"])
+    return float(rates)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gs.plan.devices import Gpu, gpu_seconds, measure_host_bandwidth
+from gs.plan.devices import Gpu, cpu_rate, gpu_seconds, measure_host_bandwidth
 from gs.plan.resources import RuleResources
 from gs.plan.stages import Stage
 
@@ -40,7 +40,7 @@ def predict(
     device: Gpu,
     mfu: float,
     bandwidth_efficiency: float,
-    cpu_flops: float,
+    cpu_flops: float | dict[str, float],
     resources: RuleResources,
     host_bandwidth: float | None = None,
 ) -> Row:
@@ -48,7 +48,9 @@ def predict(
     step itself; on a GPU run :func:`gs.models.load_model` reads the weights straight onto the device.
     Time adds the stage's host arithmetic (``host_bytes_streamed`` / ``host_bandwidth`` bytes/s,
     measured by :func:`gs.plan.devices.measure_host_bandwidth` when not given): the loop waits for it;
-    and, on either run, ``host_flops`` at this CPU's rate on the rule's threads plus ``host_seconds``."""
+    and, on either run, ``host_flops`` at this CPU's rate on the rule's threads plus ``host_seconds``.
+    ``cpu_flops``: one FLOP/s for every dtype, or measured rates by dtype name (each work item's CPU time
+    at the rate of the dtype it runs in; host arrays at float32's)."""
     weights = max((w.trace.weight_bytes for w in stage.work), default=0)
     host = baseline + sum(stage.host_extra.values())
     host += stage.device_bytes if run_on == "cpu" else 0
@@ -59,15 +61,15 @@ def predict(
             gpu_s += repeats * gpu_seconds(
                 flops, work.trace.bytes_read.get(phase, 0), work.dtype, device, mfu, bandwidth_efficiency
             )
-            cpu_s += repeats * flops / (cpu_flops * max(1, resources.threads))
+            cpu_s += repeats * flops / (cpu_rate(cpu_flops, work.dtype) * max(1, resources.threads))
     for cost, calls in stage.projector_calls.values():  # gs.plan.projector: work per call in its dtype
         gpu_s += calls * gpu_seconds(cost.flops, cost.bytes_streamed, cost.dtype, device, mfu, bandwidth_efficiency)
-        cpu_s += calls * cost.flops / (cpu_flops * max(1, resources.threads))
+        cpu_s += calls * cost.flops / (cpu_rate(cpu_flops, cost.dtype) * max(1, resources.threads))
     if stage.host_bytes_streamed:
         host_s = stage.host_bytes_streamed / (host_bandwidth or measure_host_bandwidth())
         gpu_s, cpu_s = gpu_s + host_s, cpu_s + host_s
     # Host work on any device (gs.ablation projects on the CPU): its FLOPs and its timed draw.
-    host_s = stage.host_flops / (cpu_flops * max(1, resources.threads)) + stage.host_seconds
+    host_s = stage.host_flops / (cpu_rate(cpu_flops, "float32") * max(1, resources.threads)) + stage.host_seconds
     gpu_s, cpu_s = gpu_s + host_s, cpu_s + host_s
     row = Row(
         stage.stage, stage.rule, " ".join(stage.jobs), stage.device_bytes, weights, host, gpu_s, cpu_s, resources, []

@@ -77,10 +77,18 @@ def _k(config: dict[str, Any]) -> int:
     return int(config["cluster"]["auto_k"]["k_max"]) if k == "auto" else int(k)
 
 
-def _dtype(section: dict[str, Any], config: dict[str, Any]) -> str:
+def _dtype(section: dict[str, Any], config: dict[str, Any], auto: str = "float32") -> str:
     """The weights' dtype as the stage's code reads it: a section's own ``dtype`` (evaluation, latency),
-    else ``model.dtype``, the default of :func:`gs.models.load_model` (the prepared folder's setting)."""
-    return str(section.get("dtype") or config["model"].get("dtype", "float32"))
+    else ``model.dtype``, the default of :func:`gs.models.load_model` (the prepared folder's setting);
+    ``auto`` is the dtype it resolves to where the jobs run (:func:`gs.cpu_dtype.resolve`)."""
+    name = str(section.get("dtype") or config["model"].get("dtype", "float32"))
+    return auto if name == "auto" else name
+
+
+def _folder_dtype(model: dict[str, Any]) -> str:
+    """The dtype the prepared folder holds (:func:`gs.models.stored_dtype`: float32 for ``auto``)."""
+    name = str(model.get("dtype", "float32"))
+    return "float32" if name == "auto" else name
 
 
 class Planner:
@@ -89,9 +97,15 @@ class Planner:
     (:func:`gs.plan.host.measure_rademacher_rate`, measured when None and a stage needs it)."""
 
     def __init__(
-        self, config: dict[str, Any], hf_config: Any, full_depth: bool = False, draw_rate: float | None = None
+        self,
+        config: dict[str, Any],
+        hf_config: Any,
+        full_depth: bool = False,
+        draw_rate: float | None = None,
+        auto_dtype: str = "float32",
     ) -> None:
         self.config, self.hf, self.full_depth = config, hf_config, full_depth
+        self.auto_dtype = auto_dtype  # what a dtype: auto runs in (the plan's measured CPU choice, or the GPU's)
         self.draw_rate = draw_rate
         self.plan = config.get("plan", {})
         self.run_on = str(self.plan.get("run_on", "cpu"))
@@ -133,7 +147,7 @@ class Planner:
         train, lora = section["train"], section["lora"]
         b, t = int(train["batch_size"]), int(train["max_length"])
         ckpt = bool(train.get("gradient_checkpointing", False))
-        dtype = _dtype(section, self.config)
+        dtype = _dtype(section, self.config, self.auto_dtype)
         tr = self.trace(("train", b, t, ckpt), dtype, lora, train_step(b, t, checkpointing=ckpt))
         steps = math.ceil(_ceil(n, b) * float(train["epochs"])) + extra_steps
         return Work(tr, {"train": steps}, dtype)
@@ -148,7 +162,7 @@ class Planner:
         planned: :func:`gs.shards.shard_bounds`) plus the merges (:mod:`gs.shards`). Coherence last."""
         grads, n = self.config["gradients"], self.n_pool
         warm = grads["warmup"]
-        gb, gt, gdtype = int(grads["batch_size"]), int(grads["max_length"]), _dtype(grads, self.config)
+        gb, gt, gdtype = int(grads["batch_size"]), int(grads["max_length"]), _dtype(grads, self.config, self.auto_dtype)
         rank = int(grads["svd"]["rank"])
         n_job = _ceil(n, shards)
         passes = 1 if grads.get("elrea_loss_on", "instruction") == grads.get("loss_on", "response") else 2
@@ -238,7 +252,7 @@ class Planner:
         recomputes the targets' directions, :func:`gs.shards.influence_shard`) and the merge."""
         c, grads = self.config, self.config["gradients"]
         warm = grads["warmup"]
-        gb, gt, gdtype = int(grads["batch_size"]), int(grads["max_length"]), _dtype(grads, self.config)
+        gb, gt, gdtype = int(grads["batch_size"]), int(grads["max_length"]), _dtype(grads, self.config, self.auto_dtype)
         n_job = _ceil(self.n_pool, shards)
         targets = list(c["selection"]["targets"])
         n_val = [_sizes(c, "validation")[t] for t in targets]
@@ -279,7 +293,7 @@ class Planner:
         grads = c["gradients"]
         warm = grads["warmup"]
         gb, gt = int(grads["batch_size"]), int(grads["max_length"])
-        gdtype = _dtype(grads, c)
+        gdtype = _dtype(grads, c, self.auto_dtype)
         methods = list(c["cluster"]["methods"])
         k = _k(c)
         out: list[Stage] = []
@@ -470,7 +484,7 @@ class Planner:
         model = self.config["model"]
         from gs.models import resolve_dtype
 
-        size = resolve_dtype(model.get("dtype", "float32")).itemsize
+        size = resolve_dtype(_folder_dtype(model)).itemsize
         n_params = self._n_params()
         # gs.models: a GGUF model is de-quantised, then copied into a model built from its config; a hub
         # or local model is downloaded or copied as files, its weights never loaded.
@@ -521,12 +535,12 @@ class Planner:
         limit = ev.get("limit")
         n_test = {d: min(v, int(limit)) if limit else v for d, v in tests.items()}
         lora = c["experts"]["lora"]
-        dtype = _dtype(ev, c)
+        dtype = _dtype(ev, c, self.auto_dtype)
         # gs.models.load_model reads the prepared folder's safetensors in its own dtype (memory-mapped: the
         # pages read stay in the process's RSS) and casts them to the evaluation's dtype on the CPU.
         from gs.models import resolve_dtype
 
-        folder_dtype = resolve_dtype(c["model"].get("dtype", "float32"))
+        folder_dtype = resolve_dtype(_folder_dtype(c["model"]))
         cast = self.run_on == "cpu" and folder_dtype != resolve_dtype(dtype)
         folder_read = self._n_params() * folder_dtype.itemsize if cast else 0
         # One stage per mode; the selection systems (a multitask LoRA each, scored on their target's
@@ -604,7 +618,7 @@ class Planner:
         lat = self.config["latency"]
         n = max(int(x) for x in lat["n_experts"])
         b, new = int(lat.get("throughput_batch", 1)), int(lat["max_new_tokens"])
-        dtype = _dtype(lat, self.config)
+        dtype = _dtype(lat, self.config, self.auto_dtype)
         dec = self.trace(("decode", b, new, n), dtype, lat["lora"], decode_step(b, self.prompt, new, n), n + 1)
         repeats = int(lat.get("repeats", 1))
         # Per n: base, single (1 forward a token), uniform (n), ELREA (top_m <= n): about n + 3 streams,
