@@ -11,7 +11,7 @@ sys.exit(0 if torch.cuda.is_available() else 1)
 PY
 out=${OUT:-$(mktemp -d)}
 mkdir -p "$out"
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_ALLOW_CODE_EVAL=1 PYTHONUNBUFFERED=1
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 
 # 1. Per-sample LoRA gradients on the GPU: batched hooks against the per-sample loop and a plain step.

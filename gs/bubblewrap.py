@@ -31,7 +31,9 @@ builds that view for one sandboxed interpreter:
 
 :func:`isolation` probes once per process whether this works on this machine (bwrap installed, the
 kernel allowing its namespaces) by running an empty program through the real sandbox; where it does
-not, :mod:`gs.sandbox` runs code without namespaces and this is logged once, on one line
+not, :mod:`gs.sandbox` refuses to run code unless the process opted in to its in-process guards alone
+(:func:`gs.sandbox.allow_without_bubblewrap`, which evaluations call only for the config's
+``evaluation.run_code_without_bubblewrap: true``); the missing namespaces are logged once, on one line
 (:data:`NO_ISOLATION_WARNING`), and reported by evaluations (``code_sandbox`` in their JSON).
 """
 
@@ -62,7 +64,7 @@ ROOT_ENTRIES = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 #: Host files bound read-only: the dynamic loader's cache (library paths only, no secret).
 EXTRA_FILES = ("/etc/ld.so.cache",)
 _PROBE_LOCK = threading.Lock()  # one probe (and one warning line) even when the first runs are concurrent
-NO_ISOLATION_WARNING = "generated code runs WITHOUT namespace isolation (bubblewrap unavailable: {reason})"
+NO_ISOLATION_WARNING = "no namespace isolation for generated code (bubblewrap unavailable: {reason})"
 
 
 @dataclass(frozen=True)

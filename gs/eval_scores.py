@@ -14,6 +14,9 @@ reported aggregate, keyed by example so that two systems can be paired:
 
 Recomputing the aggregate from the samples must give the reported value; a report where it does not is
 an :class:`InputError` (the intervals would describe another number than the table's).
+
+A task the evaluation deliberately left out (gs_code's pass@1 without bubblewrap, :mod:`gs.evaluation`)
+has ``tasks[task]["not_run"]``, the reason, and ``primary[task]["value"]`` null: :attr:`TaskScores.not_run`.
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ class TaskScores:
     """One system's primary metric on one task: lm-eval's value and stderr, and the examples behind them.
 
     ``keys[i]`` is example ``i``'s ``(doc_id, id)``; ``scores.num`` / ``scores.den`` have shape ``(n,)``
-    in the same order (NaN where an example has no score).
+    in the same order (NaN where an example has no score). ``not_run``: why the evaluation did not run
+    the task (then no value and no examples), else ``None``.
     """
 
     metric: str
@@ -63,10 +67,21 @@ class TaskScores:
     n_examples: int | None
     keys: list[Key]
     scores: Scores
+    not_run: str | None = None
 
 
 def _float(x: Any) -> float:
     return float("nan") if x is None else float(x)
+
+
+def _not_run(entry: dict[str, Any], primary: dict[str, Any], path: Path, task: str) -> str | None:
+    """The reason a task was not run (``tasks[task]["not_run"]``), checked to come with no value."""
+    reason = entry.get("not_run") or primary.get("not_run")
+    if reason is None:
+        return None
+    if primary.get("value") is not None or entry.get("samples"):
+        raise InputError(f"{path}: {task} is marked not run but has a value or samples")
+    return " ".join(str(reason).split())
 
 
 def task_scores(report: dict[str, Any], path: Path, task: str) -> TaskScores:
@@ -109,6 +124,7 @@ def task_scores(report: dict[str, Any], path: Path, task: str) -> TaskScores:
         n_examples=entry.get("n_examples"),
         keys=keys,
         scores=scores,
+        not_run=_not_run(entry, primary, path, task),
     )
 
 

@@ -33,6 +33,7 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
@@ -43,7 +44,7 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,18 @@ SYSTEM_KEYS = (
 )
 ROUTED_PATH_ARGS = ("experts_dir", "router_dir", "warmup_dir", "features_path", "projector_path", "assignments_path")
 #: Keys of the evaluation settings (``--params``); see :func:`evaluate_system`.
-PARAM_KEYS = ("batch_size", "max_gen_toks", "fluency", "dtype", "device", "inference", "likelihood")
+PARAM_KEYS = (
+    "batch_size",
+    "max_gen_toks",
+    "fluency",
+    "dtype",
+    "device",
+    "inference",
+    "likelihood",
+    "run_code_without_bubblewrap",
+)
+#: The evaluation setting that lets gs_code's generated code run where bubblewrap does not work.
+RUN_WITHOUT_BUBBLEWRAP = "run_code_without_bubblewrap"
 #: Keys of the ``likelihood`` settings and the ``gs-routed`` model arguments they become.
 LIKELIHOOD_ARGS = {
     "batch_size": "likelihood_batch_size",
@@ -627,6 +639,11 @@ def model_args_for(system: dict[str, Any], params: dict[str, Any], seed: int) ->
     dtype = system.get("dtype") or params.get("dtype")
     if dtype:  # else the prepared folder's own dtype
         args["dtype"] = str(dtype)
+    if args.get("dtype", "auto") == "auto":  # decided here, so the report records the dtype that ran
+        from gs.models import model_settings, run_dtype
+
+        if args.get("dtype") or model_settings(system["model_dir"])["dtype"] == "auto":
+            args["dtype"] = run_dtype(system["model_dir"], "auto", system.get("device") or params.get("device"))
     likelihood = params.get("likelihood") or {}
     if not isinstance(likelihood, dict) or set(likelihood) - set(LIKELIHOOD_ARGS):
         raise InputError(
@@ -752,6 +769,59 @@ def _likelihood_summary(task: str, samples: list[dict[str, Any]], lm: GSRoutedLM
     }
 
 
+def code_execution_policy(params: dict[str, Any]) -> tuple[bool, str]:
+    """Whether gs_code's generated code is run here, and one line saying how, or why not.
+
+    It runs inside bubblewrap where :func:`gs.sandbox.isolation` says the namespaces work (the
+    description is that isolation's). Without them it runs only if ``params`` (the evaluation
+    settings) has ``run_code_without_bubblewrap: true``, with the in-process guards alone (which C
+    code gets past); otherwise it is not run and the description is the reason, for the report.
+    """
+    from gs.sandbox import isolation as sandbox_isolation
+
+    allowed = params.get(RUN_WITHOUT_BUBBLEWRAP, False)
+    if not isinstance(allowed, bool):
+        raise InputError(f"evaluation.{RUN_WITHOUT_BUBBLEWRAP} must be true or false, got {allowed!r}")
+    iso = sandbox_isolation()
+    if iso.namespaces:
+        return True, iso.description
+    why = iso.description.removeprefix("none: ")
+    if allowed:
+        return True, f"none: {why}; in-process guards only (evaluation.{RUN_WITHOUT_BUBBLEWRAP}: true)"
+    return False, (
+        f"bubblewrap unavailable ({why}); set evaluation.{RUN_WITHOUT_BUBBLEWRAP}: true to run it with the "
+        "in-process guards only"
+    )
+
+
+@contextlib.contextmanager
+def _code_execution(run_code: bool, *, without_bubblewrap: bool) -> Iterator[None]:
+    """While lm-eval runs: where code runs, lm-eval's and Hugging Face's opt-in ``HF_ALLOW_CODE_EVAL=1``
+    in this process, and where the config allows it, :func:`gs.sandbox.allow_without_bubblewrap`; both
+    restored afterwards."""
+    if not run_code:
+        yield
+        return
+    from gs.sandbox import ALLOW_ENV_VAR, allow_without_bubblewrap
+
+    previous_env = os.environ.get(ALLOW_ENV_VAR)
+    previous_allowed = allow_without_bubblewrap(without_bubblewrap)
+    os.environ[ALLOW_ENV_VAR] = "1"
+    try:
+        yield
+    finally:
+        allow_without_bubblewrap(previous_allowed)
+        if previous_env is None:
+            os.environ.pop(ALLOW_ENV_VAR, None)
+        else:
+            os.environ[ALLOW_ENV_VAR] = previous_env
+
+
+def _not_run_report(task: str, reason: str) -> dict[str, Any]:
+    """A task's entry when it was left out of the lm-eval run: why, and no metric, example or sample."""
+    return {"domain": TASK_DOMAINS.get(task), "not_run": reason, "metrics": {}, "n_examples": 0, "samples": []}
+
+
 def evaluate_system(
     system: dict[str, Any],
     tasks: Sequence[str],
@@ -768,8 +838,13 @@ def evaluate_system(
     ``params`` (the evaluation settings): ``batch_size`` (generation batch, default 8),
     ``max_gen_toks`` (an int, or by task/domain: overrides the task YAMLs), ``fluency`` (default
     true), ``dtype``/``device`` (defaults for systems that name none), ``inference`` (RoutedLM
-    parameters shared by all systems). ``limit``: examples per task (the first ones). Seeds
-    Python, NumPy and torch through lm-eval, and RoutedLM.
+    parameters shared by all systems), ``run_code_without_bubblewrap`` (default false: see
+    :func:`code_execution_policy`). ``limit``: examples per task (the first ones). Seeds Python,
+    NumPy and torch through lm-eval, and RoutedLM.
+
+    gs_code's pass@1 runs the model's code: where :func:`code_execution_policy` says no, the task is
+    left out of the lm-eval run and reported as ``tasks.gs_code = {"not_run": reason, ...}`` with
+    ``primary.gs_code.value`` null; ``code_sandbox`` says how code was isolated, or that it was not run.
 
     Returns the report (also written atomically to ``out_json`` when given): per task, the metrics
     by name with stderr and descriptions, the number of examples, the generation samples (prompt,
@@ -788,51 +863,61 @@ def evaluate_system(
         path = Path(data_dir) / TASK_DOMAINS[task] / f"{TASK_SPLIT[task]}.jsonl"
         if not path.is_file():
             raise InputError(f"{path}: {TASK_SPLIT[task]} split of {task} not found")
-    allow_code = os.environ.get("HF_ALLOW_CODE_EVAL") == "1"
-    if "gs_code" in leaves and not allow_code:
-        raise InputError("gs_code runs model-generated code: set HF_ALLOW_CODE_EVAL=1 to allow it (see gs.sandbox)")
-    code_sandbox = None  # how generated code is isolated; without bubblewrap gs.sandbox logs one warning line
-    if "gs_code" in leaves:
-        from gs.sandbox import isolation as sandbox_isolation
-
-        code_sandbox = sandbox_isolation().description
     if limit is not None and int(limit) < 1:
         raise InputError(f"limit must be a positive integer, got {limit}")
+    code_sandbox = None  # how generated code is isolated, or why it was not run
+    run_code, not_run = "gs_code" in leaves, {}
+    if run_code:
+        run_code, how = code_execution_policy(params)
+        code_sandbox = how if run_code else f"not run: {how}"
+        if not run_code:
+            not_run["gs_code"] = how
+            log.warning("gs_code: pass@1 not run: %s", how)
+    run_tasks = [t for t in leaves if t not in not_run] if not_run else list(tasks)
 
     t_start = time.perf_counter()
     model_args = model_args_for(system, params, seed)
     device = system.get("device") or params.get("device")
-    with tempfile.TemporaryDirectory(prefix="gs_lm_eval_tasks.") as tmp:
-        task_dir = write_task_dir(data_dir, tmp, max_gen_toks=params.get("max_gen_toks"))
-        # include_defaults=False: only the gs_* tasks; indexing lm-eval's thousands of YAMLs takes time.
-        manager = TaskManager(include_path=str(task_dir), include_defaults=False)
-        t0 = time.perf_counter()
-        # Built through lm-eval's registry, then handed to simple_evaluate as an LM object (which it
-        # accepts) so that the per-request routing it records can be read back afterwards.
-        lm = get_model(MODEL_NAME).create_from_arg_obj(
-            model_args,
-            {"batch_size": params.get("batch_size", DEFAULT_BATCH_SIZE), "device": device},
-        )
-        load_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        results = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=list(tasks),
-            task_manager=manager,
-            limit=limit,
-            log_samples=True,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-            confirm_run_unsafe_code=allow_code,
-        )
-        eval_s = time.perf_counter() - t0
-    report_tasks = {t: _task_report(t, results, lm) for t in leaves}
-    # Free the routed model (and its experts) before the base model is loaded for fluency.
-    lm.routed = None
-    del lm
-    _free_memory()
+    ran: dict[str, Any] = {}
+    load_s = eval_s = 0.0
+    results: dict[str, Any] = {}
+    if run_tasks:  # empty when only gs_code was asked for and it is not run
+        without_bubblewrap = run_code and params.get(RUN_WITHOUT_BUBBLEWRAP) is True
+        with (
+            tempfile.TemporaryDirectory(prefix="gs_lm_eval_tasks.") as tmp,
+            _code_execution(run_code, without_bubblewrap=without_bubblewrap),
+        ):
+            task_dir = write_task_dir(data_dir, tmp, max_gen_toks=params.get("max_gen_toks"))
+            # include_defaults=False: only the gs_* tasks; indexing lm-eval's thousands of YAMLs takes time.
+            manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+            t0 = time.perf_counter()
+            # Built through lm-eval's registry, then handed to simple_evaluate as an LM object (which it
+            # accepts) so that the per-request routing it records can be read back afterwards.
+            lm = get_model(MODEL_NAME).create_from_arg_obj(
+                model_args,
+                {"batch_size": params.get("batch_size", DEFAULT_BATCH_SIZE), "device": device},
+            )
+            load_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            results = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=run_tasks,
+                task_manager=manager,
+                limit=limit,
+                log_samples=True,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+                confirm_run_unsafe_code=run_code,
+            )
+            eval_s = time.perf_counter() - t0
+        ran = {t: _task_report(t, results, lm) for t in leaves if t not in not_run}
+        # Free the routed model (and its experts) before the base model is loaded for fluency.
+        lm.routed = None
+        del lm
+        _free_memory()
+    report_tasks = {t: _not_run_report(t, not_run[t]) if t in not_run else ran[t] for t in leaves}
     fluency_s = 0.0
     if "gs_writing" in report_tasks and params.get("fluency", True):
         t0 = time.perf_counter()
@@ -861,6 +946,7 @@ def evaluate_system(
         "tasks_requested": list(tasks),
         "primary": {
             t: {"metric": PRIMARY_METRIC[t], "value": r["metrics"].get(PRIMARY_METRIC[t])}
+            | ({"not_run": r["not_run"]} if "not_run" in r else {})
             for t, r in report_tasks.items()
         },
         "tasks": report_tasks,
@@ -913,7 +999,8 @@ def main(argv: list[str] | None = None) -> None:
         system, args.tasks, args.data_dir, limit=args.limit, seed=args.seed, out_json=args.out, params=params
     )
     for task, primary in report["primary"].items():
-        print(f"{system['name']}\t{task}\t{primary['metric']}\t{primary['value']}")
+        value = "not run" if "not_run" in primary else primary["value"]
+        print(f"{system['name']}\t{task}\t{primary['metric']}\t{value}")
 
 
 if __name__ == "__main__":

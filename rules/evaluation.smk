@@ -37,6 +37,6 @@ rule evaluate_system:
         ),
         seed=config["seed"],
     shell:
-        "HF_ALLOW_CODE_EVAL=1 HF_DATASETS_OFFLINE=1 python -m gs.evaluation --system {params.system}"
+        "HF_DATASETS_OFFLINE=1 python -m gs.evaluation --system {params.system}"
         " --data-dir results/data --tasks {params.tasks} {params.limit} --params {params.cfg}"
         " --seed {params.seed} --out {output} > {log} 2>&1"

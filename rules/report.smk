@@ -32,6 +32,7 @@ rule tables_and_figures:
         selection_evals=expand("results/eval/{system}.json", system=SELECTION_SYSTEMS),
         selections=expand("results/selection/{target}/selection.json", target=TARGETS),
         latency="results/latency/latency.csv",
+        cpu_dtype="results/plan/cpu_dtype.json",
         # Not read: the compute table lists every job's benchmark, so every other product of `all` ends
         # first (with the longest path scheduled first, cluster quality could otherwise end after it).
         others=OTHER_PRODUCTS,
@@ -72,4 +73,4 @@ rule tables_and_figures:
     shell:
         "python -m gs.report --eval {params.evals} --selection-eval {params.selection_evals}"
         " --targets {params.targets} --domains {params.domains} --seed {params.seed}"
-        " > {log} 2>&1"
+        " --cpu-dtype {input.cpu_dtype} > {log} 2>&1"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +122,18 @@ def offline(monkeypatch):
 
 
 @pytest.fixture()
-def task_manager(data_dir, tmp_path, offline):
+def guards_only_allowed():
+    """Let the tests that score code through lm-eval run it where bubblewrap does not work (in-process
+    guards only): an explicit opt-in (gs.sandbox.allow_without_bubblewrap), undone afterwards."""
+    from gs.sandbox import allow_without_bubblewrap
+
+    previous = allow_without_bubblewrap(True)
+    yield
+    allow_without_bubblewrap(previous)
+
+
+@pytest.fixture()
+def task_manager(data_dir, tmp_path, offline, guards_only_allowed):
     from lm_eval.tasks import TaskManager
 
     from gs.evaluation import write_task_dir
@@ -353,6 +365,7 @@ def test_cli_writes_the_report(data_dir, wordy_model_dir, tmp_path, offline):
     out = tmp_path / "eval" / "base.json"
     system = {"name": "base", "mode": "base", "model_dir": str(wordy_model_dir), "device": "cpu"}
     params = {"max_gen_toks": {"gs_writing": 12, "math": 4, "code": 8, "finance": 8}, "batch_size": 2}
+    params["run_code_without_bubblewrap"] = True  # gs_code runs here even without bubblewrap
     argv = ["--system", json.dumps(system), "--data-dir", str(data_dir), "--tasks", "gs_all", "--limit", "1"]
     main([*argv, "--params", json.dumps(params), "--seed", "3", "--out", str(out)])
     report = json.loads(out.read_text())
@@ -597,13 +610,101 @@ def test_generation_settings_and_helpers():
         expand_tasks(["gsm8k"])
 
 
-def test_evaluate_system_refuses_code_without_opt_in(data_dir, monkeypatch):
+def test_evaluate_system_checks_its_inputs(data_dir, monkeypatch):
     from gs.evaluation import evaluate_system
 
-    monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
-    with pytest.raises(InputError, match="HF_ALLOW_CODE_EVAL"):
-        evaluate_system({"name": "x", "model_dir": "nowhere"}, ["gs_code"], data_dir)
+    with pytest.raises(InputError, match="run_code_without_bubblewrap must be true or false"):
+        evaluate_system(
+            {"name": "x", "model_dir": "nowhere"}, ["gs_code"], data_dir, params={"run_code_without_bubblewrap": 1}
+        )
     with pytest.raises(InputError, match="not found"):
         evaluate_system({"name": "x", "model_dir": "nowhere"}, ["gs_math"], data_dir / "missing")
     with pytest.raises(InputError, match="reference split of gs_math_likelihood not found"):
         evaluate_system({"name": "x", "model_dir": "nowhere"}, ["gs_math_likelihood"], data_dir / "missing")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Generated code runs in bubblewrap, or with the in-process guards only when the config says so
+# ---------------------------------------------------------------------------------------------------
+
+NO_BWRAP = "none: `bwrap` not found on PATH; install the `bubblewrap` package"
+
+
+def _isolation(monkeypatch, namespaces: bool) -> None:
+    """Make gs.sandbox see bubblewrap working (``namespaces``) or unavailable, without probing."""
+    import gs.sandbox
+    from gs.bubblewrap import Isolation
+
+    description = "bubblewrap (/usr/bin/bwrap): pid/net/ipc/uts/mount namespaces, user namespace"
+    iso = Isolation(True, description) if namespaces else Isolation(False, NO_BWRAP)
+    monkeypatch.setattr(gs.sandbox, "isolation", lambda: iso)
+
+
+def test_code_execution_policy(monkeypatch):
+    from gs.evaluation import code_execution_policy
+
+    _isolation(monkeypatch, namespaces=False)
+    runs, reason = code_execution_policy({})
+    assert not runs
+    assert reason.startswith("bubblewrap unavailable (`bwrap` not found on PATH")
+    assert "set evaluation.run_code_without_bubblewrap: true" in reason and "\n" not in reason
+    assert code_execution_policy({"run_code_without_bubblewrap": False})[0] is False
+    runs, how = code_execution_policy({"run_code_without_bubblewrap": True})
+    assert runs and how.startswith("none: `bwrap` not found") and "in-process guards only" in how
+    with pytest.raises(InputError, match="must be true or false"):
+        code_execution_policy({"run_code_without_bubblewrap": "true"})
+    _isolation(monkeypatch, namespaces=True)
+    assert code_execution_policy({}) == (
+        True,
+        "bubblewrap (/usr/bin/bwrap): pid/net/ipc/uts/mount namespaces, user namespace",
+    )
+
+
+@pytest.mark.parametrize("opt_in", [False, True], ids=["default", "run_code_without_bubblewrap"])
+def test_without_bubblewrap_gs_code_is_not_run_unless_the_config_says_so(data_dir, tmp_path, monkeypatch, opt_in):
+    """The evaluation, without bubblewrap: by default gs_code's completion (which writes a marker outside its
+    directory through ctypes, past the in-process guards) is never executed and the report says why; with
+    ``run_code_without_bubblewrap: true`` it runs, guards only, and the marker shows it really ran."""
+    import gs.inference
+    import gs.sandbox
+    from gs.evaluation import evaluate_system
+    from gs.sandbox import ALLOW_ENV_VAR, without_bubblewrap_allowed
+
+    _isolation(monkeypatch, namespaces=False)
+    monkeypatch.delenv(ALLOW_ENV_VAR, raising=False)  # the evaluation decides, not the environment
+    runs = []
+    real_run = gs.sandbox._run
+    monkeypatch.setattr(gs.sandbox, "_run", lambda program, **kw: runs.append(program) or real_run(program, **kw))
+    marker = tmp_path / "outside" / "code-was-run"
+    marker.parent.mkdir()
+    escaping = (
+        "```python\nimport ctypes, os\n"
+        f"fd = ctypes.CDLL(None).open({str(marker)!r}.encode(), os.O_WRONLY | os.O_CREAT, 0o644)\n"
+        + CODE_PROMPT
+        + "    return a + b\n```"
+    )
+    records = _records()
+    _KnownAnswers.answers = {user_message(records["math"][0]): "#### 42", user_message(records["code"][0]): escaping}
+    monkeypatch.setattr(gs.inference, "RoutedLM", _KnownAnswers)
+    system = {"name": "base", "mode": "base", "model_dir": "unused", "dtype": "float32", "device": "cpu"}
+    out = tmp_path / "base.json"
+    params = {"run_code_without_bubblewrap": True} if opt_in else {}
+    evaluate_system(system, ["gs_math", "gs_code"], data_dir, limit=1, out_json=out, params=params)
+    report = json.loads(out.read_text())
+    assert report["primary"]["gs_math"] == {"metric": "exact_match", "value": 1.0}
+    code, primary = report["tasks"]["gs_code"], report["primary"]["gs_code"]
+    if opt_in:
+        assert marker.exists() and len(runs) == 1  # it ran, and nothing but the guards stood in its way
+        assert primary == {"metric": "pass@1", "value": 1.0}
+        assert "not_run" not in code and code["n_examples"] == 1
+        assert report["code_sandbox"].startswith("none: `bwrap` not found") and "guards only" in report["code_sandbox"]
+    else:
+        assert not marker.exists() and runs == []  # no program of the model's was started at all
+        assert primary["metric"] == "pass@1" and primary["value"] is None
+        assert code["not_run"].startswith("bubblewrap unavailable (`bwrap` not found on PATH")
+        assert "evaluation.run_code_without_bubblewrap: true" in code["not_run"]
+        assert primary["not_run"] == code["not_run"] and code["samples"] == [] and code["n_examples"] == 0
+        assert report["code_sandbox"] == "not run: " + code["not_run"]
+        assert "gs_code" not in report["lm_eval"]["n_samples"]  # left out of the lm-eval run, not just hidden
+    # The opt-ins the evaluation gave itself do not outlive it.
+    assert ALLOW_ENV_VAR not in os.environ and not without_bubblewrap_allowed()

@@ -188,6 +188,79 @@ def test_systems_must_agree_on_the_metric_of_a_domain(tmp_path, eval_files):
         main_table(load_reports({**eval_files, "other": tmp_path / "other.json"}), DOMAINS)
 
 
+NOT_RUN = (
+    "bubblewrap unavailable (`bwrap` not found on PATH; install the `bubblewrap` package); set "
+    "evaluation.run_code_without_bubblewrap: true to run it with the in-process guards only"
+)
+
+
+def _code_not_run(system: str) -> dict:
+    """``system``'s evaluation JSON as gs.evaluation writes it when gs_code's code was not run (no bubblewrap):
+    written out here, not produced by the code under test."""
+    report = _eval_report(SCORES[system])
+    report["primary"]["gs_code"] = {"metric": "pass@1", "value": None, "not_run": NOT_RUN}
+    report["tasks"]["gs_code"] = {"domain": "code", "not_run": NOT_RUN, "metrics": {}, "n_examples": 0, "samples": []}
+    report["code_sandbox"] = "not run: " + NOT_RUN
+    return report
+
+
+def test_code_not_run_shows_as_not_run_and_the_average_is_over_the_domains_that_ran(tmp_path, eval_files):
+    from gs.report_tables import interval_markdown, not_run_note
+
+    write_json(eval_files["gradientspace-single"], _code_not_run("gradientspace-single"))
+    reports = load_reports(eval_files)
+    df, metrics = main_table(reports, DOMAINS, resamples=2000, seed=0)
+    assert metrics == PRIMARY
+    base, gs = df.iloc[0], df.iloc[1]
+    assert (base["not_run"], gs["not_run"]) == ("", "code")
+    assert math.isnan(gs["code"]) and math.isnan(gs["code_ci_low"])
+    # The mean over math, finance and writing (1, 1, 0): 2/3, not the 0.5 that scoring code 0 would give.
+    assert gs["average"] == pytest.approx(2 / 3)
+    ran = {d: SCORES["gradientspace-single"][d][0] for d in DOMAINS if d != "code"}
+    ses = [np.std(a, ddof=1) / math.sqrt(len(a)) for a in ran.values()]
+    assert gs["average_stderr"] == pytest.approx(math.sqrt(sum(e * e for e in ses)) / 3)
+    expected = _boot([_acc("gradientspace-single", d) for d in DOMAINS if d != "code"])
+    assert (gs["average_ci_low"], gs["average_ci_high"]) == pytest.approx(expected, abs=1e-12)
+    assert gs["n_examples"] == "4/-/4/3" and base["n_examples"] == "4/4/4/4"
+    assert base["average"] == pytest.approx((0.25 + 0.5 + 0.0 + 0.75) / 4)  # the other row is unchanged
+    md = interval_markdown(df, DOMAINS)
+    assert md.loc[1, "code"] == "not run" and md.loc[1, "average"].endswith(" (without code)")
+    assert md.loc[1, "average"].startswith("0.667 ± ")
+    assert md.loc[0, "code"].startswith("0.500 ± ") and "without" not in md.loc[0, "average"]
+    note = not_run_note(reports, DOMAINS)
+    assert note.startswith(f"Not run: code (pass@1) for gradientspace-single: {NOT_RUN}. ")
+    assert "over the domains that ran" in note and "without code" in note
+    assert not_run_note(reports, DOMAINS, LIKELIHOOD_TASKS) == ""  # the likelihood task still ran
+    # Paired: the code row reads "not run"; the average is over the three domains both ran.
+    pairs = [("GradientSpace experts vs. base", "gradientspace-single", "base")]
+    acc = paired_table(reports, DOMAINS, pairs, measures=("accuracy",), seed=1).set_index("domain")
+    assert acc.loc["code", "reading"] == "not run" and acc.loc["code", "n"] == 0
+    # math +0.75, finance +1.0, writing on the 3 examples both scored: 0 - 1 = -1.0.
+    assert acc.loc["average", "difference"] == pytest.approx((0.75 + 1.0 - 1.0) / 3)
+    assert acc.loc["average", "n"] == 4 + 4 + 3
+
+
+def test_cli_main_table_says_not_run_once_and_leaves_the_csv_cell_empty(tmp_path, eval_files):
+    write_json(eval_files["base"], _code_not_run("base"))
+    write_json(eval_files["gradientspace-single"], _code_not_run("gradientspace-single"))
+    res = tmp_path / "results"
+    (res / "latency").mkdir(parents=True)
+    pd.DataFrame({"mode": ["single"], "ttft_s": [0.1]}).to_csv(res / "latency" / "latency.csv", index=False)
+    (tmp_path / "benchmarks").mkdir()
+    tables = tmp_path / "tables"
+    main(
+        ["--results", str(res), "--eval", *[f"{s}={p}" for s, p in eval_files.items()], "--domains", *DOMAINS]
+        + ["--benchmarks", str(tmp_path / "benchmarks"), "--tables", str(tables), "--figures", str(tmp_path / "f")]
+    )
+    table = pd.read_csv(tables / "main.csv", keep_default_na=False).set_index("system")
+    assert table.loc["base", "code"] == "" and table.loc["base", "not_run"] == "code"
+    assert float(table.loc["base", "average"]) == pytest.approx((0.25 + 0.0 + 0.75) / 3)
+    md = (tables / "main.md").read_text()
+    assert md.count("| not run ") == 2
+    assert md.count(NOT_RUN) == 1  # the reason once, under the table
+    assert "Not run: code (pass@1) for base, gradientspace-single: " in md
+
+
 def test_comparisons_are_the_papers_among_the_systems_present():
     systems = ["base", "multitask", "gradientspace-single", "gradientspace-elrea", "gradientspace-oracle"]
     systems += ["elrea-single", "elrea-elrea", "semantic-elrea", "random-single", "select-math-full"]

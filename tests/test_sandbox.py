@@ -14,7 +14,14 @@ import pytest
 
 from gs.io import InputError
 from gs.metrics import code_pass_at_1
-from gs.sandbox import SandboxResult, check_code_execution_allowed, check_program, run_untrusted
+from gs.sandbox import (
+    SandboxResult,
+    allow_without_bubblewrap,
+    check_code_execution_allowed,
+    check_program,
+    run_untrusted,
+    without_bubblewrap_allowed,
+)
 
 PROMPT = 'def add(a: int, b: int) -> int:\n    """Return the sum of a and b."""\n'
 TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
@@ -26,6 +33,16 @@ LOOP = "    while True:\n        pass\n"
 @pytest.fixture(autouse=True)
 def allow_code(monkeypatch):
     monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")
+
+
+@pytest.fixture(autouse=True)
+def guards_only_allowed():
+    """Opt in, explicitly, to running code with the in-process guards alone where bubblewrap does not work:
+    these tests check the guards on any machine (inside bubblewrap where it works, the opt-in then unused).
+    The refusal tests below turn it off again."""
+    previous = allow_without_bubblewrap(True)
+    yield
+    allow_without_bubblewrap(previous)
 
 
 @pytest.fixture()
@@ -461,8 +478,8 @@ def fresh_isolation():
 
 
 @pytest.mark.parametrize("bwrap", ["missing", "broken"])
-def test_without_working_bwrap_code_still_runs_and_one_line_says_so(
-    tmp_path, monkeypatch, caplog, fresh_isolation, bwrap
+def test_without_working_bwrap_code_runs_with_the_opt_in_and_one_line_says_so(
+    tmp_path, monkeypatch, caplog, fresh_isolation, guards_only_allowed, bwrap
 ):
     import logging
 
@@ -479,9 +496,54 @@ def test_without_working_bwrap_code_still_runs_and_one_line_says_so(
         iso = isolation()
     assert first.passed and second.passed
     assert not iso.namespaces and iso.description.startswith("none: ")
-    warnings = [r.getMessage() for r in caplog.records if "WITHOUT namespace isolation" in r.getMessage()]
+    warnings = [r.getMessage() for r in caplog.records if "no namespace isolation" in r.getMessage()]
     assert len(warnings) == 1 and "\n" not in warnings[0], warnings
     assert ("not found" if bwrap == "missing" else "No permissions") in warnings[0]
+    assert without_bubblewrap_allowed()  # the explicit opt-in (guards_only_allowed) is what let it run
+
+
+@pytest.mark.parametrize("bwrap", ["missing", "broken"])
+def test_without_working_bwrap_and_no_opt_in_code_is_refused_and_leaves_no_trace(
+    tmp_path, monkeypatch, fresh_isolation, bwrap
+):
+    # A completion that writes a marker outside its working directory through ctypes, which the in-process
+    # guards do not see: refused without bubblewrap unless allowed, and with the opt-in it really escapes.
+    bin_dir, marker = tmp_path / "bin", tmp_path / "outside" / "escaped-marker"
+    bin_dir.mkdir()
+    marker.parent.mkdir()
+    if bwrap == "broken":
+        fake = bin_dir / "bwrap"
+        fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+        fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    program = LIBC + (
+        f"fd = libc.open({str(marker)!r}.encode(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n"
+        "assert fd >= 0 and libc.write(fd, b'escaped', 7) == 7\n"
+    )
+    assert allow_without_bubblewrap(False) is True  # guards_only_allowed (autouse) had opted in
+    with pytest.raises(InputError) as refused:
+        run_untrusted(program)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "without bubblewrap" in message and "evaluation.run_code_without_bubblewrap" in message
+    assert ("not found" if bwrap == "missing" else "No permissions") in message
+    with pytest.raises(InputError, match="without bubblewrap"):
+        code_pass_at_1(GOOD, PROMPT, TEST, "add")  # a configuration error, not a score of 0
+    assert not marker.exists()
+    # With the opt-in it runs, with the guards only: the ctypes write gets through (what bubblewrap stops).
+    assert allow_without_bubblewrap(True) is False
+    result = run_untrusted(program)
+    assert result.passed, result
+    assert marker.read_text() == "escaped"
+
+
+def test_allow_without_bubblewrap_takes_a_bool_and_returns_the_previous_setting():
+    assert allow_without_bubblewrap(False) is True  # the autouse opt-in
+    assert not without_bubblewrap_allowed()
+    assert allow_without_bubblewrap(True) is False and without_bubblewrap_allowed()
+    with pytest.raises(InputError, match="true or false"):
+        allow_without_bubblewrap("yes")  # type: ignore[arg-type]
+    assert without_bubblewrap_allowed()
 
 
 def test_bwrap_command_exposes_only_the_interpreter_and_private_tmpfs():
