@@ -327,6 +327,17 @@ def test_end_to_end_on_the_tiny_config(tmp_path):
     assert (paired.loc[includes_zero, "reading"] == "no difference detected at this scale").all()
     compute = pd.read_csv(res / "tables" / "compute.csv")
     assert "extract_gradient_features" in set(compute["rule"])
+    # dtype: auto was measured once by the plan, logged on one line, and is the dtype the evaluations ran in;
+    # compute.md names the CPU and that choice.
+    chosen = json.loads((res / "plan" / "cpu_dtype.json").read_text())
+    lines = (work / "logs" / "plan" / "plan.log").read_text().splitlines()
+    line = re.compile(r"cpu dtype: (float32|bfloat16) \(float32 [0-9.]+ s, bfloat16 [0-9.]+ s\)$")
+    assert [x for x in lines if line.match(x)] == [chosen["line"]]
+    for system in set(main["system"]):
+        ran = json.loads((res / "eval" / f"{system}.json").read_text())["lm_eval"]["model_args"]["dtype"]
+        assert ran == chosen["dtype"], system
+    compute_md = (res / "tables" / "compute.md").read_text()
+    assert chosen["line"] in compute_md and chosen["cpu"] in compute_md
     check_run(work, yaml.safe_load((work / "config" / "test.yaml").read_text()))
     # The README's report command on this finished run (tests/test_commands.py runs it as written on stand-ins).
     report = _snakemake("--report", "results/report.html", "--configfile", "config/test.yaml", cwd=work)
