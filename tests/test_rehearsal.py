@@ -25,7 +25,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from rehearsal_assets import write_assets  # noqa: E402
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_ALLOW_CODE_EVAL": "1"}
+# No HF_ALLOW_CODE_EVAL: the evaluation decides from bubblewrap and the config, as for a user.
+ENV = {k: v for k, v in os.environ.items() if k != "HF_ALLOW_CODE_EVAL"}
+ENV.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
 
 
 def _snakemake(work: Path, *args: str, env: dict[str, str] | None = None, timeout: int = 2400):

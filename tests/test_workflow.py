@@ -21,7 +21,9 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
 def _snakemake(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_ALLOW_CODE_EVAL": "1"}
+    # No HF_ALLOW_CODE_EVAL: the evaluation decides from bubblewrap and the config, as for a user.
+    env = {k: v for k, v in os.environ.items() if k != "HF_ALLOW_CODE_EVAL"}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
