@@ -108,6 +108,12 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_sep("-", "recorded summaries")
         for line in lines:
             terminalreporter.write_line(line)
+    # Where the durations above were measured: the CPU and what torch dispatches to (AVX2, AVX512, AMX; the
+    # caps ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA emulate an AVX2-only CPU).
+    from gs.cpu_dtype import cpu_capability, cpu_model
+
+    terminalreporter.write_sep("-", "machine")
+    terminalreporter.write_line(f"cpu: {cpu_model()} ({cpu_capability()}), {os.cpu_count()} cores")
 
 
 @pytest.fixture
