@@ -36,7 +36,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,13 +81,16 @@ COLUMNS = [
 
 
 def device_name(device: str | torch.device) -> str:
-    """Human-readable device: the CUDA device name, or the CPU with the cores this process may use."""
+    """Human-readable device: the CUDA device name, or the CPU's model, what torch dispatches to there
+    (:func:`gs.cpu_dtype.cpu_capability`: AVX2, AVX512, native bfloat16, caps in force) and the cores this
+    process may use."""
+    from gs.cpu_dtype import cpu_capability, cpu_model
+
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    proc = platform.processor() or platform.machine() or "CPU"
-    return f"{proc} CPU ({cores} cores)"
+    return f"{cpu_model()} CPU ({cpu_capability()}; {cores} cores)"
 
 
 # --------------------------------------------------------------------------------------------------
