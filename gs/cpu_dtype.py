@@ -128,13 +128,9 @@ def measure(hidden: int, inner: int, rows: int = ROWS) -> CpuDtypeChoice:
 def cache_path() -> Path | None:
     """``$GS_DTYPE_CACHE`` (``0``: no cache), else ``$XDG_CACHE_HOME`` or ``~/.cache``, then
     ``gradientspace-bench/cpu_dtype.json``."""
-    env = os.environ.get("GS_DTYPE_CACHE")
-    if env == "0":
-        return None
-    if env:
-        return Path(env)
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "gradientspace-bench" / "cpu_dtype.json"
+    from gs.io import user_cache_path
+
+    return user_cache_path("GS_DTYPE_CACHE", "cpu_dtype.json")
 
 
 def machine_key(hidden: int, inner: int, rows: int = ROWS) -> str:

@@ -197,3 +197,15 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         return json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise InputError(f"{p}: not valid JSON ({e.msg})") from None
+
+
+def user_cache_path(env_var: str, filename: str) -> Path | None:
+    """A per-user cache file of the suite: ``$<env_var>`` (``0``: no cache, None), else
+    ``$XDG_CACHE_HOME`` or ``~/.cache``, then ``gradientspace-bench/<filename>``."""
+    env = os.environ.get(env_var)
+    if env == "0":
+        return None
+    if env:
+        return Path(env)
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "gradientspace-bench" / filename

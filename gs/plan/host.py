@@ -73,15 +73,9 @@ def environment_fingerprint() -> str:
 def baseline_cache_path() -> Path | None:
     """``$GS_PLAN_CACHE`` (``0``: no cache), else ``$XDG_CACHE_HOME`` or ``~/.cache``, then
     ``gradientspace-bench/import_baselines.json``."""
-    import os
+    from gs.io import user_cache_path
 
-    env = os.environ.get("GS_PLAN_CACHE")
-    if env == "0":
-        return None
-    if env:
-        return Path(env)
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "gradientspace-bench" / "import_baselines.json"
+    return user_cache_path("GS_PLAN_CACHE", "import_baselines.json")
 
 
 def cached_baselines(
