@@ -639,11 +639,6 @@ def model_args_for(system: dict[str, Any], params: dict[str, Any], seed: int) ->
     dtype = system.get("dtype") or params.get("dtype")
     if dtype:  # else the prepared folder's own dtype
         args["dtype"] = str(dtype)
-    if args.get("dtype", "auto") == "auto":  # decided here, so the report records the dtype that ran
-        from gs.models import model_settings, run_dtype
-
-        if args.get("dtype") or model_settings(system["model_dir"])["dtype"] == "auto":
-            args["dtype"] = run_dtype(system["model_dir"], "auto", system.get("device") or params.get("device"))
     likelihood = params.get("likelihood") or {}
     if not isinstance(likelihood, dict) or set(likelihood) - set(LIKELIHOOD_ARGS):
         raise InputError(
@@ -654,6 +649,12 @@ def model_args_for(system: dict[str, Any], params: dict[str, Any], seed: int) ->
     routed_params = {**(params.get("inference") or {}), **(system.get("params") or {})}
     if routed_params:
         args["params"] = routed_params
+    # dtype auto is decided here, so the report records the dtype that ran (a missing folder fails on load).
+    if args.get("dtype", "auto") == "auto" and Path(system["model_dir"]).is_dir():
+        from gs.models import model_settings, run_dtype
+
+        if args.get("dtype") or model_settings(system["model_dir"])["dtype"] == "auto":
+            args["dtype"] = run_dtype(system["model_dir"], "auto", system.get("device") or params.get("device"))
     return args
 
 
