@@ -26,7 +26,7 @@ from typing import Any
 from gs.io import InputError
 
 AUTO = "auto"
-CANDIDATES = ("float32", "bfloat16")
+CANDIDATES = ("float32", "bfloat16")  # timed in this order; float32 wins a tie
 ROWS = 64  # tokens of one timed product: a batch of prompts' rows, as a forward of 8 x 8 tokens
 CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")  # PyTorch's and oneDNN's documented kernel caps
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bfloat16 arithmetic
@@ -56,26 +56,25 @@ class CpuDtypeChoice:
         )
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (``/proc/cpuinfo``; empty where there is none)."""
+def _cpuinfo(field: str) -> str | None:
+    """The first ``field`` of ``/proc/cpuinfo`` (None where there is no such file or field)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where there is none)."""
+    return set((_cpuinfo("flags") or "").split())
 
 
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``'s ``model name``, else :func:`platform.processor`)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def cpu_capability() -> str:
@@ -119,8 +118,7 @@ def time_product(dtype: str, rows: int, hidden: int, inner: int, seconds: float 
 
 def measure(hidden: int, inner: int, rows: int = ROWS) -> CpuDtypeChoice:
     """Time both candidates on this CPU and pick the faster (float32 on a tie)."""
-    f32 = time_product("float32", rows, hidden, inner)
-    bf16 = time_product("bfloat16", rows, hidden, inner)
+    f32, bf16 = (time_product(d, rows, hidden, inner) for d in CANDIDATES)
     dtype = "bfloat16" if bf16 < f32 else "float32"
     return CpuDtypeChoice(dtype, f32, bf16, cpu_model(), cpu_capability(), (rows, hidden, inner))
 

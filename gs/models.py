@@ -30,12 +30,12 @@ from typing import Any
 
 import torch
 
+from gs.cpu_dtype import AUTO  # dtype decided per machine where the model runs
 from gs.io import InputError, atomic_path, run_cli
 
 SOURCES = ("gguf", "hub", "local")
 DEVICES = ("auto", "cuda", "cpu")
 SETTINGS_FILE = "gs_model.json"
-AUTO = "auto"  # dtype decided per machine where the model runs (gs.cpu_dtype)
 # What a hub download keeps: config, tokenizer and safetensors weights (not ``original/*.pth``).
 HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt"]
 

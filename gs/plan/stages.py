@@ -85,12 +85,6 @@ def _dtype(section: dict[str, Any], config: dict[str, Any], auto: str = "float32
     return auto if name == "auto" else name
 
 
-def _folder_dtype(model: dict[str, Any]) -> str:
-    """The dtype the prepared folder holds (:func:`gs.models.stored_dtype`: float32 for ``auto``)."""
-    name = str(model.get("dtype", "float32"))
-    return "float32" if name == "auto" else name
-
-
 class Planner:
     """Builds the stages of one config. ``hf_config``: the model's transformers config;
     ``draw_rate``: Rademacher entries drawn per second on one host thread
@@ -482,9 +476,9 @@ class Planner:
 
     def _prepare_model(self) -> Stage:
         model = self.config["model"]
-        from gs.models import resolve_dtype
+        from gs.models import resolve_dtype, stored_dtype
 
-        size = resolve_dtype(_folder_dtype(model)).itemsize
+        size = resolve_dtype(stored_dtype(model)).itemsize
         n_params = self._n_params()
         # gs.models: a GGUF model is de-quantised, then copied into a model built from its config; a hub
         # or local model is downloaded or copied as files, its weights never loaded.
@@ -538,9 +532,9 @@ class Planner:
         dtype = _dtype(ev, c, self.auto_dtype)
         # gs.models.load_model reads the prepared folder's safetensors in its own dtype (memory-mapped: the
         # pages read stay in the process's RSS) and casts them to the evaluation's dtype on the CPU.
-        from gs.models import resolve_dtype
+        from gs.models import resolve_dtype, stored_dtype
 
-        folder_dtype = resolve_dtype(_folder_dtype(c["model"]))
+        folder_dtype = resolve_dtype(stored_dtype(c["model"]))
         cast = self.run_on == "cpu" and folder_dtype != resolve_dtype(dtype)
         folder_read = self._n_params() * folder_dtype.itemsize if cast else 0
         # One stage per mode; the selection systems (a multitask LoRA each, scored on their target's
