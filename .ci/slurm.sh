@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real single-node SLURM on localhost, for the `slurm` tests (tests/test_slurm.py) and CI.
+# A real single-node SLURM on localhost, for the `slurm` tests (tests/workflow/test_slurm.py) and CI.
 #
 #   .ci/slurm.sh start    # as root: installs slurm-wlm and munge with apt when missing, writes a munge
 #                         # key and /etc/slurm/slurm.conf sized from nproc and free memory, starts

@@ -1,6 +1,6 @@
 """bfloat16 against float32 on this CPU for the embedded model: one forward of SmolLM2-135M-Instruct on
 8 x 128 tokens, one thread, in each dtype (best of ``--repeats``), and the product ``dtype: auto`` times
-(:func:`gs.cpu_dtype.measure`). Run it natively and under the AVX2 caps, side by side:
+(:func:`gs.models.dtype.measure`). Run it natively and under the AVX2 caps, side by side:
 
     python benchmarks/cpu_dtype.py
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/cpu_dtype.py
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from gs.cpu_dtype import cpu_capability, cpu_model, measure
 from gs.io import InputError, run_cli
+from gs.models.dtype import cpu_capability, cpu_model, measure
 
 
 def forward_seconds(model_dir: Path, dtype: str, batch: int, tokens: int, repeats: int) -> float:
     """Best seconds of one no-grad forward of ``batch`` x ``tokens`` random tokens in ``dtype``."""
-    from gs.models import load_model
+    from gs.models.load import load_model
 
     model = load_model(model_dir, dtype=dtype, device="cpu")
     ids = torch.randint(0, model.config.vocab_size, (batch, tokens), generator=torch.Generator().manual_seed(0))

@@ -1,5 +1,6 @@
 """Time single-expert routing against expert ensembles on the real model: a thin front end to
-:func:`gs.latency.measure` / :func:`gs.latency.plot_latency` (see :mod:`gs.latency` for what is timed).
+:func:`gs.evaluation.latency.measure` / :func:`gs.evaluation.latency.plot_latency` (see :mod:`gs.evaluation.latency`
+for what is timed).
 
 Defaults: the prepared SmolLM2-135M-Instruct (``resources/models/smollm2-135m-instruct``; if it is
 missing it is converted once from the embedded GGUF into ``--cache-dir``), the experts' LoRA of
@@ -9,7 +10,7 @@ missing it is converted once from the embedded GGUF into ``--cache-dir``), the e
     python benchmarks/latency.py --n-experts 2 4 --max-new-tokens 16 --repeats 3
     python benchmarks/latency.py --experts-dir results/experts/gradientspace --router-dir results/router/gradientspace
 
-Other options are passed through to ``python -m gs.latency`` (``--params`` JSON overrides the defaults).
+Other options are passed through to ``python -m gs.evaluation.latency`` (``--params`` JSON overrides the defaults).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import json
 import sys
 from pathlib import Path
 
+from gs.evaluation.latency import main as latency_main
 from gs.io import run_cli
-from gs.latency import main as latency_main
 
 DEFAULT_MODEL = Path("resources/models/smollm2-135m-instruct")
 EMBEDDED = {
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     args, rest = parser.parse_known_args(argv)
     model_dir = Path(args.model_dir) if args.model_dir else DEFAULT_MODEL
     if not args.model_dir and not (model_dir / "config.json").is_file():
-        from gs.models import prepare_model
+        from gs.models.prepare import prepare_model
 
         model_dir = Path(args.cache_dir)
         if not (model_dir / "config.json").is_file():

@@ -2,7 +2,7 @@
 the chunked one, on the real SmolLM2-135M (V = 49152) with a 2-expert uniform ensemble.
 
     python benchmarks/likelihood_memory.py setup MODEL_DIR WORK_DIR     # synthetic experts (r 8, q/v)
-    git show 64f2903:gs/inference.py > WORK_DIR/old_inference.py      # the unchunked baseline
+    git show 64f2903:gs/evaluation/routed_model.py > WORK_DIR/old_inference.py      # the unchunked baseline
     python benchmarks/likelihood_memory.py run MODEL_DIR WORK_DIR old|new [CHUNK]
 
 WORK_DIR/data/writing/reference.jsonl holds the answers scored (the default's writing reference split).
@@ -21,9 +21,9 @@ import torch
 torch.set_num_threads(1)
 cmd, model_dir, work = sys.argv[1:4]
 if cmd == "setup":
-    from gs.latency import make_synthetic_experts
-    from gs.models import load_model
-    from gs.training import LoraSpec
+    from gs.evaluation.latency import make_synthetic_experts
+    from gs.models.load import load_model
+    from gs.models.lora import LoraSpec
 
     lora = LoraSpec(rank=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj"])
     make_synthetic_experts(load_model(model_dir, device="cpu"), 2, lora, f"{work}/experts", seed=0)
@@ -34,7 +34,7 @@ if impl == "old":
     sys.path.insert(0, work)
     from old_inference import RoutedLM
 else:
-    from gs.inference import RoutedLM
+    from gs.evaluation.routed_model import RoutedLM
 rows = [json.loads(x) for x in open(f"{work}/data/writing/reference.jsonl")]
 prompts = [r["instruction"] for r in rows]
 answers = [r["output"].strip() for r in rows]

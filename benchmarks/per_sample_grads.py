@@ -2,8 +2,8 @@
 
 On one model and one batch (default 8 x 128 tokens, all labelled; LoRA r=8 on q_proj/v_proj):
 
-(a) ``per_sample``: :func:`gs.gradients.per_sample_lora_gradients` (one forward + one backward);
-(b) ``loop``: :func:`gs.gradients.per_sample_lora_gradients_loop` (one forward + backward per sample);
+(a) ``per_sample``: :func:`gs.gradients.per_sample.per_sample_lora_gradients` (one forward + one backward);
+(b) ``loop``: :func:`gs.gradients.per_sample.per_sample_lora_gradients_loop` (one forward + backward per sample);
 (c) ``batched_fwd_bwd``: one plain forward + backward of the batch's mean loss (the floor).
 
 Each is warmed up once, then timed best-of ``--repeats``. The last line is
@@ -24,14 +24,15 @@ from typing import Any
 
 import torch
 
-from gs.gradients import (
+from gs.gradients.per_sample import (
     lora_parameters,
     per_sample_lora_gradients,
     per_sample_lora_gradients_loop,
 )
 from gs.io import run_cli
-from gs.models import _load_from_spec, default_device, load_model
-from gs.training import LoraSpec, attach_lora
+from gs.models.load import default_device, load_model
+from gs.models.lora import LoraSpec, attach_lora
+from gs.models.prepare import load_from_spec
 
 EMBEDDED = {
     "source": "gguf",
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         model = tiny_llama().to(device)
         source = "tiny random Llama"
     else:
-        model, _ = _load_from_spec(EMBEDDED)
+        model, _ = load_from_spec(EMBEDDED)
         model = model.to(device)
         source = f"{EMBEDDED['package']}/{EMBEDDED['gguf_file']}"
     print(

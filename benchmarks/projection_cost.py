@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from gs.projection import Projector
+from gs.gradients.projection import Projector
 
 kind = sys.argv[1]
 n, d, b = 96, 460_800, 8

@@ -1,7 +1,7 @@
 """Time the online SVD on the GPU against the CPU on the same stream of gradient-sized blocks.
 
 Each device gets the same seeded blocks ``(batch, d)`` float32 (a rank-``true_rank`` signal plus
-noise), fed through :func:`gs.svd.make_online_svd` (Brand, state dtype ``auto``: float64 on the CPU,
+noise), fed through :func:`gs.gradients.svd.make_online_svd` (Brand, state dtype ``auto``: float64 on the CPU,
 float32 on the GPU). Both are warmed up on one block, then timed over ``--blocks`` blocks. The last
 line is ``svd cpu/cuda=X.XX angle_deg=Y.YYYY``: the speed-up of the GPU and the largest principal angle
 between the two runs' top-``rank`` subspaces (the float32 GPU state against the float64 CPU one).
@@ -17,8 +17,8 @@ import time
 import numpy as np
 import torch
 
+from gs.gradients.svd import make_online_svd, principal_angles
 from gs.io import InputError, run_cli
-from gs.svd import make_online_svd, principal_angles
 
 
 def blocks(n_blocks: int, batch: int, d: int, true_rank: int, seed: int):

@@ -9,14 +9,14 @@ rank-``true_rank`` signal with decaying scales plus isotropic noise. Each mode r
 fresh subprocess that regenerates exactly the same rows:
 
 * ``brand`` / ``frequent_directions``: each block is generated, fed to
-  :func:`gs.svd.make_online_svd` and dropped, so the full matrix never exists; for Brand the
+  :func:`gs.gradients.svd.make_online_svd` and dropped, so the full matrix never exists; for Brand the
   coordinates of all rows are also taken from ``seen_coordinates()`` (no second pass).
 * ``stacked``: all blocks are written into one ``(n, d)`` float32 array, then
-  :func:`gs.svd.exact_top_svd` (``method="gram"``: float64 Gram matrix accumulated over column
+  :func:`gs.gradients.svd.exact_top_svd` (``method="gram"``: float64 Gram matrix accumulated over column
   chunks, so no float64 copy of the matrix) and the coordinates ``M @ V^T``.
 
 * ``brand_float32``: the same Brand stream with float32 state (the GPU default; here on the CPU).
-* ``brand_numpy``: the previous numpy-float64 implementation of :mod:`gs.svd` (read from git,
+* ``brand_numpy``: the previous numpy-float64 implementation of :mod:`gs.gradients.svd` (read from git,
   ``--baseline-rev``), the baseline the torch port is compared with side by side (ratios printed).
 
 Peak memory is the growth of the child's peak resident set size (``ru_maxrss``) over its value
@@ -42,15 +42,17 @@ from collections.abc import Iterator
 import numpy as np
 
 MODES = ("brand", "brand_float32", "brand_numpy", "frequent_directions", "stacked")
-BASELINE_REV = "64f2903"  # the last commit with the numpy-float64 gs/svd.py
+BASELINE_REV = "64f2903"  # the last commit with the numpy-float64 gs/gradients/svd.py
 
 
 def _baseline_module(rev: str):
-    """The numpy implementation of ``gs/svd.py`` at git revision ``rev``, imported as a module."""
+    """The numpy implementation of ``gs/gradients/svd.py`` at git revision ``rev``, imported as a module."""
     import importlib.util
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    src = subprocess.run(["git", "-C", root, "show", f"{rev}:gs/svd.py"], capture_output=True, text=True, check=True)
+    src = subprocess.run(
+        ["git", "-C", root, "show", f"{rev}:gs/gradients/svd.py"], capture_output=True, text=True, check=True
+    )
     path = os.path.join(tempfile.mkdtemp(), "svd_numpy_baseline.py")
     with open(path, "w") as f:
         f.write(src.stdout)
@@ -80,7 +82,7 @@ def _peak_rss_mb() -> float:
 
 def run_child(args: argparse.Namespace) -> None:
     """Run one mode, save its components to ``args.out``, print a JSON line of measurements."""
-    from gs.svd import exact_top_svd, make_online_svd
+    from gs.gradients.svd import exact_top_svd, make_online_svd
 
     gen = {key: getattr(args, key) for key in ("n", "d", "batch", "true_rank", "noise", "seed")}
     base_rss = _peak_rss_mb()
@@ -128,14 +130,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--true-rank", type=int, default=8, help="rank of the synthetic signal")
     p.add_argument("--noise", type=float, default=0.5, help="noise norm per row (signal norms ~2-10)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--baseline-rev", default=BASELINE_REV, help="git revision of the numpy gs/svd.py baseline")
+    p.add_argument(
+        "--baseline-rev", default=BASELINE_REV, help="git revision of the numpy gs/gradients/svd.py baseline"
+    )
     p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         run_child(args)
         return
-    from gs.svd import principal_angles, relative_singular_value_error
+    from gs.gradients.svd import principal_angles, relative_singular_value_error
 
     print(
         f"n={args.n} d={args.d} float32 ({args.n * args.d * 4 / 2**20:.0f} MiB stacked), rank={args.rank}, "
@@ -178,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     online, stacked = results["brand"]["rss_peak_mb"], results["stacked"]["rss_peak_mb"]
     print("peak = growth of the child's peak RSS after imports; angle and error are against 'stacked'.")
     print("tracemalloc sees numpy's allocations only (not torch's): compare the RSS column across modes.")
-    # Peak formula of gs.svd.OnlineSVD: d (2 m + 3 b) state words, + d b for the float32 block's
+    # Peak formula of gs.gradients.svd.OnlineSVD: d (2 m + 3 b) state words, + d b for the float32 block's
     # conversion to a float64 state; m = rank (no oversampling). The generator's basis is extra.
     m, b, d = args.rank, args.batch, args.d
     for mode, word in (("brand", 8), ("brand_float32", 4)):

@@ -1,10 +1,10 @@
 """gradientspace-bench: gradient-space data organisation for instruction tuning.
 
-Modules, one concept each: ``data`` (four-domain splits), ``models`` (model resolution and loading),
-``prompting`` (chat formatting and loss masks), ``gradients`` (warm-up LoRA, per-sample LoRA
-gradients), ``svd`` (online SVD), ``cluster`` (GradientSpace clustering and baselines), ``quality``,
-``experts``, ``router``, ``inference``, ``evaluation``, ``sandbox``, ``metrics``, ``selection``
-(ClusterUCB), ``report``.
+One sub-package per workflow stage, named as its rule file (``rules/<stage>.smk`` runs
+``python -m gs.<stage>.<module>``): ``data``, ``models``, ``gradients``, ``cluster``, ``experts``,
+``router``, ``selection`` (ClusterUCB and LESS), ``evaluation``, ``report`` and ``plan`` (the
+resource planner). What every stage shares sits at the top: ``io`` (files and tables), ``checks``
+(argument validation), ``intervals`` and ``spread`` (uncertainty of the reported numbers).
 """
 
 __version__ = "0.1.0"

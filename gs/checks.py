@@ -1,4 +1,4 @@
-"""Argument checks shared by the selection modules: every user error is one :class:`gs.io.InputError` line."""
+"""Argument checks shared by every stage: each user error is one :class:`gs.io.InputError` line."""
 
 from __future__ import annotations
 

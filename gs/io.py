@@ -13,7 +13,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +209,14 @@ def user_cache_path(env_var: str, filename: str) -> Path | None:
         return Path(env)
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(root) / "gradientspace-bench" / filename
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> list[str]:
+    """A GitHub Markdown table's lines: the header, the rule (``---``, or ``---:`` where ``align`` has
+    an ``r`` for that column) and one line per row of already formatted cells."""
+    align = align or "l" * len(columns)
+    if len(align) != len(columns):
+        raise ValueError(f"align {align!r} does not give one letter per column of {list(columns)}")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "".join("---:|" if a == "r" else "---|" for a in align)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines

@@ -23,7 +23,7 @@ rule cluster_samples:
         seeds=config["cluster"].get("quality_seeds", 5),
         match_k=match_k_arg,
     shell:
-        "python -m gs.cluster --method {wildcards.method} --features {input.features}"
+        "python -m gs.cluster.methods --method {wildcards.method} --features {input.features}"
         " --train {input.train} --params {params.cfg} --seed {params.seed} --seeds {params.seeds} {params.match_k}"
         " --out-dir results/clusters/{wildcards.method} > {log} 2>&1"
 
@@ -54,7 +54,7 @@ rule gradient_coherence:
         dirs=expand("results/clusters/{method}", method=QUALITY_METHODS),
         seed=config["seed"],
     shell:
-        "python -m gs.features coherence --model-dir {input.model} --warmup {input.warmup}"
+        "python -m gs.cluster.coherence single --model-dir {input.model} --warmup {input.warmup}"
         " --train {input.train} --clusters {params.dirs} --params {params.cfg}"
         " --seed {params.seed} --out {output} > {log} 2>&1"
 
@@ -69,7 +69,7 @@ else:
 
 
 rule gradient_coherence_shard:
-    # gradients.shards > 1: one slice's per-cluster gradient sums (gs.shards); they add across slices.
+    # gradients.shards > 1: one slice's per-cluster gradient sums (gs.cluster.coherence); they add across slices.
     input:
         model=model_dir(),
         warmup="results/gradients/warmup",
@@ -98,7 +98,7 @@ rule gradient_coherence_shard:
         seed=config["seed"],
         shards=SHARDS,
     shell:
-        "python -m gs.shards coherence --model-dir {input.model} --warmup {input.warmup}"
+        "python -m gs.cluster.coherence shard --model-dir {input.model} --warmup {input.warmup}"
         " --train {input.train} --clusters {params.dirs} --params {params.cfg}"
         " --seed {params.seed} --shard {wildcards.shard} --shards {params.shards}"
         " --out {output} > {log} 2>&1"
@@ -119,7 +119,7 @@ rule merge_coherence_shards:
         mem_mb=grow(16000),
         runtime=grow(60),
     shell:
-        "python -m gs.shards merge-coherence --shard-files {input} --out {output} > {log} 2>&1"
+        "python -m gs.cluster.coherence merge --shard-files {input} --out {output} > {log} 2>&1"
 
 
 rule cluster_quality:
@@ -135,11 +135,23 @@ rule cluster_quality:
         ),
         coherence="results/clusters/coherence.json",
     output:
-        csv=report("results/clusters/quality.csv", category="Clustering"),
+        csv=report(
+            "results/clusters/quality.csv",
+            caption="../report/cluster_quality_csv.rst",
+            category="Clustering",
+        ),
         md="results/clusters/quality.md",
-        png=report("results/figures/clusters.png", category="Clustering"),
+        png=report(
+            "results/figures/clusters.png",
+            caption="../report/clusters_figure.rst",
+            category="Clustering",
+        ),
         seeds="results/clusters/quality_by_seed.csv",
-        table=report("results/tables/cluster_quality.md", category="Tables"),
+        table=report(
+            "results/tables/cluster_quality.md",
+            caption="../report/cluster_quality_table.rst",
+            category="Tables",
+        ),
         table_csv="results/tables/cluster_quality.csv",
     log:
         "logs/cluster_quality/quality.log",
@@ -151,7 +163,7 @@ rule cluster_quality:
         dirs=expand("results/clusters/{method}", method=QUALITY_METHODS),
         gradients=KEPT_ARG,
     shell:
-        "python -m gs.quality --features {input.features} --train {input.train}"
+        "python -m gs.cluster.quality --features {input.features} --train {input.train}"
         " --clusters {params.dirs} --coherence {input.coherence} {params.gradients} --out-csv {output.csv}"
         " --out-md {output.md} --out-png {output.png} --out-seeds {output.seeds}"
         " --out-table results/tables/cluster_quality > {log} 2>&1"
@@ -159,7 +171,7 @@ rule cluster_quality:
 
 rule ablation:
     # Full dimension vs. random projections of every size, each clustered on its rows and on its top-r SVD
-    # coordinates, over seeds (gs.ablation); from the kept gradients, else the extraction's features.
+    # coordinates, over seeds (gs.cluster.ablation); from the kept gradients, else the extraction's features.
     input:
         **KEPT_INPUT,
         features="results/gradients/features.npz",
@@ -167,9 +179,17 @@ rule ablation:
     output:
         per_seed="results/ablation/per_seed.csv",
         cost="results/ablation/cost.json",
-        table=report("results/tables/ablation.md", category="Tables"),
+        table=report(
+            "results/tables/ablation.md",
+            caption="../report/projection_ablation_table.rst",
+            category="Tables",
+        ),
         table_csv="results/tables/ablation.csv",
-        png=report("results/figures/ablation.png", category="Figures"),
+        png=report(
+            "results/figures/ablation.png",
+            caption="../report/projection_ablation_figure.rst",
+            category="Figures",
+        ),
     log:
         "logs/ablation/ablation.log",
     benchmark:
@@ -185,6 +205,6 @@ rule ablation:
         seed=config["seed"],
         gradients=KEPT_ARG,
     shell:
-        "python -m gs.ablation --features {input.features} --train {input.train} {params.gradients}"
+        "python -m gs.cluster.ablation --features {input.features} --train {input.train} {params.gradients}"
         " --params {params.cfg} --rank {params.rank} --seed {params.seed} --out-dir results/ablation"
         " --out-table results/tables/ablation --out-png {output.png} > {log} 2>&1"

@@ -33,7 +33,7 @@ except WorkflowError:
 # pins the model on CUDA (model.device: cuda, the paper config), else 0. The workflow profile
 # (profiles/default) caps `gpu` at 1, so on a GPU box the paper's GPU jobs run one at a time while the
 # embedded default (model.device: auto) requests none and keeps its CPU jobs side by side. On SLURM
-# the cap does not apply across jobs: `gpu` has a local scope (rules/model.smk).
+# the cap does not apply across jobs: `gpu` has a local scope (rules/models.smk).
 GPU_REQUEST = 1 if config["model"].get("device", "auto") == "cuda" else 0
 
 

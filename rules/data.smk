@@ -19,7 +19,7 @@ rule prepare_domain:
         spec=lambda w: quote_json(config["data"]["domains"][w.domain]),
         seed=config["seed"],
     shell:
-        "python -m gs.data domain --domain {wildcards.domain} --params {params.spec}"
+        "python -m gs.data.prepare domain --domain {wildcards.domain} --params {params.spec}"
         " --seed {params.seed} --out-dir results/data/{wildcards.domain} > {log} 2>&1"
 
 
@@ -34,7 +34,11 @@ rule pool_data:
         train="results/data/pool/train.jsonl",
         validation="results/data/pool/validation.jsonl",
         test="results/data/pool/test.jsonl",
-        summary=report("results/data/summary.csv", category="Data"),
+        summary=report(
+            "results/data/summary.csv",
+            caption="../report/data_summary.rst",
+            category="Data",
+        ),
     log:
         "logs/pool_data/pool_data.log",
     benchmark:
@@ -46,5 +50,5 @@ rule pool_data:
         spec=json_param(config["data"]["domains"]),
         seed=config["seed"],
     shell:
-        "python -m gs.data pool --domain-dirs {params.dirs} --params {params.spec} --seed {params.seed}"
+        "python -m gs.data.prepare pool --domain-dirs {params.dirs} --params {params.spec} --seed {params.seed}"
         " --out-dir results/data/pool --summary {output.summary} > {log} 2>&1"

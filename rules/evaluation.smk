@@ -28,7 +28,7 @@ rule evaluate_system:
     params:
         system=lambda w: quote_json(system_spec(w.system)),
         tasks=system_tasks,
-        # What gs.evaluation reads (the modes decide which systems exist, not how one is scored).
+        # What gs.evaluation.run reads (the modes decide which systems exist, not how one is scored).
         cfg=json_param({k: v for k, v in config["evaluation"].items() if k != "modes"}),
         limit=(
             f"--limit {config['evaluation']['limit']}"
@@ -37,6 +37,38 @@ rule evaluate_system:
         ),
         seed=config["seed"],
     shell:
-        "HF_DATASETS_OFFLINE=1 python -m gs.evaluation --system {params.system}"
+        "HF_DATASETS_OFFLINE=1 python -m gs.evaluation.run --system {params.system}"
         " --data-dir results/data --tasks {params.tasks} {params.limit} --params {params.cfg}"
         " --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule latency:
+    input:
+        plan=PLAN,
+        model=model_dir(),
+    output:
+        csv="results/latency/latency.csv",
+        png=report(
+            "results/figures/latency.png",
+            caption="../report/latency_figure.rst",
+            category="Latency",
+        ),
+    log:
+        "logs/latency/latency.log",
+    benchmark:
+        "benchmarks/latency/latency.tsv"
+    conda:
+        "../envs/torch.yaml"
+    # The modes are timed side by side in one process, so their ratios hold under load; one thread
+    # lets the job overlap another on a 2-core machine.
+    threads: 1
+    resources:
+        gpu=GPU_REQUEST,
+        mem_mb=grow(16000),
+        runtime=grow(60),
+    params:
+        cfg=json_param(config["latency"]),
+        seed=config["seed"],
+    shell:
+        "python -m gs.evaluation.latency --model-dir {input.model} --params {params.cfg} --seed {params.seed}"
+        " --out-csv {output.csv} --out-png {output.png} > {log} 2>&1"

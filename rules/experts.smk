@@ -24,7 +24,7 @@ rule train_experts:
         cfg=json_param(config["experts"]),
         seed=config["seed"],
     shell:
-        "python -m gs.experts --model-dir {input.model} --train {input.train}"
+        "python -m gs.experts.train --model-dir {input.model} --train {input.train}"
         " --assignments {input.assignments} --params {params.cfg} --seed {params.seed}"
         " --method {wildcards.method} --out {output} > {log} 2>&1"
 
@@ -51,5 +51,32 @@ rule train_multitask:
         cfg=json_param(config["experts"]),
         seed=config["seed"],
     shell:
-        "python -m gs.experts --model-dir {input.model} --train {input.train} --multitask"
+        "python -m gs.experts.train --model-dir {input.model} --train {input.train} --multitask"
         " --params {params.cfg} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule finetune_selected:
+    input:
+        model=model_dir(),
+        subset="results/selection/{target}/{selector}.jsonl",
+    output:
+        directory("results/selection/{target}/{selector}_lora"),
+    log:
+        "logs/finetune_selected/{target}_{selector}.log",
+    benchmark:
+        "benchmarks/finetune_selected/{target}_{selector}.tsv"
+    wildcard_constraints:
+        selector="|".join(SELECTORS),
+    conda:
+        "../envs/torch.yaml"
+    threads: HEAVY_THREADS
+    resources:
+        gpu=GPU_REQUEST,
+        mem_mb=grow(16000),
+        runtime=grow(60),
+    params:
+        cfg=json_param(config["experts"]),
+        seed=config["seed"],
+    shell:
+        "python -m gs.experts.train --model-dir {input.model} --train {input.subset} --multitask"
+        " --method {wildcards.selector} --params {params.cfg} --seed {params.seed} --out {output} > {log} 2>&1"

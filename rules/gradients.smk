@@ -1,5 +1,5 @@
 # Gradient passes. gradients.shards = S > 1 splits the extraction into S jobs over contiguous slices of the pool
-# (results/gradients/shards/<i>/) and a merge job that writes the single pass's files (gs.shards); S = 1 is the
+# (results/gradients/shards/<i>/) and a merge job that writes the single pass's files (gs.gradients.shards); S = 1 is the
 # single job extract_gradient_features, and the shard rules never enter the DAG. The coherence pass
 # (rules/cluster.smk) and LESS influence (less_influence, rules/selection.smk; its shards below) split the same way.
 # gradients.keep_gradients: the single extraction also writes the (n, d) rows it streamed (gradients.npy), read by
@@ -50,7 +50,7 @@ rule warmup_lora:
         cfg=json_param(GRADIENT_PARAMS),
         seed=config["seed"],
     shell:
-        "python -m gs.features warmup --model-dir {input.model} --train {input.train}"
+        "python -m gs.gradients.warmup --model-dir {input.model} --train {input.train}"
         " --params {params.cfg} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
@@ -81,13 +81,13 @@ rule extract_gradient_features:
         cfg=json_param(GRADIENT_PARAMS),
         seed=config["seed"],
     shell:
-        "python -m gs.features extract --model-dir {input.model} --warmup {input.warmup}"
+        "python -m gs.gradients.extraction --model-dir {input.model} --warmup {input.warmup}"
         " --train {input.train} --params {params.cfg} --seed {params.seed}"
         " --out-dir results/gradients > {log} 2>&1"
 
 
 rule extract_gradient_shard:
-    # One of S contiguous slices of the pool into its own online SVD and projections (gs.shards);
+    # One of S contiguous slices of the pool into its own online SVD and projections (gs.gradients.shards);
     # resumable from results/gradients/shards/<i>/.extract_state/ as the single pass is.
     input:
         model=model_dir(),
@@ -115,7 +115,7 @@ rule extract_gradient_shard:
         seed=config["seed"],
         shards=SHARDS,
     shell:
-        "python -m gs.shards extract --model-dir {input.model} --warmup {input.warmup}"
+        "python -m gs.gradients.shards extract --model-dir {input.model} --warmup {input.warmup}"
         " --train {input.train} --params {params.cfg} --seed {params.seed}"
         " --shard {wildcards.shard} --shards {params.shards}"
         " --out-dir results/gradients/shards/{wildcards.shard} > {log} 2>&1"
@@ -143,7 +143,7 @@ rule merge_gradient_basis:
         cfg=json_param(GRADIENT_PARAMS),
         dirs=expand("results/gradients/shards/{shard}", shard=SHARD_IDS),
     shell:
-        "python -m gs.shards basis --shard-dirs {params.dirs} --params {params.cfg} --out {output} > {log} 2>&1"
+        "python -m gs.gradients.shards basis --shard-dirs {params.dirs} --params {params.cfg} --out {output} > {log} 2>&1"
 
 
 rule gradient_shard_coordinates:
@@ -174,14 +174,14 @@ rule gradient_shard_coordinates:
         seed=config["seed"],
         shards=SHARDS,
     shell:
-        "python -m gs.shards coords --model-dir {input.model} --warmup {input.warmup}"
+        "python -m gs.gradients.shards coords --model-dir {input.model} --warmup {input.warmup}"
         " --train {input.train} --params {params.cfg} --seed {params.seed}"
         " --shard {wildcards.shard} --shards {params.shards} --basis {input.basis}"
         " --out {output} > {log} 2>&1"
 
 
 rule merge_gradient_shards:
-    # The single pass's files from the S shard states (gs.shards.merge_shards).
+    # The single pass's files from the S shard states (gs.gradients.shards.merge_shards).
     input:
         unpack(merge_shard_inputs),
     output:
@@ -211,53 +211,5 @@ rule merge_gradient_shards:
             else ""
         ),
     shell:
-        "python -m gs.shards merge --shard-dirs {params.dirs} --params {params.cfg} --seed {params.seed}"
+        "python -m gs.gradients.shards merge --shard-dirs {params.dirs} --params {params.cfg} --seed {params.seed}"
         "{params.fd} --out-dir results/gradients > {log} 2>&1"
-
-
-rule less_influence_shard:
-    # gradients.shards > 1: LESS influence of one slice of the pool (gs.shards.influence_shard).
-    input:
-        model=model_dir(),
-        warmup="results/gradients/warmup",
-        train="results/data/pool/train.jsonl",
-        validation=expand("results/data/{target}/validation.jsonl", target=TARGETS),
-    output:
-        "results/selection/influence_shards/{shard}.npz",
-    log:
-        "logs/less_influence_shard/{shard}.log",
-    benchmark:
-        "benchmarks/less_influence_shard/{shard}.tsv"
-    wildcard_constraints:
-        shard="[0-9]+",
-    conda:
-        "../envs/torch.yaml"
-    threads: HEAVY_THREADS
-    resources:
-        gpu=GPU_REQUEST,
-        mem_mb=grow(16000),
-        runtime=grow(60),
-    params:
-        cfg=json_param(GRADIENT_PARAMS),
-        targets=" ".join(f"{t}=results/data/{t}/validation.jsonl" for t in TARGETS),
-        seed=config["seed"],
-        shards=SHARDS,
-    shell:
-        "python -m gs.shards influence --model-dir {input.model} --warmup {input.warmup} --train {input.train}"
-        " --targets {params.targets} --params {params.cfg} --seed {params.seed}"
-        " --shard {wildcards.shard} --shards {params.shards} --out {output} > {log} 2>&1"
-
-
-rule merge_influence_shards:
-    input:
-        expand("results/selection/influence_shards/{shard}.npz", shard=SHARD_IDS),
-    output:
-        "results/selection/influence.npz",
-    log:
-        "logs/merge_influence_shards/merge.log",
-    benchmark:
-        "benchmarks/merge_influence_shards/merge.tsv"
-    conda:
-        "../envs/torch.yaml"
-    shell:
-        "python -m gs.shards merge-influence --shard-files {input} --out {output} > {log} 2>&1"

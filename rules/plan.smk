@@ -11,7 +11,7 @@ rule plan:
     output:
         csv="results/plan/plan.csv",
         md="results/plan/plan.md",
-        # What dtype: auto runs in on this CPU (measured, gs.cpu_dtype), read by compute.md.
+        # What dtype: auto runs in on this CPU (measured, gs.models.dtype), read by compute.md.
         dtype="results/plan/cpu_dtype.json",
     log:
         "logs/plan/plan.log",

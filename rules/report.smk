@@ -1,31 +1,3 @@
-rule latency:
-    input:
-        plan=PLAN,
-        model=model_dir(),
-    output:
-        csv="results/latency/latency.csv",
-        png=report("results/figures/latency.png", category="Latency"),
-    log:
-        "logs/latency/latency.log",
-    benchmark:
-        "benchmarks/latency/latency.tsv"
-    conda:
-        "../envs/torch.yaml"
-    # The modes are timed side by side in one process, so their ratios hold under load; one thread
-    # lets the job overlap another on a 2-core machine.
-    threads: 1
-    resources:
-        gpu=GPU_REQUEST,
-        mem_mb=grow(16000),
-        runtime=grow(60),
-    params:
-        cfg=json_param(config["latency"]),
-        seed=config["seed"],
-    shell:
-        "python -m gs.latency --model-dir {input.model} --params {params.cfg} --seed {params.seed}"
-        " --out-csv {output.csv} --out-png {output.png} > {log} 2>&1"
-
-
 rule tables_and_figures:
     input:
         evals=expand("results/eval/{system}.json", system=SYSTEMS),
@@ -37,24 +9,56 @@ rule tables_and_figures:
         # first (with the longest path scheduled first, cluster quality could otherwise end after it).
         others=OTHER_PRODUCTS,
     output:
-        main=report("results/tables/main.md", category="Tables"),
+        main=report(
+            "results/tables/main.md",
+            caption="../report/main_table.rst",
+            category="Tables",
+        ),
         main_csv="results/tables/main.csv",
-        likelihood=report("results/tables/likelihood.md", category="Tables"),
+        likelihood=report(
+            "results/tables/likelihood.md",
+            caption="../report/likelihood_table.rst",
+            category="Tables",
+        ),
         likelihood_csv="results/tables/likelihood.csv",
         likelihood_paired_csv="results/tables/likelihood_paired.csv",
-        likelihood_png=report("results/figures/likelihood.png", category="Figures"),
-        paired=report("results/tables/paired.md", category="Tables"),
+        likelihood_png=report(
+            "results/figures/likelihood.png",
+            caption="../report/likelihood_figure.rst",
+            category="Figures",
+        ),
+        paired=report(
+            "results/tables/paired.md",
+            caption="../report/paired_table.rst",
+            category="Tables",
+        ),
         paired_csv="results/tables/paired.csv",
-        latency=report("results/tables/latency.md", category="Tables"),
-        clusterucb=report("results/tables/clusterucb.md", category="Tables"),
+        latency=report(
+            "results/tables/latency.md",
+            caption="../report/latency_table.rst",
+            category="Tables",
+        ),
+        clusterucb=report(
+            "results/tables/clusterucb.md",
+            caption="../report/clusterucb_table.rst",
+            category="Tables",
+        ),
         clusterucb_paired_csv="results/tables/clusterucb_paired.csv",
         clusterucb_budget=report(
-            "results/tables/clusterucb_budget.md", category="Tables"
+            "results/tables/clusterucb_budget.md",
+            caption="../report/clusterucb_budget_table.rst",
+            category="Tables",
         ),
         clusterucb_ablation=report(
-            "results/tables/clusterucb_ablation.md", category="Tables"
+            "results/tables/clusterucb_ablation.md",
+            caption="../report/clusterucb_ablation_table.rst",
+            category="Tables",
         ),
-        budget_png=report("results/figures/clusterucb_budget.png", category="Figures"),
+        budget_png=report(
+            "results/figures/clusterucb_budget.png",
+            caption="../report/clusterucb_budget_figure.rst",
+            category="Figures",
+        ),
         compute="results/tables/compute.csv",
     log:
         "logs/tables_and_figures/report.log",
@@ -71,6 +75,6 @@ rule tables_and_figures:
         domains=" ".join(DOMAINS),
         seed=config["seed"],
     shell:
-        "python -m gs.report --eval {params.evals} --selection-eval {params.selection_evals}"
+        "python -m gs.report.build --eval {params.evals} --selection-eval {params.selection_evals}"
         " --targets {params.targets} --domains {params.domains} --seed {params.seed}"
         " --cpu-dtype {input.cpu_dtype} > {log} 2>&1"

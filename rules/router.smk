@@ -3,7 +3,7 @@ rule train_router:
         model=model_dir(),
         train="results/data/pool/train.jsonl",
         # Not the trained experts: the router learns the cluster -> expert map the experts' rule plans
-        # from the same assignments and config (gs.experts.plan_experts), so a method that no system
+        # from the same assignments and config (gs.experts.plan.plan_experts), so a method that no system
         # evaluates (random, oracle in the default) gets its router-table row without its experts.
         assignments="results/clusters/{method}/assignments.csv",
     output:
@@ -27,7 +27,7 @@ rule train_router:
         experts=json_param(config["experts"]),
         seed=config["seed"],
     shell:
-        "python -m gs.router --train {input.train} --expert-params {params.experts} --method {wildcards.method}"
+        "python -m gs.router.train --train {input.train} --expert-params {params.experts} --method {wildcards.method}"
         " --assignments {input.assignments} --params {params.cfg} --model-dir {input.model}"
         " --seed {params.seed} --out {output} > {log} 2>&1"
 
@@ -36,7 +36,11 @@ rule router_table:
     input:
         expand("results/router/{method}", method=METHODS),
     output:
-        md=report("results/tables/router.md", category="Tables"),
+        md=report(
+            "results/tables/router.md",
+            caption="../report/router_table.rst",
+            category="Tables",
+        ),
         csv="results/tables/router.csv",
     log:
         "logs/router_table/router_table.log",
@@ -47,4 +51,4 @@ rule router_table:
     params:
         routers=" ".join(f"{m}=results/router/{m}" for m in METHODS),
     shell:
-        "python -m gs.router_table --routers {params.routers} --out-table results/tables/router > {log} 2>&1"
+        "python -m gs.router.table --routers {params.routers} --out-table results/tables/router > {log} 2>&1"

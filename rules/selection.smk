@@ -22,12 +22,12 @@ rule less_influence:
         targets=" ".join(f"{t}=results/data/{t}/validation.jsonl" for t in TARGETS),
         seed=config["seed"],
     shell:
-        "python -m gs.influence --model-dir {input.model} --warmup {input.warmup} --train {input.train}"
+        "python -m gs.selection.influence --model-dir {input.model} --warmup {input.warmup} --train {input.train}"
         " --targets {params.targets} --params {params.cfg} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
 rule clusterucb_clusters:
-    # ClusterUCB's own arms (gs.ucb_clustering): Adam-preconditioned, projected pool gradients at an early
+    # ClusterUCB's own arms (gs.selection.ucb_clustering): Adam-preconditioned, projected pool gradients at an early
     # warm-up checkpoint, cosine k-means (ZigeW/ClusterUCB kmeans_clustering.py); one pass of n gradients.
     input:
         model=model_dir(),
@@ -53,7 +53,7 @@ rule clusterucb_clusters:
         targets=" ".join(f"{t}=results/data/{t}/validation.jsonl" for t in TARGETS),
         seed=config["seed"],
     shell:
-        "python -m gs.ucb_clustering --model-dir {input.model} --warmup {input.warmup} --train {input.train}"
+        "python -m gs.selection.ucb_clustering --model-dir {input.model} --warmup {input.warmup} --train {input.train}"
         " --targets {params.targets} --gradients {params.grads} --params {params.cfg} --seed {params.seed}"
         " --out-dir {output} > {log} 2>&1"
 
@@ -90,7 +90,7 @@ rule select_data:
         "benchmarks/select_data/{target}.tsv"
     conda:
         "../envs/torch.yaml"
-    # ClusterUCB's draws run the model (gs.on_demand): a GPU rule at paper scale.
+    # ClusterUCB's draws run the model (gs.selection.on_demand): a GPU rule at paper scale.
     resources:
         gpu=GPU_REQUEST,
         mem_mb=grow(16000),
@@ -108,26 +108,29 @@ rule select_data:
         ),
         seed=config["seed"],
     shell:
-        # ClusterUCB's draws are computed on demand from the model (gs.on_demand); the full pass is LESS's.
-        "python -m gs.selection --influence {input.influence} --clustering {input.clustering}/clustering.npz"
+        # ClusterUCB's draws are computed on demand from the model (gs.selection.on_demand); the full pass is LESS's.
+        "python -m gs.selection.select --influence {input.influence} --clustering {input.clustering}/clustering.npz"
         " {params.arms} --compare {params.compare} --model-dir {input.model} --warmup {input.warmup}"
         " --gradients {params.grads} --train {input.train} --validation {input.validation}"
         " --target {wildcards.target} --params {params.cfg}"
         " --seed {params.seed} --out-dir results/selection/{wildcards.target} > {log} 2>&1"
 
 
-rule finetune_selected:
+rule less_influence_shard:
+    # gradients.shards > 1: LESS influence of one slice of the pool (gs.selection.influence_shards).
     input:
         model=model_dir(),
-        subset="results/selection/{target}/{selector}.jsonl",
+        warmup="results/gradients/warmup",
+        train="results/data/pool/train.jsonl",
+        validation=expand("results/data/{target}/validation.jsonl", target=TARGETS),
     output:
-        directory("results/selection/{target}/{selector}_lora"),
+        "results/selection/influence_shards/{shard}.npz",
     log:
-        "logs/finetune_selected/{target}_{selector}.log",
+        "logs/less_influence_shard/{shard}.log",
     benchmark:
-        "benchmarks/finetune_selected/{target}_{selector}.tsv"
+        "benchmarks/less_influence_shard/{shard}.tsv"
     wildcard_constraints:
-        selector="|".join(SELECTORS),
+        shard="[0-9]+",
     conda:
         "../envs/torch.yaml"
     threads: HEAVY_THREADS
@@ -136,8 +139,26 @@ rule finetune_selected:
         mem_mb=grow(16000),
         runtime=grow(60),
     params:
-        cfg=json_param(config["experts"]),
+        cfg=json_param(GRADIENT_PARAMS),
+        targets=" ".join(f"{t}=results/data/{t}/validation.jsonl" for t in TARGETS),
         seed=config["seed"],
+        shards=SHARDS,
     shell:
-        "python -m gs.experts --model-dir {input.model} --train {input.subset} --multitask"
-        " --method {wildcards.selector} --params {params.cfg} --seed {params.seed} --out {output} > {log} 2>&1"
+        "python -m gs.selection.influence_shards shard --model-dir {input.model} --warmup {input.warmup} --train {input.train}"
+        " --targets {params.targets} --params {params.cfg} --seed {params.seed}"
+        " --shard {wildcards.shard} --shards {params.shards} --out {output} > {log} 2>&1"
+
+
+rule merge_influence_shards:
+    input:
+        expand("results/selection/influence_shards/{shard}.npz", shard=SHARD_IDS),
+    output:
+        "results/selection/influence.npz",
+    log:
+        "logs/merge_influence_shards/merge.log",
+    benchmark:
+        "benchmarks/merge_influence_shards/merge.tsv"
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python -m gs.selection.influence_shards merge --shard-files {input} --out {output} > {log} 2>&1"

@@ -1,15 +1,15 @@
 """``!function`` hooks of the gs_* lm-eval tasks: prompt, target and per-document scores.
 
 lm-eval loads this file by path (``!function utils.<name>`` resolves next to the YAML that names it),
-so it imports the suite's own modules absolutely: the scoring rules live in :mod:`gs.metrics` and the
-prompt format in :mod:`gs.prompting`, shared with training. Each ``process_*`` hook of a
+so it imports the suite's own modules absolutely: the scoring rules live in :mod:`gs.evaluation.metrics` and the
+prompt format in :mod:`gs.data.prompting`, shared with training. Each ``process_*`` hook of a
 generation task receives the document and the list of filtered responses (one string per request;
 the gs_* tasks make one request per document) and returns ``{metric_name: score}``, every score in
 [0, 1]; lm-eval averages them (``aggregation: mean`` in the YAMLs). The likelihood tasks' hook
 receives ``[(loglikelihood, is_greedy)]`` and returns the ``(loglikelihood, bytes)`` pair that
 lm-eval's ``bits_per_byte`` aggregation sums.
 
-Documents are the suite's test or reference records (:mod:`gs.data`): ``{"id", "domain",
+Documents are the suite's test or reference records (:mod:`gs.data.prepare`): ``{"id", "domain",
 "instruction", "input", "output", "meta"}`` with the gold answer, unit tests or end sentences in
 ``meta``.
 """
@@ -18,15 +18,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from gs.io import InputError
-from gs.metrics import (
+from gs.data.prompting import user_message
+from gs.evaluation.metrics import (
     code_pass_at_1,
     constraint_satisfied,
     finance_exact_match,
     math_exact_match,
     paragraph_endings_score,
 )
-from gs.prompting import user_message
+from gs.io import InputError
 
 
 def doc_to_text(doc: dict[str, Any]) -> str:

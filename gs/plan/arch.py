@@ -84,7 +84,7 @@ def model_config(model: dict[str, Any], models_root: str | Path = "resources/mod
         return AutoConfig.from_pretrained(prepared.parent), str(prepared)
     source = model.get("source")
     if source == "gguf":
-        from gs.models import locate_gguf
+        from gs.models.prepare import locate_gguf
 
         path = locate_gguf(model["package"], model["gguf_file"])
         return AutoConfig.from_pretrained(path.parent, gguf_file=path.name), str(path)

@@ -11,16 +11,16 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from gs.cpu_dtype import CpuDtypeChoice, write_choice
-from gs.cpu_dtype import choose as choose_cpu_dtype
-from gs.io import InputError, atomic_path
+from gs.io import InputError, atomic_path, markdown_table
+from gs.models.dtype import CpuDtypeChoice, write_choice
+from gs.models.dtype import choose as choose_cpu_dtype
 from gs.plan import devices
 from gs.plan.arch import model_config
 from gs.plan.host import cached_baselines
 from gs.plan.report import Row, predict, table
 from gs.plan.resources import RuleResources, read_profile, rule_resources, workflow_resources
 from gs.plan.stages import MODEL_IMPORTS, Planner, Stage
-from gs.plan.stages import _k as planner_k
+from gs.plan.stages import experts_per_method as planner_k
 
 BASELINE_WORKERS = 2  # import baselines measured at once (subprocesses of the plan job)
 DEFAULTS = {"gpu": "H100-80GB", "run_on": "cpu", "profile": None, "mfu": 0.4, "bandwidth_efficiency": 0.7}
@@ -60,11 +60,8 @@ def _markdown(records: list[dict[str, Any]], gpu: devices.Gpu, run_on: str, note
     lines = [
         f"Resource plan: device memory and time on one {gpu.name} ({gpu.source}); jobs run on: {run_on}.",
         "",
-        "| " + " | ".join(cols) + " |",
-        "|" + "---|" * len(cols),
+        *markdown_table(cols, (["" if r[c] is None else r[c] for c in cols] for r in records)),
     ]
-    for r in records:
-        lines.append("| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |")
     return "\n".join(lines + [""] + notes) + "\n"
 
 
@@ -86,7 +83,7 @@ def plan(
     ``baseline_bytes``/``cpu_flops``/``host_bandwidth``/``declared``/``draw_rate`` replace the measured
     import baseline, the measured CPU throughput (one rate, or rates by dtype), host memory bandwidth and
     Rademacher draw rate and the workflow's rule resources (tests). ``dtype_choice``: what ``dtype: auto``
-    runs in on this CPU (:func:`gs.cpu_dtype.choose`, measured when None on a CPU run); on a GPU run
+    runs in on this CPU (:func:`gs.models.dtype.choose`, measured when None on a CPU run); on a GPU run
     ``auto`` is planned as bfloat16.
     """
     settings = {**DEFAULTS, **config.get("plan", {})}
@@ -166,7 +163,8 @@ def plan(
         "Host arithmetic (the coherence pass's float64 cluster sums on the host): bytes streamed / "
         f"(measured one-thread float64 add bandwidth {host_bandwidth / 1e9:.1f} GB/s), added to the stage's time.",
         f"Resources: the rules' own, updated by profile {settings['profile'] or '(none)'}.",
-        "Projection ablation (gs.ablation, on the host on any run): its float32 projections at the CPU rate above"
+        "Projection ablation (gs.cluster.ablation, on the host on any run): "
+        "its float32 projections at the CPU rate above"
         + (
             f" and TRAK's Rademacher draw at the measured one-thread {planner.draw_rate / 1e6:.0f} M entries/s."
             if planner.draw_rate is not None
@@ -178,7 +176,8 @@ def plan(
             if settings.get("fast_jl", False)
             else "TRAK BasicProjector fallback (plan.fast_jl: false) in the projector's dtype (the model's, "
             "as LESS collect_grads builds it), blocks under "
-            "gs.projection.GPU_BLOCK_BYTES, d p entries regenerated a call at 6 bytes an entry of memory traffic "
+            "gs.gradients.projection.GPU_BLOCK_BYTES, d p entries regenerated a call "
+            "at 6 bytes an entry of memory traffic "
             "per byte of the dtype (RNG and matmul read)."
         ),
         shard_note(

@@ -22,7 +22,7 @@ from typing import Any
 from gs.io import InputError
 
 F32, F64, I32 = 4, 8, 4
-GRAM_BLOCK = 65536  # gs.quality.unit_gram / gs.ablation.gram: columns of x per float64 block
+GRAM_BLOCK = 65536  # gs.cluster.quality.unit_gram / gs.cluster.ablation.gram: columns of x per float64 block
 
 
 def baseline_command(imports: tuple[str, ...]) -> list[str]:
@@ -114,12 +114,12 @@ def cached_baselines(
 
 
 def projector_bytes(kind: str, d: int, dim: int, run_on: str) -> int:
-    """Host bytes of one :class:`gs.projection.Projector` of ``d`` inputs and ``dim`` outputs.
+    """Host bytes of one :class:`gs.gradients.projection.Projector` of ``d`` inputs and ``dim`` outputs.
 
     ``sparse``: scikit-learn's ``SparseRandomProjection`` keeps a CSR matrix (dim, d) of density
     1/sqrt(d): float64 data and int32 indices per non-zero, int32 row pointers. ``gaussian``: a dense
     float64 (dim, d). ``rademacher`` (TRAK): on the CPU the int8 (dim, d) matrix when it is under
-    :data:`gs.projection.CACHE_LIMIT_BYTES`, else TRAK's float32 (d, 128) block; on a GPU it lives there.
+    :data:`gs.gradients.projection.CACHE_LIMIT_BYTES`, else TRAK's float32 (d, 128) block; on a GPU it lives there.
     """
     if kind == "sparse":
         nnz = math.ceil(dim * d / math.sqrt(d))
@@ -127,7 +127,7 @@ def projector_bytes(kind: str, d: int, dim: int, run_on: str) -> int:
     if kind == "gaussian":
         return dim * d * F64
     if kind == "rademacher":
-        import gs.projection as projection
+        import gs.gradients.projection as projection
 
         limit = int(getattr(projection, "CACHE_LIMIT_BYTES", 8 * 2**30))
         if run_on == "gpu":
@@ -137,7 +137,7 @@ def projector_bytes(kind: str, d: int, dim: int, run_on: str) -> int:
 
 
 def svd_state_bytes(d: int, rank: int, batch: int) -> int:
-    """The online SVD's streaming state, float32 ``d x (rank + batch)`` (``gs.features``: "Memory:
+    """The online SVD's streaming state, float32 ``d x (rank + batch)`` (``gs.gradients.extraction``: "Memory:
     O(d (r + b) + n r + n p)"; the basis and the incoming block)."""
     return F32 * d * (rank + batch)
 
@@ -149,7 +149,7 @@ def gradient_batch_host_bytes(d: int, batch: int) -> int:
 
 
 def extract_host_bytes(d: int, n: int, params: dict[str, Any], run_on: str) -> dict[str, int]:
-    """Host arrays of ``gs.features.extract_features``: the per-batch parts of every projection and
+    """Host arrays of ``gs.gradients.extraction.extract_features``: the per-batch parts of every projection and
     their concatenation (both alive while ``features.npz`` is written), the projectors, the SVD state
     when it runs on the CPU, its coordinates (n, r) and one gradient batch."""
     proj = params["projection"]
@@ -167,7 +167,7 @@ def extract_host_bytes(d: int, n: int, params: dict[str, Any], run_on: str) -> d
 
 
 def coherence_host_bytes(d: int, params: dict[str, Any], methods: int, k: int) -> dict[str, int]:
-    """``gs.features.cluster_gradient_sums``: a (k, d) float64 sum per method, the batch in float64."""
+    """``gs.cluster.coherence.cluster_gradient_sums``: a (k, d) float64 sum per method, the batch in float64."""
     batch = int(params["batch_size"])
     return {
         "cluster sums": methods * k * d * F64,
@@ -176,7 +176,7 @@ def coherence_host_bytes(d: int, params: dict[str, Any], methods: int, k: int) -
 
 
 def coherence_host_traffic(d: int, n: int, methods: int) -> float:
-    """Host bytes streamed by ``gs.features.cluster_gradient_sums`` over ``n`` samples: each (d,) row
+    """Host bytes streamed by ``gs.cluster.coherence.cluster_gradient_sums`` over ``n`` samples: each (d,) row
     copied to the host and converted to float64 once (4 read + 8 written), then ``index_add_``-ed into
     one float64 cluster sum per method (8 + 8 read, 8 written)."""
     return float(n) * d * (F32 + F64 + methods * 3 * F64)
@@ -185,7 +185,7 @@ def coherence_host_traffic(d: int, n: int, methods: int) -> float:
 def influence_bytes(
     d: int, n: int, targets: int, checkpoints: int, batch: int, p: int | None, kind: str, run_on: str
 ) -> tuple[dict[str, int], dict[str, int]]:
-    """``gs.influence.compute_influence``'s arrays beyond the model, as its module doc counts them:
+    """``gs.selection.influence.compute_influence``'s arrays beyond the model, as its module doc counts them:
     ``(host, device)``. ``p``: ``gradients.influence.projection_dim`` (None: full dimension d).
 
     Host: the block ``iter_gradients`` hands over (4 b d), the (C, T, n) float64 scores and, for the
@@ -221,14 +221,14 @@ def features_file_bytes(n: int, params: dict[str, Any]) -> int:
 
 def kept_gradients_bytes(n: int, d: int) -> int:
     """``gradients.npy`` (n, d) float32 (``gradients.keep_gradients``) through a memory map
-    (:func:`gs.features.open_kept_gradients`, ``numpy.load(mmap_mode="r")``): every page written (the
+    (:func:`gs.gradients.extraction.open_kept_gradients`, ``numpy.load(mmap_mode="r")``): every page written (the
     extraction) or read (the ablation, the quality Gram matrix) stays in the process's resident set
     while the map is open, dirty or clean, so the whole file counts once every row is touched."""
     return F32 * n * d
 
 
 def ablation_host_bytes(n: int, d: int, p_max: int, kind: str) -> dict[str, int]:
-    """Host arrays of ``gs.ablation.run_kept`` on the kept gradients (n, d) at its peak phase.
+    """Host arrays of ``gs.cluster.ablation.run_kept`` on the kept gradients (n, d) at its peak phase.
 
     Both phases hold the memory map read whole (:func:`kept_gradients_bytes`, ``np.asarray(g,
     float32)`` is a view of it). ``normalise_rows``: the float64 copy (8 n d), then beside it
@@ -253,7 +253,7 @@ def ablation_host_bytes(n: int, d: int, p_max: int, kind: str) -> dict[str, int]
 
 
 def quality_gram_bytes(n: int, d: int, block: int = GRAM_BLOCK) -> dict[str, int]:
-    """``gs.quality.unit_gram`` on the kept gradients (n, d) float32 memory map, at its peak block.
+    """``gs.cluster.quality.unit_gram`` on the kept gradients (n, d) float32 memory map, at its peak block.
 
     Block ``i`` copies columns ``[i B, (i + 1) B)`` of every row to float64 (``np.asarray(x[:, a:b],
     float64)``) while the previous block's copy is still bound to ``part``; the map's pages are read
@@ -275,7 +275,7 @@ def measure_rademacher_rate(size: int = 2**20, seconds: float = 0.3) -> float:
     """Measured entries/s of TRAK ``BasicProjector.generate_sketch_matrix``'s Rademacher draw on one
     thread: ``bernoulli_(p=0.5, generator)`` then ``*= 2`` and ``-= 1`` in place on a float32 tensor of
     ``size`` entries (4 MiB), repeated for about ``seconds``; the best repeat counts. The draw, not the
-    matmul, dominates the CPU ablation (module doc of :mod:`gs.ablation`: about 40 ns an entry here)."""
+    matmul, dominates the CPU ablation (module doc of :mod:`gs.cluster.ablation`: about 40 ns an entry here)."""
     import torch
 
     before = torch.get_num_threads()

@@ -1,14 +1,14 @@
-"""TRAK's Rademacher projector on a GPU as :mod:`gs.projection` builds it: device memory and work per call.
+"""TRAK's Rademacher projector on a GPU as :mod:`gs.gradients.projection` builds it: device memory and work per call.
 
-``plan.fast_jl`` says whether the planned env runs ``fast_jl`` (gs.projection then uses TRAK's
-``CudaProjector``), else the plan counts ``BasicProjector`` with :func:`gs.projection.basic_block_size`
+``plan.fast_jl`` says whether the planned env runs ``fast_jl`` (gs.gradients.projection then uses TRAK's
+``CudaProjector``), else the plan counts ``BasicProjector`` with :func:`gs.gradients.projection.basic_block_size`
 columns. Both follow TRAK 0.3.2's ``trak/projectors.py`` and fast_jl 0.1.3's ``fast_jl.cu``:
 
 * ``CudaProjector``: ``fast_jl`` allocates a float32 (B', tiles, p) output, B' = b rounded up to the
   kernel's batch (8 for b <= 8, 16 for b <= 16, at most ``max_batch_size`` 16: LESS), tiles = the
   GPU's SM count, and sums it over tiles into the (b, p) projection (counted with the stage's
   projected block). Work: 2 b d p FLOPs in float32 and one read of the (b, d) input.
-* ``BasicProjector``: a (d, block) block of the projector's dtype (gs.projection.projector_dtype: the
+* ``BasicProjector``: a (d, block) block of the projector's dtype (gs.gradients.projection.projector_dtype: the
   model's, bfloat16 at paper scale; e bytes an entry) on the device, regenerated for each of the
   ceil(p / block) blocks on every call: ``bernoulli_`` writes e bytes an entry and the in-place
   ``*= 2`` and ``-= 1`` read and write 2 e each (5 e bytes an entry, d p entries a call, the RNG taken
@@ -52,13 +52,13 @@ def fast_jl_batch(b: int, max_batch_size: int = 16) -> int:
 
 
 def gpu_projector(d: int, p: int, b: int, fast_jl: bool, sms: int, dtype: str = "float32") -> ProjectorCost:
-    """The projector gs.projection builds for (b, d) float32 gradients to p coordinates on a GPU with
-    ``sms`` SMs; ``dtype``: ``BasicProjector``'s (the model's, :func:`gs.projection.projector_dtype`).
+    """The projector gs.gradients.projection builds for (b, d) float32 gradients to p coordinates on a GPU with
+    ``sms`` SMs; ``dtype``: ``BasicProjector``'s (the model's, :func:`gs.gradients.projection.projector_dtype`).
 
     Raises:
-        InputError: without fast_jl, one column of d entries exceeds :data:`gs.projection.GPU_BLOCK_BYTES`.
+        InputError: without fast_jl, one column of d entries exceeds :data:`gs.gradients.projection.GPU_BLOCK_BYTES`.
     """
-    from gs.projection import LESS_MAX_BATCH_SIZE, basic_block_size
+    from gs.gradients.projection import LESS_MAX_BATCH_SIZE, basic_block_size
 
     flops = 2.0 * b * d * p
     if fast_jl:

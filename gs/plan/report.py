@@ -45,7 +45,7 @@ def predict(
     host_bandwidth: float | None = None,
 ) -> Row:
     """A stage's row. Host peak = measured import baseline + host arrays + (on a CPU run) the traced
-    step itself; on a GPU run :func:`gs.models.load_model` reads the weights straight onto the device.
+    step itself; on a GPU run :func:`gs.models.load.load_model` reads the weights straight onto the device.
     Time adds the stage's host arithmetic (``host_bytes_streamed`` / ``host_bandwidth`` bytes/s,
     measured by :func:`gs.plan.devices.measure_host_bandwidth` when not given): the loop waits for it;
     and, on either run, ``host_flops`` at this CPU's rate on the rule's threads plus ``host_seconds``.
@@ -68,7 +68,7 @@ def predict(
     if stage.host_bytes_streamed:
         host_s = stage.host_bytes_streamed / (host_bandwidth or measure_host_bandwidth())
         gpu_s, cpu_s = gpu_s + host_s, cpu_s + host_s
-    # Host work on any device (gs.ablation projects on the CPU): its FLOPs and its timed draw.
+    # Host work on any device (gs.cluster.ablation projects on the CPU): its FLOPs and its timed draw.
     host_s = stage.host_flops / (cpu_rate(cpu_flops, "float32") * max(1, resources.threads)) + stage.host_seconds
     gpu_s, cpu_s = gpu_s + host_s, cpu_s + host_s
     row = Row(

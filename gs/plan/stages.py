@@ -1,10 +1,10 @@
 """Every stage of the workflow as a plan: the step it repeats (traced), how often, and its host arrays.
 
 A stage is one rule, or one kind of job of a rule where jobs differ in kind (an evaluation per
-inference mode). Counts follow the code that runs the stage: ``gs.training.train_lora``'s steps
-(``ceil(n / batch) x epochs``), ``gs.features``' passes over the pool (two when ELREA's gradients take
-another loss), ``gs.influence``' pass per warm-up checkpoint over the pool and every target's
-validation set, ``gs.inference.RoutedLM``'s one forward per active expert per decoding step.
+inference mode). Counts follow the code that runs the stage: ``gs.models.lora.train_lora``'s steps
+(``ceil(n / batch) x epochs``), ``gs.gradients.extraction``' passes over the pool (two when ELREA's gradients take
+another loss), ``gs.selection.influence``' pass per warm-up checkpoint over the pool and every target's
+validation set, ``gs.evaluation.routed_model.RoutedLM``'s one forward per active expert per decoding step.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _sizes(config: dict[str, Any], split: str) -> dict[str, int]:
     return {d: int(spec[split]["n"]) for d, spec in config["data"]["domains"].items() if split in spec}
 
 
-def _k(config: dict[str, Any]) -> int:
+def experts_per_method(config: dict[str, Any]) -> int:
     """Experts per method: ``cluster.k``, or for ``auto`` the largest k the search may choose."""
     k = config["cluster"]["k"]
     return int(config["cluster"]["auto_k"]["k_max"]) if k == "auto" else int(k)
@@ -79,8 +79,8 @@ def _k(config: dict[str, Any]) -> int:
 
 def _dtype(section: dict[str, Any], config: dict[str, Any], auto: str = "float32") -> str:
     """The weights' dtype as the stage's code reads it: a section's own ``dtype`` (evaluation, latency),
-    else ``model.dtype``, the default of :func:`gs.models.load_model` (the prepared folder's setting);
-    ``auto`` is the dtype it resolves to where the jobs run (:func:`gs.cpu_dtype.resolve`)."""
+    else ``model.dtype``, the default of :func:`gs.models.load.load_model` (the prepared folder's setting);
+    ``auto`` is the dtype it resolves to where the jobs run (:func:`gs.models.dtype.resolve`)."""
     name = str(section.get("dtype") or config["model"].get("dtype", "float32"))
     return auto if name == "auto" else name
 
@@ -119,7 +119,7 @@ class Planner:
     def _projectors(
         self, stage: Stage, kind: str, d: int, b: int, calls: dict[int, float], dtype: str = "float32"
     ) -> None:
-        """On a GPU run, the Rademacher projectors gs.projection builds there (``plan.fast_jl``:
+        """On a GPU run, the Rademacher projectors gs.gradients.projection builds there (``plan.fast_jl``:
         CudaProjector, else BasicProjector in ``dtype`` with its chosen block): each one's device bytes
         (all alive together) and its ``calls[p]`` calls on (b, d) blocks."""
         if self.run_on != "gpu" or kind != "rademacher":
@@ -153,7 +153,8 @@ class Planner:
     def gradient_passes(self, shards: int, n_methods: int, k: int) -> list[Stage]:
         """The extraction and coherence passes over the pool: one job each (``shards`` = 1), or per
         ``gradients.shards`` one job per contiguous slice (the largest, ``ceil(n / S)`` samples, is
-        planned: :func:`gs.shards.shard_bounds`) plus the merges (:mod:`gs.shards`). Coherence last."""
+        planned: :func:`gs.gradients.passes.shard_bounds`) plus the merges (:mod:`gs.gradients.shards`). Coherence
+        last."""
         grads, n = self.config["gradients"], self.n_pool
         warm = grads["warmup"]
         gb, gt, gdtype = int(grads["batch_size"]), int(grads["max_length"]), _dtype(grads, self.config, self.auto_dtype)
@@ -163,25 +164,32 @@ class Planner:
         ex = self._gradients(warm["lora"], gb, gt, gdtype, passes * _ceil(n_job, gb))
         d = ex.trace.lora_dim
         svd_device = {"svd state": host.svd_state_bytes(d, rank, gb)} if self.run_on == "gpu" else {}
-        co = Stage("gradient coherence", "gradient_coherence", ["coherence"], ("gs.features", "gs.quality"))
+        co = Stage("gradient coherence", "gradient_coherence", ["coherence"], ("gs.cluster.coherence",))
         co.work = [self._gradients(warm["lora"], gb, gt, gdtype, _ceil(n_job, gb))]
         co.host_extra = host.coherence_host_bytes(d, grads, n_methods, k)
         co.host_bytes_streamed = host.coherence_host_traffic(d, n_job, n_methods)
-        # gs.features.stream_features: every projection dim once per batch, ELREA's dim again in its pass;
-        # gs.features.make_projectors builds them in gs.projection.projector_dtype: the model's on a GPU.
+        # gs.gradients.extraction.stream_features: every projection dim once per batch, ELREA's dim again in its pass;
+        # gs.gradients.extraction.make_projectors builds them in gs.gradients.projection.projector_dtype: the model's
+        # on a GPU.
         proj, nb = grads["projection"], _ceil(n_job, gb)
         calls = {p: float(nb) for p in {int(q) for q in proj["dims"]} | {int(proj["elrea_dim"])}}
         calls[int(proj["elrea_dim"])] += nb * (passes - 1)
         if shards == 1:
-            stage = Stage("gradient features", "extract_gradient_features", ["extract"], ("gs.features",), [ex])
+            stage = Stage(
+                "gradient features", "extract_gradient_features", ["extract"], ("gs.gradients.extraction",), [ex]
+            )
             stage.host_extra = host.extract_host_bytes(d, n, grads, self.run_on)
-            if grads.get("keep_gradients", False):  # gs.features.stream_features: every row into the memory map
+            if grads.get(
+                "keep_gradients", False
+            ):  # gs.gradients.extraction.stream_features: every row into the memory map
                 stage.host_extra["kept gradients (memory map, pages written)"] = host.kept_gradients_bytes(n, d)
             stage.device_extra = dict(svd_device)
             self._projectors(stage, proj.get("kind", "sparse"), d, gb, calls, gdtype)
             return [stage, co]
         jobs = [f"shard{i}" for i in range(shards)]
-        stage = Stage(f"gradient features, 1 of {shards} shards", "extract_gradient_shard", jobs, ("gs.shards",), [ex])
+        stage = Stage(
+            f"gradient features, 1 of {shards} shards", "extract_gradient_shard", jobs, ("gs.gradients.shards",), [ex]
+        )
         stage.host_extra = host.extract_host_bytes(d, n_job, grads, self.run_on)
         stage.device_extra = dict(svd_device)
         self._projectors(stage, proj.get("kind", "sparse"), d, gb, calls, gdtype)
@@ -192,14 +200,14 @@ class Planner:
                 f"gradient coordinates, 1 of {shards} shards",
                 "gradient_shard_coordinates",
                 jobs,
-                ("gs.shards",),
+                ("gs.gradients.shards",),
                 [second],
             )
             coords.host_extra = {"coordinates": host.F64 * n_job * rank}
             coords.device_extra = svd_device
             out.append(coords)
         # The merge holds every shard's features and the S states (m_i rows of d each) on the state's
-        # device, float32 on a GPU. gs.shards.merge_brand: the states and the (rank, d) merged basis
+        # device, float32 on a GPU. gs.gradients.shards.merge_brand: the states and the (rank, d) merged basis
         # (Gram route, no stack); merge_frequent_directions: the states and one FD update of a sketch
         # of ell rows by a state, d (2 ell + 3 m_i).
         m_i = rank + int(grads["svd"].get("options", {}).get("oversample", 0))
@@ -207,7 +215,9 @@ class Planner:
         if grads["svd"]["method"] == "frequent_directions":
             m_i = int(grads["svd"].get("options", {}).get("sketch_size", 2 * rank))
             extra_rows = 5 * m_i
-        merge = Stage(f"merge of {shards} gradient shards", "merge_gradient_shards", ["merge"], ("gs.shards",))
+        merge = Stage(
+            f"merge of {shards} gradient shards", "merge_gradient_shards", ["merge"], ("gs.gradients.shards",)
+        )
         merge.host_extra = host.extract_host_bytes(d, n, grads, self.run_on)
         merge.host_extra["shard states"] = host.F32 * d * shards * m_i
         stacked = {"svd states and merged basis": host.F32 * d * (shards * m_i + extra_rows)}
@@ -216,9 +226,11 @@ class Planner:
         else:
             merge.host_extra.update(stacked)
         if grads["svd"]["method"] == "frequent_directions":
-            # gs.shards.merge_basis: every shard payload (its projected features, once: nothing concatenated)
+            # gs.gradients.shards.merge_basis: every shard payload (its projected features, once: nothing concatenated)
             # and state, and the FD merge of the states on the state's device.
-            basis = Stage(f"basis of {shards} gradient shards", "merge_gradient_basis", ["basis"], ("gs.shards",))
+            basis = Stage(
+                f"basis of {shards} gradient shards", "merge_gradient_basis", ["basis"], ("gs.gradients.shards",)
+            )
             features = merge.host_extra["projected features (parts + concatenated)"] // 2
             basis.host_extra = {"shard payloads' features": features, "shard states": host.F32 * d * shards * m_i}
             basis.device_extra = dict(merge.device_extra)
@@ -230,20 +242,23 @@ class Planner:
             f"gradient coherence, 1 of {shards} shards",
             "gradient_coherence_shard",
             jobs,
-            ("gs.shards", "gs.quality"),
+            ("gs.cluster.coherence",),
         )
-        # gs.shards.coherence_shard (gs.features.cluster_gradient_sums): the float64 sums live on the host
+        # gs.cluster.coherence.coherence_shard (gs.cluster.coherence.cluster_gradient_sums): the float64 sums live on
+        # the host
         # on every device (host.coherence_host_bytes); they are saved as float32, one method's copy at a
         # time, each float64 sum freed after its copy. The merge holds the float32 total and one shard's.
         co.host_extra["float32 copy of one method's sums (saving)"] = host.F32 * k * d
         sums_bytes = host.F32 * n_methods * k * d
-        co_merge = Stage(f"merge of {shards} coherence shards", "merge_coherence_shards", ["merge"], ("gs.shards",))
+        co_merge = Stage(
+            f"merge of {shards} coherence shards", "merge_coherence_shards", ["merge"], ("gs.cluster.coherence",)
+        )
         co_merge.host_extra = {"cluster sums (total and one shard's)": 2 * sums_bytes}
         return out + [co, co_merge]
 
     def influence_pass(self, shards: int) -> list[Stage]:
         """LESS influence: one job (``shards`` = 1) or one per slice (the largest planned; every shard
-        recomputes the targets' directions, :func:`gs.shards.influence_shard`) and the merge."""
+        recomputes the targets' directions, :func:`gs.selection.influence_shards.influence_shard`) and the merge."""
         c, grads = self.config, self.config["gradients"]
         warm = grads["warmup"]
         gb, gt, gdtype = int(grads["batch_size"]), int(grads["max_length"]), _dtype(grads, self.config, self.auto_dtype)
@@ -252,10 +267,15 @@ class Planner:
         n_val = [_sizes(c, "validation")[t] for t in targets]
         ckpts = math.ceil(float(warm["train"]["epochs"]))
         if shards == 1:
-            inf = Stage("LESS influence", "less_influence", ["influence"], ("gs.influence",))
+            inf = Stage("LESS influence", "less_influence", ["influence"], ("gs.selection.influence",))
         else:
             jobs = [f"shard{i}" for i in range(shards)]
-            inf = Stage(f"LESS influence, 1 of {shards} shards", "less_influence_shard", jobs, ("gs.shards",))
+            inf = Stage(
+                f"LESS influence, 1 of {shards} shards",
+                "less_influence_shard",
+                jobs,
+                ("gs.selection.influence_shards",),
+            )
         batches = ckpts * (_ceil(n_job, gb) + sum(_ceil(v, gb) for v in n_val))
         inf.work = [self._gradients(warm["lora"], gb, gt, gdtype, batches)]
         icfg = grads.get("influence", {})
@@ -271,12 +291,18 @@ class Planner:
         )
         if icfg.get("projection_dim") is not None:
             p = int(icfg["projection_dim"])
-            # gs.influence._Features: the projector in the model's dtype on a GPU (gs.projection.projector_dtype).
+            # gs.selection.influence.ProjectedFeatures: the projector in the model's dtype on a GPU
+            # (gs.gradients.projection.projector_dtype).
             kind = icfg.get("projection_kind", "sparse")
             self._projectors(inf, kind, inf.work[0].trace.lora_dim, gb, {p: batches}, gdtype)
         if shards == 1:
             return [inf]
-        merge = Stage(f"merge of {shards} influence shards", "merge_influence_shards", ["merge"], ("gs.shards",))
+        merge = Stage(
+            f"merge of {shards} influence shards",
+            "merge_influence_shards",
+            ["merge"],
+            ("gs.selection.influence_shards",),
+        )
         merge.host_extra = {
             "influence scores (shards and merged)": 2 * host.F64 * (ckpts + 1) * len(targets) * self.n_pool
         }
@@ -289,13 +315,19 @@ class Planner:
         gb, gt = int(grads["batch_size"]), int(grads["max_length"])
         gdtype = _dtype(grads, c, self.auto_dtype)
         methods = list(c["cluster"]["methods"])
-        k = _k(c)
+        k = experts_per_method(c)
         out: list[Stage] = []
 
         out.append(self._prepare_model())
         n_warm = max(1, round(float(warm["fraction"]) * n))
         out.append(
-            Stage("warm-up LoRA", "warmup_lora", ["warmup_lora"], ("gs.features",), [self._training(warm, n_warm)])
+            Stage(
+                "warm-up LoRA",
+                "warmup_lora",
+                ["warmup_lora"],
+                ("gs.gradients.warmup",),
+                [self._training(warm, n_warm)],
+            )
         )
 
         n_methods = len(methods) + len(c["cluster"].get("ablation_dims", []))
@@ -311,8 +343,10 @@ class Planner:
         out.extend(self.influence_pass(shards))
 
         if "ucb_clustering" in c["selection"]:
-            # gs.ucb_clustering: the influence pipeline at one checkpoint (pool and targets), features (n, p).
-            ucb = Stage("ClusterUCB arms", "clusterucb_clusters", ["clusterucb_clusters"], ("gs.ucb_clustering",))
+            # gs.selection.ucb_clustering: the influence pipeline at one checkpoint (pool and targets), features (n, p).
+            ucb = Stage(
+                "ClusterUCB arms", "clusterucb_clusters", ["clusterucb_clusters"], ("gs.selection.ucb_clustering",)
+            )
             ucb_batches = _ceil(n, gb) + sum(_ceil(v, gb) for v in n_val)
             ucb.work = [self._gradients(warm["lora"], gb, gt, gdtype, ucb_batches)]
             ucb.host_extra, ucb.device_extra = host.influence_bytes(
@@ -328,13 +362,16 @@ class Planner:
             ucb.host_extra["features"] = host.F32 * n * int(icfg.get("projection_dim") or d)
             if icfg.get("projection_dim") is not None:
                 p = int(icfg["projection_dim"])
-                kind = icfg.get("projection_kind", "sparse")  # gs.influence._Features: the model's dtype
+                kind = icfg.get(
+                    "projection_kind", "sparse"
+                )  # gs.selection.influence.ProjectedFeatures: the model's dtype
                 self._projectors(ucb, kind, d, gb, {p: ucb_batches}, gdtype)
             out.append(ucb)
-        # gs.selection with gs.on_demand: one target a job; ClusterUCB's draws (budget_fraction of the pool)
+        # gs.selection.select with gs.selection.on_demand: one target a job; ClusterUCB's draws (budget_fraction of
+        # the pool)
         # run the influence pipeline at every checkpoint on the drawn samples and the target's validation
-        # set, in one model with the checkpoints' adapters swapped in (gs.on_demand's module doc).
-        sel = Stage("selection", "select_data", targets, ("gs.selection", "gs.on_demand"))
+        # set, in one model with the checkpoints' adapters swapped in (gs.selection.on_demand's module doc).
+        sel = Stage("selection", "select_data", targets, ("gs.selection.select", "gs.selection.on_demand"))
         drawn = max(1, math.ceil(float(c["selection"].get("budget_fraction", 0.2)) * n))
         sel_batches = ckpts * (_ceil(drawn, gb) + max(_ceil(v, gb) for v in n_val))
         sel.work = [self._gradients(warm["lora"], gb, gt, gdtype, sel_batches)]
@@ -348,8 +385,8 @@ class Planner:
         out.append(sel)
         out.extend(self._prepare_domains())
         for stage, rule, jobs, module in (
-            ("data pool", "pool_data", ["pool_data"], "gs.data"),
-            ("tables and figures", "tables_and_figures", ["report"], "gs.report"),
+            ("data pool", "pool_data", ["pool_data"], "gs.data.prepare"),
+            ("tables and figures", "tables_and_figures", ["report"], "gs.report.build"),
         ):
             out.append(Stage(stage, rule, jobs, (module,)))
 
@@ -358,7 +395,7 @@ class Planner:
             "clustering",
             "cluster_samples",
             [m for m in methods + [f"rp{p}" for p in c["cluster"].get("ablation_dims", [])] if m != "semantic"],
-            ("gs.cluster", "sklearn.cluster", "pandas"),
+            ("gs.cluster.methods", "sklearn.cluster", "pandas"),
         )
         cl.host_extra = {"features.npz": feats}
         out.append(cl)
@@ -366,10 +403,10 @@ class Planner:
             "cluster quality",
             "cluster_quality",
             ["quality"],
-            ("gs.quality", "sklearn.metrics", "pandas", "matplotlib.pyplot"),
+            ("gs.cluster.quality", "sklearn.metrics", "pandas", "matplotlib.pyplot"),
         )
         qu.host_extra = {"features.npz": feats}
-        if grads.get("keep_gradients", False):  # gs.quality: every seed's coherence from the Gram matrix
+        if grads.get("keep_gradients", False):  # gs.cluster.quality: every seed's coherence from the Gram matrix
             qu.host_extra.update(host.quality_gram_bytes(n, d))
         out.append(qu)
         out.append(self._ablation(d, feats))
@@ -378,7 +415,7 @@ class Planner:
                 "clustering (semantic)",
                 "cluster_samples",
                 ["semantic"],
-                ("gs.cluster", "sklearn.cluster", "pandas", "sentence_transformers"),
+                ("gs.cluster.methods", "sklearn.cluster", "pandas", "sentence_transformers"),
             )
             sem.host_extra = {"features.npz": feats, **self._encoder_bytes(n)}
             out.append(sem)
@@ -390,10 +427,18 @@ class Planner:
         trained = [m for m in methods if modes.get(m, ["single"])]
         if trained:
             out.append(
-                Stage("experts", "train_experts", trained, ("gs.experts",), [self._training(ex_cfg, n, extra_steps=k)])
+                Stage(
+                    "experts",
+                    "train_experts",
+                    trained,
+                    ("gs.experts.train",),
+                    [self._training(ex_cfg, n, extra_steps=k)],
+                )
             )
         out.append(
-            Stage("multitask LoRA", "train_multitask", ["multitask"], ("gs.experts",), [self._training(ex_cfg, n)])
+            Stage(
+                "multitask LoRA", "train_multitask", ["multitask"], ("gs.experts.train",), [self._training(ex_cfg, n)]
+            )
         )
         keep = max(1, int(float(c["selection"]["keep_fraction"]) * n + 1e-9))
         fin = [
@@ -402,9 +447,11 @@ class Planner:
             for s in ("clusterucb", "full", "random")
         ]
         out.append(
-            Stage("fine-tune selection", "finetune_selected", fin, ("gs.experts",), [self._training(ex_cfg, keep)])
+            Stage(
+                "fine-tune selection", "finetune_selected", fin, ("gs.experts.train",), [self._training(ex_cfg, keep)]
+            )
         )
-        ro = Stage("router", "train_router", methods, ("gs.router", "sentence_transformers"))
+        ro = Stage("router", "train_router", methods, ("gs.router.train", "sentence_transformers"))
         ro.host_extra = self._encoder_bytes(n)
         out.append(ro)
         out.append(self._router_table(methods))
@@ -416,22 +463,22 @@ class Planner:
 
     def _prepare_domains(self) -> list[Stage]:
         """Rule ``prepare_domain``: one stage per set of modules the domains' sources import
-        (:func:`gs.sources.source_imports`), whose baseline is the job's memory (the items are small)."""
-        from gs.sources import source_imports
+        (:func:`gs.data.sources.source_imports`), whose baseline is the job's memory (the items are small)."""
+        from gs.data.sources import source_imports
 
         by_imports: dict[tuple[str, ...], list[str]] = {}
         for domain, spec in self.config["data"]["domains"].items():
             mods = sorted(
                 {m for split in spec.values() for m in source_imports(split["source"], split.get("options", {}))}
             )
-            by_imports.setdefault(("gs.data", *mods), []).append(domain)
+            by_imports.setdefault(("gs.data.prepare", *mods), []).append(domain)
         return [
             Stage("data" + (f" ({', '.join(mods[1:])})" if len(mods) > 1 else ""), "prepare_domain", domains, mods)
             for mods, domains in sorted(by_imports.items())
         ]
 
     def _ablation(self, d: int, feats: int) -> Stage:
-        """Rule ``ablation`` (:mod:`gs.ablation`). With ``gradients.keep_gradients`` (``run_kept``): the
+        """Rule ``ablation`` (:mod:`gs.cluster.ablation`). With ``gradients.keep_gradients`` (``run_kept``): the
         arrays of :func:`gs.plan.host.ablation_host_bytes`; time per seed, TRAK's draw of every
         (d, block) block (``d x block x ceil(P_max / block)`` entries at the measured draw rate) and the
         float32 projection (``2 n d`` FLOPs per column); once, the two float64 Gram matrices (``gram``
@@ -439,12 +486,19 @@ class Planner:
         the small decompositions ((n, n) and (n, p)) are left out. Without kept gradients
         (``run_features``): ``features.npz`` and decompositions of (n, p) features only.
         """
-        from gs.ablation import DEFAULTS
+        from gs.cluster.ablation import DEFAULTS
 
         c, n = self.config, self.n_pool
         spec = {**DEFAULTS, **(c["cluster"].get("ablation") or {})}
         p_max, seeds, kind = max(int(p) for p in spec["dims"]), int(spec["seeds"]), str(spec["projection_kind"])
-        imports = ("gs.ablation", "gs.cluster", "gs.quality", "gs.projection", "sklearn.cluster", "matplotlib.figure")
+        imports = (
+            "gs.cluster.ablation",
+            "gs.cluster.methods",
+            "gs.cluster.quality",
+            "gs.gradients.projection",
+            "sklearn.cluster",
+            "matplotlib.figure",
+        )
         if kind == "rademacher":
             imports += ("trak.projectors",)
         st = Stage("projection ablation", "ablation", ["ablation"], imports)
@@ -466,24 +520,25 @@ class Planner:
         return st
 
     def _router_table(self, methods: list[str]) -> Stage:
-        """Rule ``router_table`` (:mod:`gs.router_table`): one ``router.json`` a method into a table of one
+        """Rule ``router_table`` (:mod:`gs.router.table`): one ``router.json`` a method into a table of one
         row a method: 8 fields and the :data:`gs.spread.STATS` of two accuracies (8-byte cells)."""
         from gs.spread import STATS
 
-        st = Stage("router table", "router_table", ["router_table"], ("gs.router_table",))
+        st = Stage("router table", "router_table", ["router_table"], ("gs.router.table",))
         st.host_extra = {"table": host.F64 * len(methods) * (8 + 2 * len(STATS))}
         return st
 
     def _prepare_model(self) -> Stage:
         model = self.config["model"]
-        from gs.models import resolve_dtype, stored_dtype
+        from gs.models.load import resolve_dtype
+        from gs.models.prepare import stored_dtype
 
         size = resolve_dtype(stored_dtype(model)).itemsize
         n_params = self._n_params()
-        # gs.models: a GGUF model is de-quantised, then copied into a model built from its config; a hub
+        # gs.models.prepare: a GGUF model is de-quantised, then copied into a model built from its config; a hub
         # or local model is downloaded or copied as files, its weights never loaded.
         copies = 2 if model.get("source") == "gguf" else 0
-        st = Stage("prepare model", "prepare_model", ["prepare_model"], ("gs.models",) + MODEL_IMPORTS)
+        st = Stage("prepare model", "prepare_model", ["prepare_model"], ("gs.models.prepare",) + MODEL_IMPORTS)
         st.host_extra = {f"weights x{copies}": copies * n_params * size}
         return st
 
@@ -501,7 +556,7 @@ class Planner:
         try:
             from transformers import AutoConfig
 
-            from gs.router import minilm_path
+            from gs.models.embeddings import minilm_path
 
             cfg = AutoConfig.from_pretrained(minilm_path())
         except Exception:  # the encoder package is optional for a plan; the paper default is MiniLM-L6
@@ -530,9 +585,10 @@ class Planner:
         n_test = {d: min(v, int(limit)) if limit else v for d, v in tests.items()}
         lora = c["experts"]["lora"]
         dtype = _dtype(ev, c, self.auto_dtype)
-        # gs.models.load_model reads the prepared folder's safetensors in its own dtype (memory-mapped: the
+        # gs.models.load.load_model reads the prepared folder's safetensors in its own dtype (memory-mapped: the
         # pages read stay in the process's RSS) and casts them to the evaluation's dtype on the CPU.
-        from gs.models import resolve_dtype, stored_dtype
+        from gs.models.load import resolve_dtype
+        from gs.models.prepare import stored_dtype
 
         folder_dtype = resolve_dtype(stored_dtype(c["model"]))
         cast = self.run_on == "cpu" and folder_dtype != resolve_dtype(dtype)
@@ -575,7 +631,7 @@ class Planner:
                 Work(dec, {"decode": steps, "prefill": prefill}, dtype),
                 Work(lk, {"likelihood": batches}, dtype),
             ]
-            st = Stage(name, "evaluate_system", systems, ("gs.evaluation",) + MODEL_IMPORTS, work)
+            st = Stage(name, "evaluate_system", systems, ("gs.evaluation.run",) + MODEL_IMPORTS, work)
             if mode == "elrea":
                 gb, gt = int(inf["gradient_batch_size"]), int(inf["gradient_max_length"])
                 prompts = sum(group_tests.values()) + sum(group_refs.values())
@@ -592,7 +648,7 @@ class Planner:
             if folder_read:
                 st.host_extra["prepared folder read for the cast"] = folder_read
             if "writing" in group_tests and ev.get("fluency", True) and self.run_on == "cpu" and cast:
-                # gs.evaluation.fluency_scores loads the base model again after lm-eval; on the CPU, when the
+                # gs.evaluation.fluency.fluency_scores loads the base model again after lm-eval; on the CPU, when the
                 # weights are cast, the routed model's freed pages stay with the process (measured on the
                 # default in bfloat16: RSS 1370 -> 2067 MiB during that load), so its weights and its folder
                 # read come on top. Loaded in the folder's own dtype, the weights stay memory-mapped views of
@@ -622,16 +678,17 @@ class Planner:
         # at batch 1 and at the throughput batch, each repeated; counted at the largest batch.
         steps = repeats * 2 * new * sum(int(x) + 3 for x in lat["n_experts"]) / n
         work = [Work(dec, {"decode": steps, "prefill": steps / new * self.prompt / (self.prompt + new - 1)}, dtype)]
-        st = Stage("latency", "latency", ["latency"], ("gs.latency",) + MODEL_IMPORTS, work)
+        st = Stage("latency", "latency", ["latency"], ("gs.evaluation.latency",) + MODEL_IMPORTS, work)
         modes = lat.get("modes", ["base", "single", "uniform", "elrea"])
         if "elrea" in modes:
-            # ELREA routes each prompt by its warm-up-adapter gradient (gs.routing.elrea_prompt_features at
-            # gs.inference's gradient batch, prompts cut to gradient_max_length), projected to
-            # projection_dim by a sparse projector (gs.latency.make_synthetic_elrea): measured on the
+            # ELREA routes each prompt by its warm-up-adapter gradient (gs.evaluation.routing.elrea_prompt_features at
+            # gs.evaluation.routed_model's gradient batch, prompts cut to gradient_max_length), projected to
+            # projection_dim by a sparse projector (gs.evaluation.latency.make_synthetic_elrea): measured on the
             # default, the job's peak (about 570 MiB over the decoding modes').
             inf = {"gradient_batch_size": 4, "gradient_max_length": 512, **lat.get("inference", {})}
             gb, gt = int(inf["gradient_batch_size"]), min(int(inf["gradient_max_length"]), self.prompt)
-            # gs.latency.time_generation, per n: a warm-up and `repeats` calls at batch 1, then at the throughput batch
+            # gs.evaluation.latency.time_generation, per n: a warm-up and `repeats` calls at batch 1, then at the
+            # throughput batch
             calls = len(lat["n_experts"]) * (1 + repeats) * (1 + _ceil(b, gb))
             work.append(self._gradients(lat.get("warmup_lora") or lat["lora"], gb, gt, dtype, calls))
             st.host_extra["ELREA projector"] = host.projector_bytes(

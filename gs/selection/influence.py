@@ -1,0 +1,270 @@
+"""LESS influence of every pooled training sample on each target domain, with the model, in one stream.
+
+For every warm-up checkpoint c (``results/gradients/warmup/checkpoint-<e>/``: adapter, Adam moments
+and the epoch's mean learning rate), following LESS (Xia et al., ICML 2024; ``princeton-nlp/LESS``,
+``less/data_selection/collect_grad_reps.py`` and ``matching.py``):
+
+* target gradients: plain (SGD) per-sample LoRA gradients of each target's validation samples,
+  projected (``gradients.influence.projection_dim`` p; ``null`` = full dimension d) and L2-normalised;
+* training features: each pool sample's per-sample LoRA gradient turned into the Adam update
+  direction with *that checkpoint's* moments (:func:`gs.selection.less.adam_precondition`, LESS's
+  ``obtain_gradients_with_adam``: no bias correction, eps inside the square root), then projected
+  with the same projector, then L2-normalised. LESS normalises *after* projecting (``collect_grads``
+  projects the raw Adam/SGD vectors; ``merge_and_normalize_info`` normalises the projected rows), and
+  so do we, for both sides;
+* influence of sample i on target T: the mean over T's validation samples j of ``<x_i, v_j>`` (LESS
+  ``matching.py``: ``training_info @ validation_info.T``, then ``.mean(-1)``; no subtask max here, each
+  target domain is one task), summed over checkpoints with weights proportional to their mean
+  learning rates, renormalised to sum to 1 (LESS passes each checkpoint's average learning rate).
+
+Memory: the mean over j commutes with the inner product, ``mean_j <x_i, v_j> = <x_i, mean_j v_j>``,
+so each target is kept as one (p,) float32 vector, the mean of its normalised projected validation
+gradients (exactly LESS's score, without storing T x n_val x p); the pool is streamed batch by batch
+and scored against all targets at once, since the training features do not depend on the target.
+No float64 copy of a gradient block is made; only the (C, T, n) scores are float64. With b the
+gradient batch, d the LoRA dimension, p the projection dimension (p = d without projection), T
+targets, C checkpoints, n the pool, peak memory per pool block, beyond the model and its activations:
+
+* device (the model's): ``4 b d`` (the per-sample gradients :func:`gs.gradients.per_sample.iter_gradients`
+  still holds) ``+ 4 b d`` (the block moved back from the host) ``+ 8 b d`` (the Adam direction and
+  one temporary) ``+ 8 d`` (one checkpoint's moments) ``+ 4 b p + 4 T p`` plus the projector's
+  workspace: TRAK's ``CudaProjector`` only its (16 ceil(b/16), SMs, p) float32 output; for
+  ``BasicProjector`` on a GPU one generated (d, block) block in the model's dtype (e bytes an entry:
+  ``e d block``, block = :func:`gs.gradients.projection.basic_block_size`, LESS's 128 where it fits
+  ``GPU_BLOCK_BYTES``, 19 bfloat16 columns at d = 109M) and the block cast to that dtype (``e b d``).
+  On the CPU the first two terms are one.
+* host: ``4 b d`` (the block iter_gradients hands over) ``+ 8 C T n`` and, for the CPU Rademacher
+  projector, ``d p`` int8 + ``4 d 128`` (the kept matrix and its conversion buffer).
+
+Projector dtype: on a GPU TRAK's projector runs in the model's dtype, as LESS builds it
+(``collect_grads``: ``dtype = next(model.parameters()).dtype``; :func:`gs.gradients.projection.projector_dtype`),
+bfloat16 at paper scale; on the CPU in float32. LESS also buffers ``project_interval = 16`` gradients
+per ``project`` call; we project each gradient batch as it comes (``gradients.batch_size`` rows a
+call): with the bfloat16 projector ``python -m gs.plan --configfile config/paper.yaml`` shows this pass
+and ClusterUCB's within their 24 h without the buffer, which would hold 16 more (d,) gradients on the device.
+
+The pass costs n x C per-sample gradient computations: the "full gradient-based selection" reference
+whose cost ClusterUCB reduces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gs.data.prepare import load_records
+from gs.gradients.passes import add_pass_arguments, normalise_rows
+from gs.gradients.projection import KINDS, Projector, projector_dtype
+from gs.io import InputError, atomic_path, parse_params, parse_target_specs, run_cli
+from gs.models.load import load_model, load_tokenizer
+from gs.models.lora import load_adapter, seed_everything
+from gs.selection.less import adam_precondition
+
+DEFAULT_KIND = "rademacher"  # LESS collect_grad_reps.py: TRAK's Rademacher projector
+
+
+def read_checkpoints(warmup_dir: str | Path) -> list[dict[str, Any]]:
+    """The warm-up checkpoints in epoch order: ``{"dir", "mean_lr"}`` (moments: :func:`load_moments`)."""
+    dirs = sorted(Path(warmup_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    if not dirs:
+        raise InputError(f"{warmup_dir}: no checkpoint-<epoch> folders (the warm-up saves them)")
+    out = []
+    for d in dirs:
+        for name in ("adam_moments.pt", "checkpoint.json"):
+            if not (d / name).is_file():
+                raise InputError(f"{d / name}: file not found (the warm-up writes it with each checkpoint)")
+        meta = json.loads((d / "checkpoint.json").read_text())
+        if "mean_lr" not in meta:
+            raise InputError(f"{d / 'checkpoint.json'}: field 'mean_lr' missing")
+        out.append({"dir": d, "mean_lr": float(meta["mean_lr"])})
+    return out
+
+
+def load_moments(checkpoint_dir: str | Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A checkpoint's Adam moments ``(exp_avg, exp_avg_sq)``, each (d,) float32 on ``device`` (one
+    checkpoint at a time: 8 d bytes)."""
+    path = Path(checkpoint_dir) / "adam_moments.pt"
+    moments = torch.load(path, map_location=device)
+    for key in ("exp_avg", "exp_avg_sq"):
+        if key not in moments:
+            raise InputError(f"{path}: field {key!r} missing")
+    return moments["exp_avg"].float(), moments["exp_avg_sq"].float()
+
+
+def checkpoint_weights(mean_lrs: list[float]) -> np.ndarray:
+    """LESS's checkpoint weights: the mean learning rates renormalised to sum to 1 (equal if all 0)."""
+    w = np.asarray(mean_lrs, dtype=np.float64)
+    if (w < 0).any() or not np.isfinite(w).all():
+        raise InputError(f"checkpoint mean learning rates must be finite and >= 0, got {w.tolist()}")
+    return w / w.sum() if w.sum() > 0 else np.full(len(w), 1 / len(w))
+
+
+def influence_settings(params: dict[str, Any]) -> tuple[int | None, str]:
+    """``(projection_dim, kind)`` from the ``gradients`` section's ``influence`` block (defaults: full
+    dimension, TRAK Rademacher)."""
+    cfg = params.get("influence") or {}
+    dim = cfg.get("projection_dim")
+    kind = cfg.get("projection_kind", DEFAULT_KIND)
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+        raise InputError(f"gradients.influence.projection_dim must be a positive integer or null, got {dim!r}")
+    if kind not in KINDS:
+        raise InputError(f"gradients.influence.projection_kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    return dim, kind
+
+
+class ProjectedFeatures:
+    """Projection (or none) of gradient blocks to (b, p) float32 on the model's device, then unit rows.
+
+    Without projection the block is normalised in place (no copy when it is already float32 there).
+    ``model_dtype``: the model's (LESS's projector dtype on a GPU, :func:`gs.gradients.projection.projector_dtype`).
+    """
+
+    def __init__(
+        self, dim: int | None, kind: str, seed: int, device: torch.device, model_dtype: torch.dtype = torch.float32
+    ) -> None:
+        self.dim, self.kind, self.seed, self.device = dim, kind, seed, device
+        self.dtype = projector_dtype(model_dtype, device)
+        self.projector: Projector | None = None
+
+    def __call__(self, grads: torch.Tensor) -> torch.Tensor:
+        if self.dim is None:
+            return normalise_rows(
+                grads.to(self.device, torch.float32), inplace=True
+            )  # in place: the block is not reused
+        if self.projector is None:
+            # One projector for every checkpoint and both sides: LESS builds it with the same seed each time.
+            self.projector = Projector(
+                self.kind, grads.shape[1], self.dim, self.seed, device=self.device, dtype=self.dtype
+            )
+        return normalise_rows(self.projector.project(grads).to(self.device, torch.float32), inplace=True)
+
+
+def target_directions(
+    model: Any,
+    tok: Any,
+    targets: dict[str, list[dict[str, Any]]],
+    names: list[str],
+    feats: ProjectedFeatures,
+    params: dict,
+) -> torch.Tensor:
+    """(T, p) float32: per target, the mean of its validation samples' normalised projected SGD gradients."""
+    from gs.gradients.per_sample import iter_gradients
+
+    rows = []
+    for t in names:
+        total, count = None, 0
+        for _, g in iter_gradients(
+            model,
+            tok,
+            targets[t],
+            batch_size=int(params["batch_size"]),
+            max_length=int(params["max_length"]),
+            loss_on="response",
+            progress=False,
+        ):
+            f = feats(g).sum(dim=0)
+            total = f if total is None else total.add_(f)
+            count += g.shape[0]
+        if total is None:
+            raise InputError(f"target {t!r}: no validation samples")
+        if not bool(total.abs().max() > 0):
+            raise InputError(f"target {t!r}: every validation gradient is zero (no gradient direction)")
+        rows.append(total / count)
+    return torch.stack(rows)
+
+
+def compute_influence(
+    model_dir: str,
+    warmup_dir: str,
+    pool: list[dict[str, Any]],
+    targets: dict[str, list[dict[str, Any]]],
+    params: dict[str, Any],
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Influence of each pool sample on each target; returns arrays for ``influence.npz``.
+
+    ``params`` is the ``gradients`` config section (``batch_size``, ``max_length``, ``influence``).
+    Keys: ``ids`` (n,) in pool order, ``targets`` (T,) sorted, ``scores`` (T, n) checkpoint-weighted
+    influence, ``per_checkpoint`` (C, T, n), ``weights`` (C,), ``gradient_computations`` (n * C),
+    ``projection_dim`` (p; d when not projected), ``projection_kind`` (``"none"`` when not projected)
+    and ``gradient_dim`` (d).
+    """
+    from tqdm.auto import tqdm
+
+    from gs.gradients.per_sample import iter_gradients
+
+    if not pool:
+        raise InputError("the training pool is empty")
+    dim, kind = influence_settings(params)
+    seed_everything(seed)
+    tok = load_tokenizer(model_dir)
+    names = sorted(targets)
+    checkpoints = read_checkpoints(warmup_dir)
+    per_ckpt = np.zeros((len(checkpoints), len(names), len(pool)))
+    ids: list[str] = []
+    d = 0
+    feats: ProjectedFeatures | None = None
+    for c, ckpt in enumerate(tqdm(checkpoints, desc="influence checkpoints", unit="checkpoint")):
+        model = load_adapter(load_model(model_dir), ckpt["dir"], trainable=True)
+        first = next(model.parameters())  # LESS collect_grads: the projector's device and dtype
+        device = first.device
+        feats = feats or ProjectedFeatures(dim, kind, seed, device, first.dtype)
+        directions = target_directions(model, tok, targets, names, feats, params)  # (T, p)
+        m, v = load_moments(ckpt["dir"], device)
+        start, batch_order = 0, []
+        for batch_ids, grads in iter_gradients(
+            model,
+            tok,
+            pool,
+            batch_size=int(params["batch_size"]),
+            max_length=int(params["max_length"]),
+            loss_on="response",  # LESS: the loss on the answer tokens
+        ):
+            d = grads.shape[1]
+            if m.shape[0] != d:
+                raise InputError(f"{ckpt['dir']}: Adam moments have d={m.shape[0]}, the LoRA gradients d={d}")
+            x = feats(adam_precondition(grads.to(device), m, v))  # (b, p) unit rows
+            scores = (x @ directions.T).double().cpu().numpy()  # (b, T)
+            per_ckpt[c, :, start : start + len(batch_ids)] = scores.T
+            start += len(batch_ids)
+            batch_order.extend(batch_ids)
+        if ids and batch_order != ids:
+            raise InputError(f"{ckpt['dir']}: the pool came back in a different order than for checkpoint 0")
+        ids = batch_order
+        del model, m, v, directions
+    weights = checkpoint_weights([ck["mean_lr"] for ck in checkpoints])
+    return {
+        "ids": np.array(ids),
+        "targets": np.array(names),
+        "scores": np.einsum("c,ctn->tn", weights, per_ckpt),
+        "per_checkpoint": per_ckpt,
+        "weights": weights,
+        "gradient_computations": np.array(len(pool) * len(checkpoints)),
+        "projection_dim": np.array(d if dim is None else dim),
+        "projection_kind": np.array("none" if dim is None else kind),
+        "gradient_dim": np.array(d),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="LESS influence of the pool on every target domain.")
+    add_pass_arguments(parser)
+    parser.add_argument("--targets", nargs="+", required=True, help="DOMAIN=validation.jsonl")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    targets = {name: load_records(path) for name, path in parse_target_specs(args.targets).items()}
+    arrays = compute_influence(
+        args.model_dir, args.warmup, load_records(args.train), targets, parse_params(args.params), args.seed
+    )
+    with atomic_path(args.out) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    print(json.dumps({t: float(arrays["scores"][i].mean()) for i, t in enumerate(arrays["targets"])}))
+
+
+if __name__ == "__main__":
+    run_cli(main)
