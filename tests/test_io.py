@@ -104,7 +104,7 @@ KILL_BEFORE_RENAME = textwrap.dedent(
     from pathlib import Path
 
     import gs.io
-    from gs.models import main
+    from gs.models.prepare import main
 
     final = Path(sys.argv[-1]).resolve()
     real_replace = os.replace
@@ -121,7 +121,7 @@ KILL_BEFORE_RENAME = textwrap.dedent(
 
 
 def test_real_cli_killed_before_its_rename_then_rerun(tmp_path, tiny_model_dir):
-    """``python -m gs.models`` (the prepare_model rule) killed at the last moment of its write."""
+    """``python -m gs.models.prepare`` (the prepare_model rule) killed at the last moment of its write."""
     out = tmp_path / "models" / "tiny"
     spec = json.dumps({"name": "tiny", "source": "local", "path": str(tiny_model_dir)})
     args = ["--spec", spec, "--out", str(out)]
@@ -131,7 +131,7 @@ def test_real_cli_killed_before_its_rename_then_rerun(tmp_path, tiny_model_dir):
     (tmp_name,) = _siblings(out)
     assert (out.parent / tmp_name / "config.json").is_file()  # the killed job had written its folder
 
-    again = subprocess.run([sys.executable, "-m", "gs.models", *args], env=_env(), timeout=300)
+    again = subprocess.run([sys.executable, "-m", "gs.models.prepare", *args], env=_env(), timeout=300)
     assert again.returncode == 0
     assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
     assert _siblings(out) == []
@@ -158,3 +158,14 @@ def test_read_jsonl_names_the_line_of_bad_bytes_and_keeps_numbering(tmp_path):
         read_jsonl(path)
     path.write_bytes(b'\xef\xbb\xbf{"id": "a"}\n\n{"id": "b"}\n')
     assert read_jsonl_numbered(path) == [(1, {"id": "a"}), (3, {"id": "b"})]
+
+
+def test_markdown_table_lines_and_alignment():
+    from gs.io import markdown_table
+
+    lines = markdown_table(["system", "acc"], [["base", "0.25"], ["router", 0.5]], align="lr")
+    # Written out by hand: GitHub Markdown, right alignment as ``---:``.
+    assert lines == ["| system | acc |", "|---|---:|", "| base | 0.25 |", "| router | 0.5 |"]
+    assert markdown_table(["a"], [])[1] == "|---|"
+    with pytest.raises(ValueError, match="one letter per column"):
+        markdown_table(["a", "b"], [], align="l")
