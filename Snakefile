@@ -11,10 +11,13 @@ configfile: "config/config.yaml"
 validate(config, "config/schema.yaml")
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/plan.smk"
 include: "rules/data.smk"
-include: "rules/model.smk"
+include: "rules/models.smk"
 include: "rules/gradients.smk"
 include: "rules/cluster.smk"
 include: "rules/experts.smk"
