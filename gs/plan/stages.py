@@ -309,39 +309,47 @@ class Planner:
         return [inf, merge]
 
     def stages(self) -> list[Stage]:
-        c, n = self.config, self.n_pool
-        grads = c["gradients"]
-        warm = grads["warmup"]
-        gb, gt = int(grads["batch_size"]), int(grads["max_length"])
-        gdtype = _dtype(grads, c, self.auto_dtype)
-        methods = list(c["cluster"]["methods"])
-        k = experts_per_method(c)
-        out: list[Stage] = []
-
-        out.append(self._prepare_model())
-        n_warm = max(1, round(float(warm["fraction"]) * n))
-        out.append(
+        """Every stage of the workflow this config runs, in the order of the DAG."""
+        c = self.config
+        warm = c["gradients"]["warmup"]
+        n_warm = max(1, round(float(warm["fraction"]) * self.n_pool))
+        out = [
+            self._prepare_model(),
             Stage(
-                "warm-up LoRA",
-                "warmup_lora",
-                ["warmup_lora"],
-                ("gs.gradients.warmup",),
-                [self._training(warm, n_warm)],
-            )
-        )
-
-        n_methods = len(methods) + len(c["cluster"].get("ablation_dims", []))
-        shards = int(grads.get("shards", 1))
-        passes = self.gradient_passes(shards, n_methods, k)
+                "warm-up LoRA", "warmup_lora", ["warmup_lora"], ("gs.gradients.warmup",), [self._training(warm, n_warm)]
+            ),
+        ]
+        n_methods = len(c["cluster"]["methods"]) + len(c["cluster"].get("ablation_dims", []))
+        shards = int(c["gradients"].get("shards", 1))
+        passes = self.gradient_passes(shards, n_methods, experts_per_method(c))
         d = passes[0].work[0].trace.lora_dim
         out.extend(passes)
+        out.extend(self.influence_pass(shards))
+        out.extend(self._selection(d))
+        out.extend(self._prepare_domains())
+        for stage, rule, jobs, module in (
+            ("data pool", "pool_data", ["pool_data"], "gs.data.prepare"),
+            ("tables and figures", "tables_and_figures", ["report"], "gs.report.build"),
+        ):
+            out.append(Stage(stage, rule, jobs, (module,)))
+        out.extend(self._clustering(d))
+        out.extend(self._training_stages())
+        out.extend(self._evaluation(experts_per_method(c)))
+        out.append(self._latency())
+        return out
 
+    def _selection(self, d: int) -> list[Stage]:
+        """ClusterUCB's own arms (when configured) and the selection jobs, one per target."""
+        c, n = self.config, self.n_pool
+        grads = c["gradients"]
+        warm, icfg = grads["warmup"], grads.get("influence", {})
+        gb, gt = int(grads["batch_size"]), int(grads["max_length"])
+        gdtype = _dtype(grads, c, self.auto_dtype)
         targets = list(c["selection"]["targets"])
         n_val = [_sizes(c, "validation")[t] for t in targets]
         ckpts = math.ceil(float(warm["train"]["epochs"]))
-        icfg = grads.get("influence", {})
-        out.extend(self.influence_pass(shards))
-
+        proj_dim, kind = icfg.get("projection_dim"), icfg.get("projection_kind", "sparse")
+        out: list[Stage] = []
         if "ucb_clustering" in c["selection"]:
             # gs.selection.ucb_clustering: the influence pipeline at one checkpoint (pool and targets), features (n, p).
             ucb = Stage(
@@ -350,46 +358,31 @@ class Planner:
             ucb_batches = _ceil(n, gb) + sum(_ceil(v, gb) for v in n_val)
             ucb.work = [self._gradients(warm["lora"], gb, gt, gdtype, ucb_batches)]
             ucb.host_extra, ucb.device_extra = host.influence_bytes(
-                d,
-                n,
-                len(targets),
-                1,
-                gb,
-                icfg.get("projection_dim"),
-                icfg.get("projection_kind", "sparse"),
-                self.run_on,
+                d, n, len(targets), 1, gb, proj_dim, kind, self.run_on
             )
-            ucb.host_extra["features"] = host.F32 * n * int(icfg.get("projection_dim") or d)
-            if icfg.get("projection_dim") is not None:
-                p = int(icfg["projection_dim"])
-                kind = icfg.get(
-                    "projection_kind", "sparse"
-                )  # gs.selection.influence.ProjectedFeatures: the model's dtype
-                self._projectors(ucb, kind, d, gb, {p: ucb_batches}, gdtype)
+            ucb.host_extra["features"] = host.F32 * n * int(proj_dim or d)
+            if proj_dim is not None:  # gs.selection.influence.ProjectedFeatures: in the model's dtype
+                self._projectors(ucb, kind, d, gb, {int(proj_dim): ucb_batches}, gdtype)
             out.append(ucb)
-        # gs.selection.select with gs.selection.on_demand: one target a job; ClusterUCB's draws (budget_fraction of
-        # the pool)
-        # run the influence pipeline at every checkpoint on the drawn samples and the target's validation
-        # set, in one model with the checkpoints' adapters swapped in (gs.selection.on_demand's module doc).
+        # gs.selection.select with gs.selection.on_demand: one target a job; ClusterUCB's draws
+        # (budget_fraction of the pool) run the influence pipeline at every checkpoint on the drawn
+        # samples and the target's validation set, in one model with the checkpoints' adapters
+        # swapped in (gs.selection.on_demand's module doc).
         sel = Stage("selection", "select_data", targets, ("gs.selection.select", "gs.selection.on_demand"))
         drawn = max(1, math.ceil(float(c["selection"].get("budget_fraction", 0.2)) * n))
         sel_batches = ckpts * (_ceil(drawn, gb) + max(_ceil(v, gb) for v in n_val))
         sel.work = [self._gradients(warm["lora"], gb, gt, gdtype, sel_batches)]
-        sel.host_extra, sel.device_extra = host.influence_bytes(
-            d, n, 1, ckpts, gb, icfg.get("projection_dim"), icfg.get("projection_kind", "sparse"), self.run_on
-        )
+        sel.host_extra, sel.device_extra = host.influence_bytes(d, n, 1, ckpts, gb, proj_dim, kind, self.run_on)
         sel.host_extra["influence scores"] = host.F64 * (ckpts + 1) * len(targets) * n
-        if icfg.get("projection_dim") is not None:
-            kind = icfg.get("projection_kind", "sparse")
-            self._projectors(sel, kind, d, gb, {int(icfg["projection_dim"]): sel_batches}, gdtype)
+        if proj_dim is not None:
+            self._projectors(sel, kind, d, gb, {int(proj_dim): sel_batches}, gdtype)
         out.append(sel)
-        out.extend(self._prepare_domains())
-        for stage, rule, jobs, module in (
-            ("data pool", "pool_data", ["pool_data"], "gs.data.prepare"),
-            ("tables and figures", "tables_and_figures", ["report"], "gs.report.build"),
-        ):
-            out.append(Stage(stage, rule, jobs, (module,)))
+        return out
 
+    def _clustering(self, d: int) -> list[Stage]:
+        """The clusterings (the semantic baseline apart: it loads an encoder), their quality and the ablation."""
+        c, n, grads = self.config, self.n_pool, self.config["gradients"]
+        methods = list(c["cluster"]["methods"])
         feats = host.features_file_bytes(n, grads)
         cl = Stage(
             "clustering",
@@ -398,7 +391,6 @@ class Planner:
             ("gs.cluster.methods", "sklearn.cluster", "pandas"),
         )
         cl.host_extra = {"features.npz": feats}
-        out.append(cl)
         qu = Stage(
             "cluster quality",
             "cluster_quality",
@@ -408,8 +400,7 @@ class Planner:
         qu.host_extra = {"features.npz": feats}
         if grads.get("keep_gradients", False):  # gs.cluster.quality: every seed's coherence from the Gram matrix
             qu.host_extra.update(host.quality_gram_bytes(n, d))
-        out.append(qu)
-        out.append(self._ablation(d, feats))
+        out = [cl, qu, self._ablation(d, feats)]
         if "semantic" in methods:
             sem = Stage(
                 "clustering (semantic)",
@@ -419,20 +410,27 @@ class Planner:
             )
             sem.host_extra = {"features.npz": feats, **self._encoder_bytes(n)}
             out.append(sem)
+        return out
 
-        ex_cfg = c["experts"]
+    def _training_stages(self) -> list[Stage]:
+        """The experts, the multi-task LoRA, the fine-tunes on selected data, the routers and their table."""
+        c, n = self.config, self.n_pool
+        methods, ex_cfg = list(c["cluster"]["methods"]), c["experts"]
+        targets = list(c["selection"]["targets"])
+        out: list[Stage] = []
         # Experts are trained only for a method some system evaluates (rules/router.smk: routers do
         # not need them).
         modes = c["evaluation"]["modes"]
         trained = [m for m in methods if modes.get(m, ["single"])]
         if trained:
+            extra = experts_per_method(c)
             out.append(
                 Stage(
                     "experts",
                     "train_experts",
                     trained,
                     ("gs.experts.train",),
-                    [self._training(ex_cfg, n, extra_steps=k)],
+                    [self._training(ex_cfg, n, extra_steps=extra)],
                 )
             )
         out.append(
@@ -455,8 +453,6 @@ class Planner:
         ro.host_extra = self._encoder_bytes(n)
         out.append(ro)
         out.append(self._router_table(methods))
-        out.extend(self._evaluation(k))
-        out.append(self._latency())
         return out
 
     # ------------------------------------------------------------------ stages without training
