@@ -433,9 +433,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-table", required=True, help="stem of the table: <stem>.csv and <stem>.md")
     parser.add_argument("--out-png", required=True)
     args = parser.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     feats = load_features(args.features)
     records = align_records(read_jsonl(args.train), feats.ids, args.train)
     domains = [str(r.get("domain")) for r in records]

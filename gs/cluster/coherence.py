@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
+from gs.cluster.assignments import ASSIGNMENTS_CSV, read_assignments
 from gs.cluster.quality import coherence_from_sums
 from gs.data.prepare import load_records
 from gs.gradients.passes import (
     add_pass_arguments,
+    check_shard_field,
     gradient_model,
     normalise_rows,
     pool_gradients,
@@ -64,11 +65,8 @@ def cluster_gradient_sums(
         records = shard_records(records, *shard)
     labels: dict[str, dict[str, int]] = {}
     for d in cluster_dirs:
-        path = Path(d) / "assignments.csv"
-        if not path.is_file():
-            raise InputError(f"{path}: assignments file not found")
-        frame = pd.read_csv(path, dtype={"id": str})
-        labels[Path(d).name] = dict(zip(frame["id"], frame["cluster"].astype(int), strict=True))
+        frame = read_assignments(Path(d) / ASSIGNMENTS_CSV)
+        labels[Path(d).name] = dict(zip(frame["id"], frame["cluster"], strict=True))
     model, tok = gradient_model(model_dir, warmup_dir)
     _, on_device = state_device(model, params)
     sums: dict[str, torch.Tensor] = {}
@@ -115,8 +113,6 @@ def coherence_shard(
     time, each float64 sum freed once its float32 copy is made: host peak ``8 sum_m k_m d + 4 k_m d``.
     float32 rounding of sums of unit rows is ~6e-8 relative, under 1e-6 in each coherence.
     """
-    from gs.cluster.coherence import cluster_gradient_sums
-
     sums = cluster_gradient_sums(model_dir, warmup_dir, train_path, cluster_dirs, params, seed, shard=(index, shards))
     methods: dict[str, dict[str, torch.Tensor]] = {}
     for m in list(sums):
@@ -131,14 +127,11 @@ def coherence_shard(
 def merge_coherence(shard_files: list[str], out_file: str) -> dict[str, Any]:
     """Add the shards' cluster sums and counts (one file at a time) and write each method's
     coherence (:func:`gs.cluster.quality.coherence_from_sums`), as the single pass writes it."""
-    from gs.cluster.quality import coherence_from_sums
-
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, np.ndarray] = {}
     for i, path in enumerate(shard_files):
         payload = torch.load(path, weights_only=True, map_location="cpu")
-        if payload.get("shard") != [i, len(shard_files)]:
-            raise InputError(f"{path}: field shard is {payload.get('shard')}, expected [{i}, {len(shard_files)}]")
+        check_shard_field(path, payload.get("shard"), i, len(shard_files))
         for method, part in payload["methods"].items():
             if method not in sums:
                 sums[method], counts[method] = part["sums"].clone(), part["counts"].numpy().copy()
@@ -150,10 +143,14 @@ def merge_coherence(shard_files: list[str], out_file: str) -> dict[str, Any]:
             else:
                 sums[method] += part["sums"]
                 counts[method] += part["counts"].numpy()
-    result = {}
-    for method, total in sums.items():
-        sq_norms = np.array([float(row.double().square().sum()) for row in total])
-        result[method] = coherence_from_sums(np.sqrt(sq_norms)[:, None], counts[method])
+    sq_norms = {m: np.array([float(row.double().square().sum()) for row in total]) for m, total in sums.items()}
+    return write_coherence(sq_norms, counts, out_file)
+
+
+def write_coherence(sq_norms: dict[str, np.ndarray], counts: dict[str, np.ndarray], out_file: str) -> dict[str, Any]:
+    """Each method's coherence from its clusters' ``(k,)`` squared sum norms ``||S_c||^2`` and sizes,
+    written to ``out_file`` (JSON). Only ``||S_c||`` is needed: the ``(k, 1)`` norms, not the sums."""
+    result = {m: coherence_from_sums(np.sqrt(sq_norms[m])[:, None], counts[m]) for m in sq_norms}
     write_json(Path(out_file), result)
     print(json.dumps(result, default=str))
     return result
@@ -171,7 +168,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shard-files", nargs="+", required=True)
     p.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.cmd == "merge":
         merge_coherence(args.shard_files, args.out)
         return
@@ -181,14 +177,8 @@ def main(argv: list[str] | None = None) -> None:
             args.model_dir, args.warmup, args.train, args.clusters, params, args.seed, args.shard, args.shards, args.out
         )
         return
-    result = {}
-    for method, s in cluster_gradient_sums(
-        args.model_dir, args.warmup, args.train, args.clusters, params, args.seed
-    ).items():
-        # The coherence needs only ||S_c||: pass the (k, 1) norms, not the (k, d) sums.
-        result[method] = coherence_from_sums(np.sqrt(s["sq_norms"])[:, None], s["counts"])
-    write_json(args.out, result)
-    print(json.dumps(result, default=str))
+    sums = cluster_gradient_sums(args.model_dir, args.warmup, args.train, args.clusters, params, args.seed)
+    write_coherence({m: s["sq_norms"] for m, s in sums.items()}, {m: s["counts"] for m, s in sums.items()}, args.out)
 
 
 if __name__ == "__main__":

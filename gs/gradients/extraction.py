@@ -432,7 +432,6 @@ def main(argv: list[str] | None = None) -> None:
     add_pass_arguments(parser)
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     extract_features(args.model_dir, args.warmup, args.train, parse_params(args.params), args.seed, args.out_dir)
 
 

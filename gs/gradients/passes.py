@@ -85,6 +85,14 @@ def shard_records(records: list[dict[str, Any]], index: int, shards: int) -> lis
     return records[start:stop]
 
 
+def check_shard_field(path: Any, field: Any, index: int, shards: int) -> None:
+    """A merge's check that the file at ``path`` is slice ``index`` of ``shards`` (its ``shard`` field,
+    a list or array ``[index, shards]``), so that slices merge in pool order."""
+    found = field.tolist() if isinstance(field, np.ndarray) else field
+    if found != [index, shards]:
+        raise InputError(f"{path}: field shard is {field}, expected [{index}, {shards}]")
+
+
 def add_pass_arguments(parser: argparse.ArgumentParser, *, sharded: bool = False) -> None:
     """The command-line arguments of every pass over the pool through the warm-up adapter (the
     extraction, coherence and LESS influence CLIs), and with ``sharded`` the slice it runs."""

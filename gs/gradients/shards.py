@@ -69,9 +69,26 @@ from gs.gradients.extraction import (
     stream_features,
     write_features,
 )
-from gs.gradients.passes import add_pass_arguments, gradient_model, shard_bounds, shard_records, state_device
+from gs.gradients.passes import (
+    add_pass_arguments,
+    check_shard_field,
+    gradient_model,
+    shard_bounds,
+    shard_records,
+    state_device,
+)
 from gs.gradients.projection import projector_dtype
-from gs.gradients.svd import BrandSVD, FrequentDirections, OnlineSVD, make_online_svd, resolve_device
+from gs.gradients.svd import (
+    FLOAT64_EPS,
+    BrandSVD,
+    FrequentDirections,
+    OnlineSVD,
+    inner,
+    make_online_svd,
+    resolve_device,
+    sign_flips,
+    small,
+)
 from gs.io import InputError, atomic_path, parse_params, run_cli, write_json
 from gs.models.lora import seed_everything
 
@@ -97,8 +114,6 @@ def merge_brand(states: list[BrandSVD]) -> tuple[BrandSVD, np.ndarray]:
     ``singular_values_`` ``(k,)``, left factor ``[U_i P_i]``) and the ``(sum n_i, k)`` coordinates
     ``U_i P_i Sigma`` of the samples, pool order, signs matching ``components_``.
     """
-    from gs.gradients.svd import FLOAT64_EPS, inner, sign_flips, small
-
     first = states[0]
     factors = [s.state_factors() for s in states]
     sizes = [s.shape[0] for _, s in factors]
@@ -181,8 +196,7 @@ def load_shards(shard_dirs: list[str]) -> list[dict[str, Any]]:
             payload = torch.load(path, weights_only=True, map_location="cpu")
         except Exception as e:  # noqa: BLE001 -- an unreadable file is bad input
             raise InputError(f"{path}: not a shard state ({e})") from None
-        if payload.get("shard") != [i, len(shard_dirs)]:
-            raise InputError(f"{path}: field shard is {payload.get('shard')}, expected [{i}, {len(shard_dirs)}]")
+        check_shard_field(path, payload.get("shard"), i, len(shard_dirs))
         payloads.append(payload)
     n = payloads[0]["n_pool"]
     expected = shard_bounds(n, len(payloads))
@@ -379,7 +393,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--coords", nargs="+")
     args = parser.parse_args(argv)
     params = parse_params(args.params)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.cmd == "extract":
         extract_shard(args.model_dir, args.warmup, args.train, params, args.seed, args.shard, args.shards, args.out_dir)
     elif args.cmd == "coords":

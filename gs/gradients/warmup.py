@@ -13,7 +13,6 @@ import json
 from typing import Any
 
 import numpy as np
-import torch
 
 from gs.data.prepare import load_records
 from gs.io import InputError, parse_params, run_cli
@@ -59,7 +58,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     run_warmup(args.model_dir, args.train, parse_params(args.params)["warmup"], args.seed, args.out)
 
 

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from gs.data.prepare import load_records
-from gs.gradients.passes import add_pass_arguments, shard_records
+from gs.gradients.passes import add_pass_arguments, check_shard_field, shard_records
 from gs.io import InputError, atomic_path, parse_params, parse_target_specs, run_cli
 
 
@@ -37,7 +36,7 @@ def influence_shard(
     Every shard recomputes the targets' mean directions (same checkpoints, same seeded projector), so
     a sample's scores do not depend on the shard it falls in; the slices' arrays concatenate.
     """
-    from gs.selection.influence import compute_influence
+    from gs.selection.influence import compute_influence  # here: the merge job does not need it
 
     pool = shard_records(load_records(train_path), index, shards)
     records = {name: load_records(path) for name, path in targets.items()}
@@ -63,8 +62,7 @@ def merge_influence(shard_files: list[str], out_file: str) -> dict[str, np.ndarr
     for i, path in enumerate(shard_files):
         with np.load(path) as f:
             part = {k: f[k] for k in f.files}
-        if part.get("shard", np.array([])).tolist() != [i, len(shard_files)]:
-            raise InputError(f"{path}: field shard is {part.get('shard')}, expected [{i}, {len(shard_files)}]")
+        check_shard_field(path, part.get("shard"), i, len(shard_files))
         parts.append(part)
     merged: dict[str, np.ndarray] = {}
     for key, value in parts[0].items():
@@ -97,7 +95,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shard-files", nargs="+", required=True)
     p.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.cmd == "merge":
         merge_influence(args.shard_files, args.out)
         return
