@@ -8,7 +8,6 @@ end-to-end workflow test.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -104,17 +103,7 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture
 def plan_inputs():
-    """For planner tests: config/test.yaml merged as Snakemake merges it (a fresh copy, free to edit)
-    and a 32-wide 2-layer Llama config to plan it with."""
-    import copy
+    """For planner tests: :func:`rehearsal_assets.tiny_plan_inputs`, a fresh copy each test."""
+    from rehearsal_assets import tiny_plan_inputs
 
-    from rehearsal_assets import tiny_llama_config
-
-    from gs.plan.cli import load_config
-
-    root = Path(__file__).resolve().parents[1]
-    config = copy.deepcopy(load_config(root / "config" / "test.yaml", root / "config" / "config.yaml"))
-    hf = tiny_llama_config(
-        1000, hidden_size=32, intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=False
-    )
-    return config, hf
+    return tiny_plan_inputs()

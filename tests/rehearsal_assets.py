@@ -51,6 +51,21 @@ def tiny_llama_config(vocab_size: int, tokenizer=None, **over):
     return LlamaConfig(**{**fields, **over})
 
 
+def tiny_plan_inputs():
+    """For planner tests: config/test.yaml merged as Snakemake merges it (a fresh copy, free to edit)
+    and a 32-wide 2-layer Llama config to plan it with."""
+    import copy
+
+    from gs.plan.cli import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    config = copy.deepcopy(load_config(root / "config" / "test.yaml", root / "config" / "config.yaml"))
+    hf = tiny_llama_config(
+        1000, hidden_size=32, intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=False
+    )
+    return config, hf
+
+
 def embedded_tokenizer():
     """The embedded model's tokenizer (read from its GGUF), with a pad token."""
     from transformers import AutoTokenizer

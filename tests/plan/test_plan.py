@@ -283,17 +283,13 @@ def test_kept_gradient_arrays_match_a_real_run(tmp_path):
 
 def _tiny_planner(**over):
     """The Planner on config/test.yaml (over config/config.yaml) with a tiny Llama and a fixed draw rate."""
-    import copy
-    from pathlib import Path
+    from rehearsal_assets import tiny_plan_inputs
 
-    from gs.plan.cli import load_config
     from gs.plan.stages import Planner
 
-    root = Path(__file__).resolve().parents[2]
-    config = copy.deepcopy(load_config(root / "config" / "test.yaml", root / "config" / "config.yaml"))
+    config, hf = tiny_plan_inputs()
     for section, values in over.items():
         config[section] = {**config[section], **values}
-    hf = _config(hidden_size=32, intermediate_size=64, vocab_size=1000, max_position_embeddings=128)
     return Planner(config, hf, draw_rate=2e7), config
 
 
