@@ -8,6 +8,20 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+# Snakemake merges a --configfile into config/config.yaml key by key. The pool's parts and the targets
+# are a config's own: a config that names them replaces the default's (a ClusterUCB pool is not the
+# default's four parts plus eight more).
+import yaml as _yaml
+
+for _path in workflow.overwrite_configfiles or []:
+    with open(_path, encoding="utf-8") as _f:
+        _own = _yaml.safe_load(_f) or {}
+    if "parts" in (_own.get("data") or {}):
+        config["data"]["parts"] = _own["data"]["parts"]
+    if "targets" in _own:
+        config["targets"] = _own["targets"]
+
+
 validate(config, "config/schema.yaml")
 
 

@@ -4,7 +4,59 @@ import shlex
 
 from snakemake.exceptions import WorkflowError
 
-DOMAINS = list(config["data"]["domains"])
+from gs.data.prepare import check_name, part_files
+from gs.evaluation.tasks import task_specs
+from gs.io import InputError
+
+
+def checked(check, *args):
+    """A gs check at DAG time: its one-line error as Snakemake's, before any job runs."""
+    try:
+        return check(*args)
+    except InputError as err:
+        raise WorkflowError(str(err)) from None
+
+
+# The pool's parts (data.parts): each one's name is its hidden label and its folder results/data/<part>/.
+PARTS = {checked(check_name, name): spec for name, spec in config["data"]["parts"].items()}
+PART_FILES = {name: checked(part_files, spec) for name, spec in PARTS.items()}
+
+# The targets (config `targets`): the lm-eval tasks the systems are scored on and, for selection, each
+# one's validation examples: a part's split, or the target's own data (results/data/targets/<target>/).
+TARGET_SPECS = config["targets"]
+for _target in TARGET_SPECS:
+    checked(check_name, _target, "target")
+checked(task_specs, TARGET_SPECS)
+for _target, _spec in TARGET_SPECS.items():
+    for _task in _spec["tasks"]:
+        _data = _task.get("data") if isinstance(_task, dict) else None
+        if _data and (_data.get("part") not in PARTS or _data.get("split") not in PART_FILES[_data["part"]]):
+            raise WorkflowError(
+                f"targets.{_target}: task {_task['task']!r} reads split {_data.get('split')!r} of part "
+                f"{_data.get('part')!r}, which data.parts does not make"
+            )
+    for _task in _spec["tasks"]:
+        if isinstance(_task, dict) and _task.get("task") in PARTS:
+            raise WorkflowError(f"part {_task['task']!r} has the name of a task of target {_target!r}; rename the part")
+
+
+def target_validation(target):
+    """The file of a target's validation examples (its influence on the pool is computed from them)."""
+    spec = TARGET_SPECS[target].get("validation")
+    if spec is None:
+        raise WorkflowError(f"targets.{target}: no validation examples (selection.targets needs 'validation')")
+    if "part" in spec:
+        split = spec.get("split", "validation")
+        if spec["part"] not in PARTS or split not in PART_FILES[spec["part"]]:
+            raise WorkflowError(
+                f"targets.{target}.validation: part {spec['part']!r} has no split {split!r} in data.parts"
+            )
+        return f"results/data/{spec['part']}/{split}.jsonl"
+    return f"results/data/targets/{target}/validation.jsonl"
+
+
+def part_outputs(part):
+    return [f"results/data/{part}/{split}.jsonl" for split in PART_FILES[part]]
 
 
 def quote_json(section):
@@ -88,8 +140,14 @@ METHODS = list(config["cluster"]["methods"])
 ABLATION_METHODS = [f"rp{p}" for p in config["cluster"].get("ablation_dims", [])]
 QUALITY_METHODS = METHODS + ABLATION_METHODS
 
-# ClusterUCB: the target domains and the selection methods compared at the same selected size.
+# ClusterUCB: the selection targets and the selection methods compared at the same selected size.
 TARGETS = list(config["selection"]["targets"])
+for _target in TARGETS:
+    if _target not in TARGET_SPECS:
+        raise WorkflowError(f"selection.targets: {_target!r} is not a target; expected one of {', '.join(TARGET_SPECS)}")
+TARGET_VALIDATION = {t: target_validation(t) for t in TARGETS}
+# The targets every system is scored on (selection systems: their own target only).
+EVAL_TARGETS = list(config["evaluation"].get("targets") or TARGET_SPECS)
 SELECTORS = ["clusterucb", "full", "random"]
 
 # Systems scored by lm-eval (wildcard {system}): the base model, the multitask LoRA, every clustering
@@ -109,7 +167,7 @@ def system_spec(name):
     if name == "multitask":
         spec["experts_dir"] = "results/experts/multitask"
     elif name.startswith("select-"):
-        _, target, selector = name.split("-")
+        target, selector = name.split("-", 1)[1].rsplit("-", 1)
         spec.update(
             mode="multitask", experts_dir=f"results/selection/{target}/{selector}_lora"
         )
@@ -141,13 +199,21 @@ def system_inputs(wildcards):
     return [spec[k] for k in keys if k in spec]
 
 
-def system_tasks(wildcards):
-    """Generation and likelihood tasks: the target's for a selection system, else every domain's."""
-    if wildcards.system.startswith("select-"):
-        domains = [wildcards.system.split("-")[1]]
-    else:
-        domains = DOMAINS
-    return " ".join(f"gs_{d} gs_{d}_likelihood" for d in domains)
+def system_targets(name):
+    """The targets a system is scored on: a selection system's own target, else every evaluated target."""
+    if name.startswith("select-"):
+        return [name.split("-", 1)[1].rsplit("-", 1)[0]]
+    return EVAL_TARGETS
+
+
+def target_data(targets):
+    """The prepared files the targets' suite tasks read."""
+    files = []
+    for t in targets:
+        for task in TARGET_SPECS[t]["tasks"]:
+            if isinstance(task, dict) and task.get("data"):
+                files.append(f"results/data/{task['data']['part']}/{task['data']['split']}.jsonl")
+    return files
 
 
 # Gradient passes (rules/gradients.smk, rules/cluster.smk, rules/selection.smk).

@@ -2,11 +2,7 @@ rule evaluate_system:
     input:
         system_inputs,
         plan=PLAN,
-        data=expand(
-            "results/data/{domain}/{split}.jsonl",
-            domain=DOMAINS,
-            split=["test", "reference"],
-        ),
+        data=lambda w: target_data(system_targets(w.system)),
     output:
         "results/eval/{system}.json",
     log:
@@ -27,9 +23,11 @@ rule evaluate_system:
         runtime=grow(60),
     params:
         system=lambda w: quote_json(system_spec(w.system)),
-        tasks=system_tasks,
+        targets=lambda w: quote_json({t: TARGET_SPECS[t] for t in system_targets(w.system)}),
         # What gs.evaluation.run reads (the modes decide which systems exist, not how one is scored).
-        cfg=json_param({k: v for k, v in config["evaluation"].items() if k != "modes"}),
+        cfg=json_param(
+            {k: v for k, v in config["evaluation"].items() if k not in ("modes", "targets")}
+        ),
         limit=(
             f"--limit {config['evaluation']['limit']}"
             if config["evaluation"].get("limit")
@@ -38,7 +36,7 @@ rule evaluate_system:
         seed=config["seed"],
     shell:
         "HF_DATASETS_OFFLINE=1 python -m gs.evaluation.run --system {params.system}"
-        " --data-dir results/data --tasks {params.tasks} {params.limit} --params {params.cfg}"
+        " --data-dir results/data --targets {params.targets} {params.limit} --params {params.cfg}"
         " --seed {params.seed} --out {output} > {log} 2>&1"
 
 

@@ -72,9 +72,8 @@ rule tables_and_figures:
             f"{s}=results/eval/{s}.json" for s in SELECTION_SYSTEMS
         ),
         targets=" ".join(TARGETS),
-        domains=" ".join(DOMAINS),
         seed=config["seed"],
     shell:
         "python -m gs.report.build --eval {params.evals} --selection-eval {params.selection_evals}"
-        " --targets {params.targets} --domains {params.domains} --seed {params.seed}"
+        " --targets {params.targets} --seed {params.seed}"
         " --cpu-dtype {input.cpu_dtype} > {log} 2>&1"

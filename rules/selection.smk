@@ -3,7 +3,7 @@ rule less_influence:
         model=model_dir(),
         warmup="results/gradients/warmup",
         train="results/data/pool/train.jsonl",
-        validation=expand("results/data/{target}/validation.jsonl", target=TARGETS),
+        validation=[TARGET_VALIDATION[t] for t in TARGETS],
     output:
         "results/selection/influence.npz",
     log:
@@ -19,7 +19,7 @@ rule less_influence:
         runtime=grow(60),
     params:
         cfg=json_param(config["gradients"]),
-        targets=" ".join(f"{t}=results/data/{t}/validation.jsonl" for t in TARGETS),
+        targets=" ".join(f"{t}={TARGET_VALIDATION[t]}" for t in TARGETS),
         seed=config["seed"],
     shell:
         "python -m gs.selection.influence --model-dir {input.model} --warmup {input.warmup} --train {input.train}"
@@ -33,7 +33,7 @@ rule clusterucb_clusters:
         model=model_dir(),
         warmup="results/gradients/warmup",
         train="results/data/pool/train.jsonl",
-        validation=expand("results/data/{target}/validation.jsonl", target=TARGETS),
+        validation=[TARGET_VALIDATION[t] for t in TARGETS],
     output:
         directory("results/selection/clusterucb_clusters"),
     log:
@@ -50,7 +50,7 @@ rule clusterucb_clusters:
     params:
         grads=json_param(config["gradients"]),
         cfg=json_param(config["selection"]["ucb_clustering"]),
-        targets=" ".join(f"{t}=results/data/{t}/validation.jsonl" for t in TARGETS),
+        targets=" ".join(f"{t}={TARGET_VALIDATION[t]}" for t in TARGETS),
         seed=config["seed"],
     shell:
         "python -m gs.selection.ucb_clustering --model-dir {input.model} --warmup {input.warmup} --train {input.train}"
@@ -78,7 +78,7 @@ rule select_data:
         model=model_dir(),
         warmup="results/gradients/warmup",
         train="results/data/pool/train.jsonl",
-        validation="results/data/{target}/validation.jsonl",
+        validation=lambda w: TARGET_VALIDATION[w.target],
     output:
         selection="results/selection/{target}/selection.json",
         subsets=expand(
@@ -122,7 +122,7 @@ rule less_influence_shard:
         model=model_dir(),
         warmup="results/gradients/warmup",
         train="results/data/pool/train.jsonl",
-        validation=expand("results/data/{target}/validation.jsonl", target=TARGETS),
+        validation=[TARGET_VALIDATION[t] for t in TARGETS],
     output:
         "results/selection/influence_shards/{shard}.npz",
     log:
@@ -140,7 +140,7 @@ rule less_influence_shard:
         runtime=grow(60),
     params:
         cfg=json_param(GRADIENT_PARAMS),
-        targets=" ".join(f"{t}=results/data/{t}/validation.jsonl" for t in TARGETS),
+        targets=" ".join(f"{t}={TARGET_VALIDATION[t]}" for t in TARGETS),
         seed=config["seed"],
         shards=SHARDS,
     shell:

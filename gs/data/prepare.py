@@ -1,11 +1,15 @@
-"""Four-domain instruction data: per-domain train / validation / test splits and the pooled sets.
+"""The pool's named parts and their splits, the pooled training set, and the targets' own validation data.
+
+A *part* (config ``data.parts.<name>``) is any named set of instruction rows: a file, a hub dataset or
+one of the embedded default's generators. Its name is its hidden label (the record's ``domain``
+field, which only the oracle clustering and the cluster-quality tables read).
 
 Output format (JSONL), one record per line::
 
     {"id": "math-train-00000", "domain": "math", "instruction": str, "input": str, "output": str,
      "meta": {...}}    # meta: gold answer, unit tests or writing constraints, for scoring
 
-The ``domain`` label is kept for measuring cluster quality and for per-domain scores; the
+The ``domain`` label (the part's name) is kept for measuring cluster quality; the
 clustering stages never read it (:mod:`gs.cluster.methods` takes ids and gradients or text only).
 
 Splits of one domain that draw on the same source are carved from one seeded pool in the order
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +42,16 @@ import pandas as pd
 from gs.data.sources import LICENSES, load_source
 from gs.io import InputError, atomic_path, parse_params, read_jsonl, run_cli, write_jsonl
 
-DOMAINS = ("math", "code", "finance", "writing")
+#: The split every part has: the pool is the parts' train splits.
+TRAIN_SPLIT = "train"
+#: The order splits are carved in from one source (others follow in the config's order).
 SPLITS = ("train", "validation", "test")
 REFERENCE_SPLIT = "reference"
-#: Every file a domain folder holds: the three splits and the reference records.
+#: The carving order of the usual splits.
 DOMAIN_FILES = (*SPLITS, REFERENCE_SPLIT)
+#: Folder names under results/data/ that a part may not take.
+RESERVED_NAMES = ("pool", "targets")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TEXT_FIELDS = ("instruction", "input", "output")
 
 
@@ -58,17 +68,28 @@ def validate_record(row: Any, where: str, *, require_output: bool = True) -> dic
         raise InputError(f"{where}: field 'instruction' is empty")
     if require_output and not row["output"].strip():
         raise InputError(f"{where}: field 'output' is empty")
-    if "domain" in row and row["domain"] not in DOMAINS:
-        raise InputError(f"{where}: field 'domain' has unknown domain {row['domain']!r}")
+    if "domain" in row and not isinstance(row["domain"], str):
+        raise InputError(f"{where}: field 'domain' must be a string (the part's name)")
     if "meta" in row and not isinstance(row["meta"], dict):
         raise InputError(f"{where}: field 'meta' must be an object")
     return row
 
 
-def check_domain(domain: str) -> str:
-    if domain not in DOMAINS:
-        raise InputError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
-    return domain
+def check_name(name: str, what: str = "part") -> str:
+    """A part's (or target's) name: letters, digits, ``_.-``, not a reserved folder name; else one line."""
+    if not isinstance(name, str) or not _NAME.match(name) or name in RESERVED_NAMES:
+        raise InputError(
+            f"{what} name {name!r}: use letters, digits, '_', '.' or '-' (not {' or '.join(RESERVED_NAMES)})"
+        )
+    return name
+
+
+def part_files(spec: dict[str, Any]) -> list[str]:
+    """The split files a part's config ``spec`` makes: its splits, and ``reference`` when it has a test split."""
+    names = [s for s in DOMAIN_FILES if s in spec] + [s for s in spec if s not in DOMAIN_FILES]
+    if "test" in spec and REFERENCE_SPLIT not in spec:
+        names.append(REFERENCE_SPLIT)
+    return names
 
 
 def _record(item: dict[str, Any], domain: str, split: str, index: int, kind: str) -> dict[str, Any]:
@@ -96,19 +117,17 @@ def _record(item: dict[str, Any], domain: str, split: str, index: int, kind: str
 def build_domain(domain: str, spec: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
     """The splits of one domain from its config ``spec`` (``{split: {source, n, ...}}``).
 
-    ``spec`` needs ``train``, ``validation`` and ``test``; ``reference`` is optional (see the module
-    docstring). Returns ``{split: records}`` for :data:`DOMAIN_FILES`. Raises :class:`InputError`
-    for an unknown domain or source, an empty split, a source with too few distinct items, a
+    ``spec`` needs ``train``; any other split is optional, ``reference`` defaults to ``test`` (see the module
+    docstring). Returns ``{split: records}`` for :func:`part_files`. Raises :class:`InputError`
+    for a bad part name or source, an empty split, a source with too few distinct items, a
     malformed row, a split overlap, or test records without outputs and no ``reference`` split.
     """
-    check_domain(domain)
-    for split in SPLITS:
-        if split not in spec:
-            raise InputError(f"domain {domain!r}: split {split!r} missing from the config")
-    unknown = sorted(set(spec) - set(DOMAIN_FILES))
-    if unknown:
-        raise InputError(f"domain {domain!r}: unknown split(s) {unknown}; expected {', '.join(DOMAIN_FILES)}")
-    drawn = [s for s in DOMAIN_FILES if s in spec]
+    check_name(domain)
+    if TRAIN_SPLIT not in spec:
+        raise InputError(f"part {domain!r}: split {TRAIN_SPLIT!r} missing from the config")
+    for split in spec:
+        check_name(split, "split")
+    drawn = [s for s in part_files(spec) if s in spec]
     # Group splits by identical source settings so they are carved from one pool.
     pools: dict[str, list[str]] = {}
     for split in drawn:
@@ -121,7 +140,7 @@ def build_domain(domain: str, spec: dict[str, Any], seed: int) -> dict[str, list
         settings = json.loads(key)
         kind = settings.pop("source", None)
         if kind is None:
-            raise InputError(f"domain {domain!r}: split {splits[0]!r} has no 'source'")
+            raise InputError(f"part {domain!r}: split {splits[0]!r} has no 'source'")
         need = sum(int(spec[s]["n"]) for s in splits)
         source_seed = int(settings.pop("seed", seed))
         items = load_source(kind, need, source_seed, settings.get("options", {}))
@@ -138,14 +157,14 @@ def build_domain(domain: str, spec: dict[str, Any], seed: int) -> dict[str, list
                 distinct.append((item, where))
         if len(distinct) < need:
             raise InputError(
-                f"domain {domain!r}: source {kind!r} gave {len(distinct)} distinct items, {need} needed "
+                f"part {domain!r}: source {kind!r} gave {len(distinct)} distinct items, {need} needed "
                 f"for splits {', '.join(splits)}"
             )
         start = 0
         for split in splits:
             n = int(spec[split]["n"])
             if n < 1:
-                raise InputError(f"domain {domain!r}: split {split!r} is empty (n={n})")
+                raise InputError(f"part {domain!r}: split {split!r} is empty (n={n})")
             rows = []
             for i, (item, where) in enumerate(distinct[start : start + n]):
                 if split != "test" and not item["output"].strip():
@@ -163,21 +182,21 @@ def build_domain(domain: str, spec: dict[str, Any], seed: int) -> dict[str, list
                 first = seen_sig[sig]
                 raise InputError(
                     f"{where_of[split, i]}: fields 'instruction' and 'input' repeat {where_of[first]} "
-                    f"(splits {first[0]} and {split} of domain {domain!r} would share an item)"
+                    f"(splits {first[0]} and {split} of part {domain!r} would share an item)"
                 )
             seen_sig.setdefault(sig, (split, i))
             if r["id"] in seen_id:
                 first = seen_id[r["id"]]
                 raise InputError(
                     f"{where_of[split, i]}: field 'id' {r['id']!r} is also the id of {where_of[first]} "
-                    f"({first[0]} split of domain {domain!r}); ids must be unique across the pool"
+                    f"({first[0]} split of part {domain!r}); ids must be unique across the pool"
                 )
             seen_id[r["id"]] = (split, i)
-    if REFERENCE_SPLIT not in out:
+    if "test" in out and REFERENCE_SPLIT not in out:
         missing = [r["id"] for r in out["test"] if not r["output"].strip()]
         if missing:
             raise InputError(
-                f"domain {domain!r}: test record {missing[0]} has no output to score the likelihood of; "
+                f"part {domain!r}: test record {missing[0]} has no output to score the likelihood of; "
                 f"give the domain a {REFERENCE_SPLIT!r} split"
             )
         out[REFERENCE_SPLIT] = out["test"]
@@ -185,9 +204,9 @@ def build_domain(domain: str, spec: dict[str, Any], seed: int) -> dict[str, list
 
 
 def write_domain(splits: dict[str, list[dict[str, Any]]], out_dir: str | Path) -> None:
-    """Write ``out_dir/{split}.jsonl`` for every file of :data:`DOMAIN_FILES` (each atomically)."""
-    for split in DOMAIN_FILES:
-        write_jsonl(Path(out_dir) / f"{split}.jsonl", splits[split])
+    """Write ``out_dir/{split}.jsonl`` for every split built (each atomically)."""
+    for split, rows in splits.items():
+        write_jsonl(Path(out_dir) / f"{split}.jsonl", rows)
 
 
 def load_records(path: str | Path, *, require_output: bool = True) -> list[dict[str, Any]]:
@@ -238,15 +257,49 @@ def pool_splits(
     return rows
 
 
+def build_target_validation(target: str, spec: dict[str, Any], seed: int) -> list[dict[str, Any]]:
+    """A target's own validation examples (config ``targets.<name>.validation`` with a ``source``).
+
+    ``spec``: ``{source, n, options}`` as a part's split; ``n`` absent = every row the source gives. A
+    row's ``meta.subtask`` (an MMLU subject, a BBH task, a TydiQA language) groups the examples: the
+    target's influence is the max over subtasks of the mean over each one's examples (LESS
+    ``matching.py``). Records are named ``<target>-validation-<index>`` unless the row has an id.
+    """
+    check_name(target, "target")
+    kind = spec.get("source")
+    if kind is None:
+        raise InputError(f"target {target!r}: validation has no 'source'")
+    n = spec.get("n")
+    items = load_source(kind, None if n is None else int(n), int(spec.get("seed", seed)), spec.get("options", {}))
+    if not items:
+        raise InputError(f"target {target!r}: validation source {kind!r} gave no examples")
+    records, seen = [], {}
+    for i, item in enumerate(items):
+        where = item.pop("_where", f"{kind}[{i}]")
+        validate_record(item, f"target {target} from {where}")
+        subtask = (item.get("meta") or {}).get("subtask")
+        if subtask is not None and not isinstance(subtask, str):
+            raise InputError(f"{where}: meta.subtask must be a string, got {subtask!r}")
+        record = _record(item, target, "validation", i, kind)
+        if record["id"] in seen:
+            raise InputError(f"{where}: field 'id' {record['id']!r} is also the id of {seen[record['id']]}")
+        seen[record["id"]] = where
+        records.append(record)
+    return records
+
+
 def summary_table(domain_dirs: list[str | Path], spec: dict[str, Any]) -> pd.DataFrame:
-    """Counts per domain and split with each split's source and license."""
+    """Counts per part and split with each split's source and license."""
     rows = []
     for d in domain_dirs:
         domain = Path(d).name
-        for split in DOMAIN_FILES:
+        for split in part_files(spec[domain]):
             n = len(read_jsonl(Path(d) / f"{split}.jsonl"))
-            # A reference split the config does not name is the test split.
-            source = spec[domain].get(split, spec[domain]["test"])["source"]
+            # A reference split the config does not name is the test split; a derived split names its origin.
+            split_spec = spec[domain].get(split, spec[domain].get("test", {}))
+            while "from" in split_spec and "source" not in split_spec:
+                split_spec = spec[domain][split_spec["from"]]
+            source = split_spec["source"]
             rows.append(
                 {
                     "domain": domain,
@@ -260,30 +313,37 @@ def summary_table(domain_dirs: list[str | Path], spec: dict[str, Any]) -> pd.Dat
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Prepare the four-domain instruction data.")
+    parser = argparse.ArgumentParser(description="Prepare the pool's parts, the pooled train split and targets' data.")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("domain", help="write one domain's train/validation/test/reference splits")
-    d.add_argument("--domain", required=True)
-    d.add_argument("--params", required=True, help="the domain's config section as JSON")
+    d = sub.add_parser("part", help="write one part's splits")
+    d.add_argument("--part", required=True)
+    d.add_argument("--params", required=True, help="the part's config section as JSON")
     d.add_argument("--seed", type=int, required=True)
     d.add_argument("--out-dir", required=True)
-    p = sub.add_parser("pool", help="pool the domains' splits and write the summary table")
-    p.add_argument("--domain-dirs", nargs="+", required=True)
-    p.add_argument("--params", required=True, help="the data.domains config section as JSON")
+    t = sub.add_parser("target", help="write a target's own validation examples")
+    t.add_argument("--target", required=True)
+    t.add_argument("--params", required=True, help="the target's validation section as JSON")
+    t.add_argument("--seed", type=int, required=True)
+    t.add_argument("--out", required=True)
+    p = sub.add_parser("pool", help="pool the parts' train splits and write the summary table")
+    p.add_argument("--part-dirs", nargs="+", required=True)
+    p.add_argument("--params", required=True, help="the data.parts config section as JSON")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out-dir", required=True)
     p.add_argument("--summary", required=True)
     args = parser.parse_args(argv)
-    if args.cmd == "domain":
-        splits = build_domain(args.domain, parse_params(args.params), args.seed)
+    if args.cmd == "part":
+        splits = build_domain(args.part, parse_params(args.params), args.seed)
         write_domain(splits, args.out_dir)
         print(json.dumps({s: len(r) for s, r in splits.items()}))
+    elif args.cmd == "target":
+        records = build_target_validation(args.target, parse_params(args.params), args.seed)
+        write_jsonl(args.out, records)
+        print(json.dumps({"validation": len(records)}))
     else:
-        seen: dict[str, str] = {}
-        pooled = {s: pool_splits(args.domain_dirs, s, args.seed, seen) for s in SPLITS}
-        table = summary_table(args.domain_dirs, parse_params(args.params))
-        for split, rows in pooled.items():
-            write_jsonl(Path(args.out_dir) / f"{split}.jsonl", rows)
+        pooled = pool_splits(args.part_dirs, TRAIN_SPLIT, args.seed)
+        table = summary_table(args.part_dirs, parse_params(args.params))
+        write_jsonl(Path(args.out_dir) / f"{TRAIN_SPLIT}.jsonl", pooled)
         with atomic_path(args.summary) as tmp:
             table.to_csv(tmp, index=False)
         print(table.to_string(index=False))

@@ -237,7 +237,7 @@ def jsonl(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
         r["_where"] = where
         rows.append(r)
     rows = _distinct(rows)
-    if len(rows) < n:
+    if n is not None and len(rows) < n:  # None: every row (a target's validation examples)
         raise InputError(f"{path}: {len(rows)} distinct (instruction, input) rows, {n} needed")
     rows = _shuffled(rows, seed) if options.get("shuffle", True) else rows
     return rows[:n]

@@ -46,11 +46,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from gs.data.prepare import DOMAINS
 from gs.io import InputError, atomic_path, run_cli, write_json
 
 LATENCY_MODES = ("base", "single", "uniform", "elrea")
-# Prompts of the four domains, used both to time generation and to fit the synthetic router.
+# Prompts of four kinds of task (arithmetic, code, finance, writing), used both to time generation and to fit the synthetic router.
 DEFAULT_PROMPTS = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
     "How many clips did Natalia sell altogether in April and May?",
@@ -126,7 +125,7 @@ def make_synthetic_experts(
     model: Any, n: int, lora: Any, out_dir: str | os.PathLike, *, seed: int, b_std: float = 0.02
 ) -> Path:
     """Write an experts folder with ``n`` synthetic adapters (``expert_<j>``, seed ``seed + j``) and a
-    manifest of the trained shape (expert j owns cluster j and the domain ``DOMAINS[j % 4]``)."""
+    manifest of the trained shape (expert j owns cluster j and a synthetic label ``part<j>``)."""
     from gs.experts.folders import MANIFEST, expert_dir_name
 
     out = Path(out_dir)
@@ -135,7 +134,7 @@ def make_synthetic_experts(
     for j in range(n):
         make_synthetic_adapter(model, lora, seed + j, out / expert_dir_name(j), b_std)
         experts.append(
-            {"expert": j, "dir": expert_dir_name(j), "clusters": [j], "n_train": 8, "domains": {DOMAINS[j % 4]: 8}}
+            {"expert": j, "dir": expert_dir_name(j), "clusters": [j], "n_train": 8, "domains": {f"part{j}": 8}}
         )
     write_json(
         out / MANIFEST,

@@ -1,33 +1,27 @@
-"""Score a system (the base model, one expert, or experts behind a router) on the four domains.
+"""Score a system (the base model, one expert, or experts behind a router) on the config's targets.
 
 Every accuracy number comes from EleutherAI lm-eval (``lm_eval.simple_evaluate``), extended only at
 its plugin points:
 
 * the model: :class:`GSRoutedLM`, registered as ``gs-routed`` with ``@register_model``, wraps
-  :class:`gs.evaluation.routed_model.RoutedLM`: greedy generation (``generate_until``) and the log-likelihood of a
-  continuation (``loglikelihood``), both through the system's routing.
-* the tasks: ``gs/lm_eval_tasks/``, loaded with ``TaskManager(include_path=...)``:
+  :class:`gs.evaluation.routed_model.RoutedLM`: greedy generation (``generate_until``), the log-likelihood
+  of a continuation (``loglikelihood``, which lm-eval's ``multiple_choice`` tasks also use) and of a
+  whole text (``loglikelihood_rolling``), all through the system's routing.
+* the tasks: each target's lm-eval tasks (:mod:`gs.evaluation.tasks`): lm-eval's own (``mmlu``,
+  ``gsm8k_cot``, ...) or YAMLs of ``gs/lm_eval_tasks/`` (the embedded default's generation, multiple-choice
+  and likelihood tasks; TydiQA GoldP), loaded with ``TaskManager(include_path=...)`` from a per-run folder
+  that points them at their data.
 
-  - generation (group ``gs_all``): ``gs_math``, ``gs_code``, ``gs_finance``, ``gs_writing``, scored
-    by ``!function`` hooks around :mod:`gs.evaluation.metrics` (exact match, sandboxed pass@1, the writing
-    constraint);
-  - likelihood (group ``gs_likelihood``): ``gs_<domain>_likelihood``, the bits per byte of each
-    held-out reference answer given its prompt (lm-eval's ``bits_per_byte`` aggregation). It
-    separates systems when a small model's generations all score 0.
-
-  The packaged YAMLs read ``results/data/<domain>/{test,reference}.jsonl`` relative to the workflow
-  root; :func:`write_task_dir` writes per-run YAMLs that ``include:`` them and point at absolute
-  paths under any data folder.
-
-After lm-eval, :func:`evaluate_system` adds one measure lm-eval has no task for: the fluency of the
-writing passages, as the base model's perplexity of each generated passage (see
-:func:`passage_nll`), and writes one JSON per system.
+A task whose YAML says ``unsafe_code: true`` runs model-written code: :func:`code_execution_policy`
+decides whether it runs here. After lm-eval, :func:`evaluate_system` adds one measure lm-eval has no
+task for, where a task asks for it (``fluency: true``): the fluency of the generations, as the base
+model's perplexity of each one (:mod:`gs.evaluation.fluency`), and writes one JSON per system.
 
 CLI::
 
     python -m gs.evaluation.run --system '{"name": "base", "mode": "base", "model_dir": "resources/models/m"}' \\
-        --data-dir results/data --tasks gs_math gs_code gs_finance gs_writing --limit 8 \\
-        --params '{"batch_size": 8}' --seed 1234 --out results/eval/base.json
+        --data-dir results/data --targets '{"math": {"tasks": [{"task": "gs_math", "data": {...}}]}}' \\
+        --limit 8 --params '{"batch_size": 8}' --seed 1234 --out results/eval/base.json
 """
 
 from __future__ import annotations
@@ -39,7 +33,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,25 +41,11 @@ from lm_eval.api.registry import get_model
 
 from gs.evaluation.fluency import fluency_scores, free_memory
 from gs.evaluation.lm import DEFAULT_BATCH_SIZE, MODEL_NAME, ROUTED_PATH_ARGS, GSRoutedLM, jsonable, parse_json_arg
-from gs.evaluation.tasks import (
-    LIKELIHOOD_TASKS,
-    TASK_DOMAINS,
-    TASK_SPLIT,
-    expand_tasks,
-    write_task_dir,
-)
+from gs.evaluation.tasks import TaskSpec, check_known, suite_tasks, task_config, task_specs, write_task_dir
 from gs.io import InputError, run_cli, write_json
 
 log = logging.getLogger(__name__)
 
-#: The metric each task is ranked by (the others are reported alongside).
-PRIMARY_METRIC = {
-    "gs_math": "exact_match",
-    "gs_code": "pass@1",
-    "gs_finance": "exact_match_1pct",
-    "gs_writing": "constraint",
-    **dict.fromkeys(LIKELIHOOD_TASKS, "bits_per_byte"),
-}
 METRIC_DESCRIPTIONS = {
     "exact_match": "1 if the completion's final number (GSM8K-style extraction: '#### n', \\boxed{}, "
     "'the answer is', else the last number) equals the gold answer, else 0; mean over examples",
@@ -80,6 +60,10 @@ METRIC_DESCRIPTIONS = {
     "(exp of total NLL / total tokens); lower is more fluent; empty passages excluded",
     "fluency_perplexity_median": "median over passages of each passage's perplexity under the base model "
     "(as fluency_perplexity); lower is more fluent",
+    "acc": "1 if the choice of highest log-likelihood given the prompt is the gold one, else 0 (lm-eval's "
+    "multiple_choice); mean over examples",
+    "acc_norm": "as acc, each choice's log-likelihood divided by its length in bytes; mean over examples",
+    "f1": "SQuAD token F1 of the answer against the best-matching gold answer; mean over examples",
     "bits_per_byte": "negative log2-likelihood of the held-out reference answers given their prompts, under the "
     "system (its routing and mixture), summed over examples and divided by their total UTF-8 bytes; lower is "
     "better",
@@ -102,7 +86,6 @@ SYSTEM_KEYS = (
 #: Keys of the evaluation settings (``--params``); see :func:`evaluate_system`.
 PARAM_KEYS = (
     "batch_size",
-    "max_gen_toks",
     "fluency",
     "dtype",
     "device",
@@ -199,62 +182,109 @@ def _sample_score(metric: str, value: Any) -> float | None:
     return _number(value)
 
 
-def _task_report(task: str, results: dict[str, Any], lm: GSRoutedLM) -> dict[str, Any]:
-    """One task's entry of the output: metrics by name, counts, settings, timing and samples."""
-    raw = results["results"].get(task, {})
-    metrics: dict[str, float | None] = {}
-    stderr: dict[str, float | None] = {}
-    filters: set[str] = set()
-    for key, value in raw.items():
+def leaf_tasks(task: str, results: dict[str, Any]) -> list[str]:
+    """The tasks lm-eval ran under ``task``: itself, or a group's tasks (subgroups expanded), in order."""
+    subtasks = results.get("group_subtasks", {}).get(task)
+    if not subtasks:
+        return [task]
+    return [leaf for sub in subtasks for leaf in leaf_tasks(sub, results)]
+
+
+def primary_metric(task: str, results: dict[str, Any], wanted: str | None = None) -> tuple[str, str]:
+    """``(metric, filter)`` a task is ranked by: ``wanted`` (any filter, the first), else its first metric."""
+    for key in results["results"].get(task, {}):
         if "," not in key:
             continue  # "alias" and the like
         metric, filt = _split_metric_key(key)
-        filters.add(filt)
-        if metric.endswith("_stderr"):
-            stderr[metric.removesuffix("_stderr")] = _number(value)
+        if not metric.endswith("_stderr") and (wanted is None or metric == wanted):
+            return metric, filt
+    raise InputError(f"task {task}: lm-eval reports no metric {wanted!r}" if wanted else f"task {task}: no metric")
+
+
+def _sample(task: str, s: dict[str, Any], output_type: str, lm: GSRoutedLM) -> dict[str, Any]:
+    """One logged example: its prompt, what the model answered (by output type), its scores and routing."""
+    doc = s.get("doc") or {}
+    filtered = s.get("filtered_resps") or [""]
+    sample: dict[str, Any] = {"doc_id": s["doc_id"], "id": doc.get("id"), "prompt": s["arguments"][0][0]}
+    if task != (s.get("task_name") or task):
+        sample["subtask"] = s["task_name"]
+    if output_type == "loglikelihood":
+        logprob, greedy = filtered[0]
+        sample.update(loglikelihood=_number(logprob), is_greedy=bool(greedy))
+        sample.update(lm.likelihood_tokens.get((task, s["doc_id"]), {}))
+    elif output_type == "multiple_choice":
+        sample["choice_loglikelihoods"] = [_number(r[0] if isinstance(r, list | tuple) else r) for r in filtered]
+    elif output_type == "loglikelihood_rolling":
+        sample["loglikelihood"] = _number(filtered[0])
+    else:
+        sample["completion"] = filtered[0] if isinstance(filtered[0], str) else str(filtered[0])
+    sample.update(
+        target=s.get("target"),
+        scores={m: _sample_score(m, s.get(m)) for m in s.get("metrics", [])},
+        routing=lm.routing_log.get((s.get("task_name") or task, s["doc_id"])),
+    )
+    return sample
+
+
+def _task_report(spec: TaskSpec, results: dict[str, Any], lm: GSRoutedLM) -> dict[str, Any]:
+    """One target task's entry: its primary metric, all metrics by name, counts, settings, timing and the
+    examples (of every task under a group, each marked with its ``subtask``)."""
+    task = spec.task
+    metric, primary_filter = primary_metric(task, results, spec.metric)
+    raw = results["results"].get(task, {})
+    metrics: dict[str, float | None] = {}
+    stderr: dict[str, float | None] = {}
+    for key, value in raw.items():
+        if "," not in key:
+            continue
+        name, filt = _split_metric_key(key)
+        if filt != primary_filter:
+            continue  # the primary filter's numbers; the others stay in lm-eval's own output
+        if name.endswith("_stderr"):
+            stderr[name.removesuffix("_stderr")] = _number(value)
         else:
-            metrics[metric] = _number(value)
-    higher = results.get("higher_is_better", {}).get(task, {})
-    counts = results.get("n-samples", {}).get(task, {})
-    n = int(counts.get("effective", 0))
-    samples = []
-    for s in results.get("samples", {}).get(task, []):
-        doc = s.get("doc") or {}
-        filtered = s.get("filtered_resps") or [""]
-        sample: dict[str, Any] = {"doc_id": s["doc_id"], "id": doc.get("id"), "prompt": s["arguments"][0][0]}
-        if task in LIKELIHOOD_TASKS:
-            logprob, greedy = filtered[0]
-            sample.update(loglikelihood=_number(logprob), is_greedy=bool(greedy))
-            sample.update(lm.likelihood_tokens.get((task, s["doc_id"]), {}))
-        else:
-            sample["completion"] = filtered[0] if isinstance(filtered[0], str) else str(filtered[0])
-        sample.update(
-            target=s.get("target"),
-            scores={m: _sample_score(m, s.get(m)) for m in s.get("metrics", [])},
-            routing=lm.routing_log.get((task, s["doc_id"])),
-        )
-        samples.append(sample)
-    config = results.get("configs", {}).get(task, {})
-    seconds, new_tokens = lm.generation_seconds.get(task, 0.0), lm.generated_tokens.get(task, 0)
+            metrics[name] = _number(value)
+    leaves = leaf_tasks(task, results)
+    higher = results.get("higher_is_better", {}).get(task) or results.get("higher_is_better", {}).get(leaves[0], {})
+    samples, n, available = [], 0, 0
+    output_types = set()
+    for leaf in leaves:
+        config = results.get("configs", {}).get(leaf, {})
+        output_types.add(config.get("output_type", "generate_until"))
+        counts = results.get("n-samples", {}).get(leaf, {})
+        n += int(counts.get("effective", 0))
+        available += int(counts.get("original", counts.get("effective", 0)))
+        for s in results.get("samples", {}).get(leaf, []):
+            if s.get("filter", primary_filter) != primary_filter:
+                continue
+            samples.append(_sample(task, {**s, "task_name": leaf}, config.get("output_type", ""), lm))
+    output_type = "/".join(sorted(output_types))
+    seconds = sum(lm.generation_seconds.get(leaf, 0.0) for leaf in leaves)
+    new_tokens = sum(lm.generated_tokens.get(leaf, 0) for leaf in leaves)
     extra: dict[str, Any] = {}
-    if task in LIKELIHOOD_TASKS:
+    if output_type == "loglikelihood":
         extra["likelihood"] = _likelihood_summary(task, samples, lm)
+    if len(leaves) > 1:
+        extra["subtasks"] = leaves
     return {
         **extra,
-        "domain": TASK_DOMAINS.get(task),
+        "target": spec.target,
+        "output_type": output_type,
+        "primary": {"metric": metric, "filter": primary_filter},
         "metrics": metrics,
         "stderr": stderr,
         "metric_info": {
             m: {"higher_is_better": higher.get(m), "description": METRIC_DESCRIPTIONS.get(m, "")} for m in metrics
         },
-        "filter": ",".join(sorted(filters)),
+        "filter": primary_filter,
         "n_examples": n,
-        "n_examples_available": int(counts.get("original", n)),
-        "generation_kwargs": config.get("generation_kwargs"),
+        "n_examples_available": available,
+        "num_fewshot": results.get("n-shot", {}).get(leaves[0]),
+        "generation_kwargs": results.get("configs", {}).get(leaves[0], {}).get("generation_kwargs"),
         "timing": {
-            # RoutedLM.generate time, routing included (the part spent routing is routing_s).
+            # RoutedLM time, routing included (the part spent routing is routing_s).
             "generation_s": round(seconds, 3),
-            "routing_s": round(lm.routing_seconds.get(task, 0.0), 3),
+            "routing_s": round(sum(lm.routing_seconds.get(leaf, 0.0) for leaf in leaves), 3),
             "generation_s_per_example": round(seconds / n, 3) if n else None,
             "new_tokens": new_tokens,
             "new_tokens_per_s": round(new_tokens / seconds, 2) if seconds > 0 else None,
@@ -338,14 +368,47 @@ def _code_execution(run_code: bool, *, without_bubblewrap: bool) -> Iterator[Non
             os.environ[ALLOW_ENV_VAR] = previous_env
 
 
-def _not_run_report(task: str, reason: str) -> dict[str, Any]:
+def _not_run_report(spec: TaskSpec, reason: str) -> dict[str, Any]:
     """A task's entry when it was left out of the lm-eval run: why, and no metric, example or sample."""
-    return {"domain": TASK_DOMAINS.get(task), "not_run": reason, "metrics": {}, "n_examples": 0, "samples": []}
+    return {"target": spec.target, "not_run": reason, "metrics": {}, "n_examples": 0, "samples": []}
+
+
+def _merge(into: dict[str, Any], results: dict[str, Any]) -> None:
+    """Add one ``simple_evaluate`` call's per-task entries to ``into`` (calls differ in their shot counts)."""
+    for key in (
+        "results",
+        "samples",
+        "configs",
+        "higher_is_better",
+        "n-samples",
+        "n-shot",
+        "group_subtasks",
+        "versions",
+    ):
+        into.setdefault(key, {}).update(results.get(key) or {})
+
+
+def _add_fluency(entry: dict[str, Any], system: dict[str, Any], model_args: dict[str, Any], device: Any) -> None:
+    """The base model's perplexity of each generated text of a task (``fluency: true``), into its entry."""
+    per_text, summary = fluency_scores(
+        system["model_dir"], [s["completion"] for s in entry["samples"]], dtype=model_args.get("dtype"), device=device
+    )
+    for sample, ppl in zip(entry["samples"], per_text, strict=True):
+        sample["scores"]["perplexity"] = ppl
+    for name in ("fluency_perplexity", "fluency_perplexity_median"):
+        entry["metrics"][name] = summary[name]
+        entry["metric_info"][name] = {"higher_is_better": False, "description": METRIC_DESCRIPTIONS[name]}
+    entry["fluency"] = {
+        "model_dir": str(system["model_dir"]),
+        "conditioned_on": f"nothing: the text alone, after the prefix token {summary['prefix_token']!r}",
+        "n_passages": summary["n_passages"],
+        "n_empty": summary["n_empty"],
+    }
 
 
 def evaluate_system(
     system: dict[str, Any],
-    tasks: Sequence[str],
+    targets: dict[str, Any],
     data_dir: str | os.PathLike,
     *,
     limit: int | None = None,
@@ -353,23 +416,24 @@ def evaluate_system(
     out_json: str | os.PathLike | None = None,
     params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score ``system`` on ``tasks`` with lm-eval, add writing fluency, and write ``out_json``.
+    """Score ``system`` on every task of ``targets`` with lm-eval, add fluency, and write ``out_json``.
 
     ``system``: ``{"name", "mode", "model_dir", ...paths, "params"}`` (:data:`SYSTEM_KEYS`).
-    ``params`` (the evaluation settings): ``batch_size`` (generation batch, default 8),
-    ``max_gen_toks`` (an int, or by task/domain: overrides the task YAMLs), ``fluency`` (default
-    true), ``dtype``/``device`` (defaults for systems that name none), ``inference`` (RoutedLM
-    parameters shared by all systems), ``run_code_without_bubblewrap`` (default false: see
-    :func:`code_execution_policy`). ``limit``: examples per task (the first ones). Seeds Python,
-    NumPy and torch through lm-eval, and RoutedLM.
+    ``targets``: the config's ``targets`` entries to score (:func:`gs.evaluation.tasks.task_specs`).
+    ``params`` (the evaluation settings): ``batch_size`` (generation batch, default 8), ``fluency``
+    (default true: the ``fluency: true`` tasks get it), ``dtype``/``device`` (defaults for systems that
+    name none), ``inference`` (RoutedLM parameters shared by all systems), ``run_code_without_bubblewrap``
+    (default false: see :func:`code_execution_policy`). ``limit``: examples per task (the first ones).
+    Seeds Python, NumPy and torch through lm-eval, and RoutedLM. Tasks with different ``num_fewshot`` run
+    in separate ``simple_evaluate`` calls on the same loaded model.
 
-    gs_code's pass@1 runs the model's code: where :func:`code_execution_policy` says no, the task is
-    left out of the lm-eval run and reported as ``tasks.gs_code = {"not_run": reason, ...}`` with
-    ``primary.gs_code.value`` null; ``code_sandbox`` says how code was isolated, or that it was not run.
+    A task that runs code (``unsafe_code: true``) where :func:`code_execution_policy` says no is left out
+    and reported as ``tasks[task] = {"not_run": reason, ...}`` with ``primary[task]["value"]`` null;
+    ``code_sandbox`` says how code was isolated, or that it was not run.
 
-    Returns the report (also written atomically to ``out_json`` when given): per task, the metrics
-    by name with stderr and descriptions, the number of examples, the generation samples (prompt,
-    completion, scores, routing) and timing; at the top, the primary metric of each task.
+    Returns the report (also written atomically to ``out_json`` when given): per task, its target, the
+    metrics by name with stderr and descriptions, the number of examples, the samples (prompt, answer,
+    scores, routing) and timing; at the top, the primary metric of each task.
     """
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -379,22 +443,35 @@ def evaluate_system(
     if unknown:
         log.warning("evaluation params: ignoring unknown keys %s (known: %s)", unknown, ", ".join(PARAM_KEYS))
     check_system(system)
-    leaves = expand_tasks(tasks)
-    for task in leaves:
-        path = Path(data_dir) / TASK_DOMAINS[task] / f"{TASK_SPLIT[task]}.jsonl"
-        if not path.is_file():
-            raise InputError(f"{path}: {TASK_SPLIT[task]} split of {task} not found")
+    specs = task_specs(targets)
+    for spec in specs:
+        if spec.data is not None and not (Path(data_dir) / spec.data).is_file():
+            raise InputError(f"{Path(data_dir) / spec.data}: data of task {spec.task} (target {spec.target}) not found")
+        if spec.dataset_path is not None and not Path(spec.dataset_path).exists():
+            raise InputError(f"{spec.dataset_path}: dataset_path of task {spec.task} (target {spec.target}) not found")
     if limit is not None and int(limit) < 1:
         raise InputError(f"limit must be a positive integer, got {limit}")
+    # lm-eval's own index (thousands of YAMLs, ~7 s) only when a target names one of its tasks.
+    lm_eval_specs = [s for s in specs if s.task not in suite_tasks()]
+    index: dict[str, Any] = {}
+    groups: list[str] = []
+    if lm_eval_specs:
+        defaults = TaskManager()
+        index = dict(defaults._index)
+        groups = list(defaults.all_groups)
+        check_known(lm_eval_specs, list(index), groups)
+
     code_sandbox = None  # how generated code is isolated, or why it was not run
-    run_code, not_run = "gs_code" in leaves, {}
-    if run_code:
+    unsafe = [s for s in specs if task_config(s, index).get("unsafe_code")]
+    run_code, not_run = bool(unsafe), {}
+    if unsafe:
         run_code, how = code_execution_policy(params)
         code_sandbox = how if run_code else f"not run: {how}"
         if not run_code:
-            not_run["gs_code"] = how
-            log.warning("gs_code: pass@1 not run: %s", how)
-    run_tasks = [t for t in leaves if t not in not_run] if not_run else list(tasks)
+            for spec in unsafe:
+                not_run[spec.task] = how
+                log.warning("%s: not run: %s", spec.task, how)
+    run_specs = [s for s in specs if s.task not in not_run]
 
     t_start = time.perf_counter()
     model_args = model_args_for(system, params, seed)
@@ -402,15 +479,14 @@ def evaluate_system(
     ran: dict[str, Any] = {}
     load_s = eval_s = 0.0
     results: dict[str, Any] = {}
-    if run_tasks:  # empty when only gs_code was asked for and it is not run
+    if run_specs:  # empty when only code tasks were asked for and code does not run here
         without_bubblewrap = run_code and params.get(RUN_WITHOUT_BUBBLEWRAP) is True
         with (
             tempfile.TemporaryDirectory(prefix="gs_lm_eval_tasks.") as tmp,
             _code_execution(run_code, without_bubblewrap=without_bubblewrap),
         ):
-            task_dir = write_task_dir(data_dir, tmp, max_gen_toks=params.get("max_gen_toks"))
-            # include_defaults=False: only the gs_* tasks; indexing lm-eval's thousands of YAMLs takes time.
-            manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+            task_dir = write_task_dir(run_specs, data_dir, tmp, index)
+            manager = TaskManager(include_path=str(task_dir), include_defaults=bool(lm_eval_specs))
             t0 = time.perf_counter()
             # Built through lm-eval's registry, then handed to simple_evaluate as an LM object (which it
             # accepts) so that the per-request routing it records can be read back afterwards.
@@ -420,55 +496,46 @@ def evaluate_system(
             )
             load_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            results = lm_eval.simple_evaluate(
-                model=lm,
-                tasks=run_tasks,
-                task_manager=manager,
-                limit=limit,
-                log_samples=True,
-                random_seed=seed,
-                numpy_random_seed=seed,
-                torch_random_seed=seed,
-                fewshot_random_seed=seed,
-                confirm_run_unsafe_code=run_code,
-            )
+            for shots in dict.fromkeys(s.num_fewshot for s in run_specs):
+                _merge(
+                    results,
+                    lm_eval.simple_evaluate(
+                        model=lm,
+                        tasks=[s.task for s in run_specs if s.num_fewshot == shots],
+                        num_fewshot=shots,
+                        task_manager=manager,
+                        limit=limit,
+                        log_samples=True,
+                        random_seed=seed,
+                        numpy_random_seed=seed,
+                        torch_random_seed=seed,
+                        fewshot_random_seed=seed,
+                        confirm_run_unsafe_code=run_code,
+                    ),
+                )
             eval_s = time.perf_counter() - t0
-        ran = {t: _task_report(t, results, lm) for t in leaves if t not in not_run}
+        ran = {s.task: _task_report(s, results, lm) for s in run_specs}
         # Free the routed model (and its experts) before the base model is loaded for fluency.
         lm.routed = None
         del lm
         free_memory()
-    report_tasks = {t: _not_run_report(t, not_run[t]) if t in not_run else ran[t] for t in leaves}
+    report_tasks = {s.task: _not_run_report(s, not_run[s.task]) if s.task in not_run else ran[s.task] for s in specs}
     fluency_s = 0.0
-    if "gs_writing" in report_tasks and params.get("fluency", True):
+    if params.get("fluency", True):
         t0 = time.perf_counter()
-        writing = report_tasks["gs_writing"]
-        per_passage, summary = fluency_scores(
-            system["model_dir"],
-            [s["completion"] for s in writing["samples"]],
-            dtype=model_args.get("dtype"),
-            device=device,
-        )
-        for sample, ppl in zip(writing["samples"], per_passage, strict=True):
-            sample["scores"]["perplexity"] = ppl
-        for name in ("fluency_perplexity", "fluency_perplexity_median"):
-            writing["metrics"][name] = summary[name]
-            writing["metric_info"][name] = {"higher_is_better": False, "description": METRIC_DESCRIPTIONS[name]}
-        writing["fluency"] = {
-            "model_dir": str(system["model_dir"]),
-            "conditioned_on": f"nothing: the passage alone, after the prefix token {summary['prefix_token']!r}",
-            "n_passages": summary["n_passages"],
-            "n_empty": summary["n_empty"],
-        }
+        for spec in specs:
+            if spec.fluency and spec.task not in not_run:
+                _add_fluency(report_tasks[spec.task], system, model_args, device)
         fluency_s = time.perf_counter() - t0
 
     report = {
         "system": {k: system[k] for k in SYSTEM_KEYS if k in system},
-        "tasks_requested": list(tasks),
+        "targets": {t: [s.task for s in specs if s.target == t] for t in dict.fromkeys(s.target for s in specs)},
         "primary": {
-            t: {"metric": PRIMARY_METRIC[t], "value": r["metrics"].get(PRIMARY_METRIC[t])}
-            | ({"not_run": r["not_run"]} if "not_run" in r else {})
-            for t, r in report_tasks.items()
+            task: {"metric": r["primary"]["metric"], "value": r["metrics"].get(r["primary"]["metric"])}
+            if "not_run" not in r
+            else {"metric": None, "value": None, "not_run": r["not_run"]}
+            for task, r in report_tasks.items()
         },
         "tasks": report_tasks,
         "data_dir": str(data_dir),
@@ -482,6 +549,7 @@ def evaluate_system(
             "model_args": model_args,
             "task_versions": results.get("versions", {}),
             "n_samples": results.get("n-samples", {}),
+            "n_shot": results.get("n-shot", {}),
         },
         "timing": {
             "total_s": round(time.perf_counter() - t_start, 3),
@@ -497,17 +565,12 @@ def evaluate_system(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Score a system on the gs_* lm-eval tasks.")
+    parser = argparse.ArgumentParser(description="Score a system on the config's targets with lm-eval.")
     parser.add_argument(
         "--system", required=True, help="JSON object or file: name, mode, model_dir, the mode's paths, params"
     )
-    parser.add_argument("--data-dir", required=True, help="folder with <domain>/{test,reference}.jsonl")
-    parser.add_argument(
-        "--tasks",
-        nargs="+",
-        default=["gs_all", "gs_likelihood"],
-        help="gs_<domain> (generation) and gs_<domain>_likelihood, or the groups gs_all and gs_likelihood",
-    )
+    parser.add_argument("--data-dir", required=True, help="folder of the prepared parts (<part>/<split>.jsonl)")
+    parser.add_argument("--targets", required=True, help="the targets to score, as in the config, JSON object or file")
     parser.add_argument("--limit", type=int, default=None, help="examples per task (the first ones)")
     parser.add_argument("--params", default="{}", help="evaluation settings as a JSON object or file")
     parser.add_argument("--seed", type=int, default=0)
@@ -516,8 +579,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     system = parse_json_arg(args.system, "--system")
     params = parse_json_arg(args.params, "--params")
+    targets = parse_json_arg(args.targets, "--targets")
     report = evaluate_system(
-        system, args.tasks, args.data_dir, limit=args.limit, seed=args.seed, out_json=args.out, params=params
+        system, targets, args.data_dir, limit=args.limit, seed=args.seed, out_json=args.out, params=params
     )
     for task, primary in report["primary"].items():
         value = "not run" if "not_run" in primary else primary["value"]

@@ -1,115 +1,244 @@
-"""The suite's lm-eval tasks (``gs/lm_eval_tasks/``) and the per-run task folders that point them at
-a data folder.
+"""What a system is scored on: the config's targets as lm-eval task specs, and the per-run task folder.
 
-The packaged YAMLs read ``results/data/<domain>/{test,reference}.jsonl`` relative to the workflow
-root; :func:`write_task_dir` writes per-run YAMLs that ``include:`` them and point at absolute paths
-under any data folder. Groups: ``gs_all`` (generation) and ``gs_likelihood`` (bits per byte).
+A *target* (config ``targets.<name>``) lists the lm-eval tasks it is scored on. A task is either one
+lm-eval ships (``mmlu``, ``bbh_cot_fewshot``, ``gsm8k_cot``, ``humaneval``: a task or a group) or a
+YAML in ``gs/lm_eval_tasks/`` (the suite's own tasks and the tasks lm-eval lacks, such as TydiQA
+GoldP). Per task a target may set::
+
+    task: <name>                      # required
+    data: {part: <part>, split: <s>}  # a suite task's data: results/data/<part>/<s>.jsonl
+    dataset_path: <folder>            # an lm-eval task pointed at a local copy in its hub layout
+    num_fewshot: <int>                # the reference's shot count (lm-eval's own default otherwise)
+    max_gen_toks: <int>               # generation limit, overriding the task's YAML
+    metric: <name>                    # the primary metric (default: the task's first)
+    fluency: true                     # also score the generations' fluency under the base model
+
+:func:`write_task_dir` writes per-run YAMLs into an lm-eval ``include_path``: each ``include:``s the
+task's own YAML by absolute path (so its ``!function`` hooks and includes resolve next to it) and
+overrides only what the spec sets. lm-eval's index puts an ``include_path`` after its own tasks, so a
+per-run YAML replaces lm-eval's task of the same name and results keep the task's own name.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from gs.data.prepare import DOMAINS
 from gs.io import InputError
 
 log = logging.getLogger(__name__)
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "lm_eval_tasks"
+#: Keys a target's task entry may have.
+TASK_KEYS = ("task", "data", "dataset_path", "num_fewshot", "max_gen_toks", "metric", "fluency")
+#: Keys of a target (``targets.<name>``).
+TARGET_KEYS = ("tasks", "validation", "description")
 
 
-GENERATION_TASKS = {f"gs_{d}": d for d in DOMAINS}
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task a target is scored on (see the module docstring). ``data`` is ``"<part>/<split>.jsonl"``
+    relative to the data folder, or ``None`` for a task that reads its own dataset."""
 
+    target: str
+    task: str
+    data: str | None = None
+    dataset_path: str | None = None
+    num_fewshot: int | None = None
+    max_gen_toks: int | None = None
+    metric: str | None = None
+    fluency: bool = False
 
-LIKELIHOOD_TASKS = {f"gs_{d}_likelihood": d for d in DOMAINS}
-
-
-TASK_DOMAINS = {**GENERATION_TASKS, **LIKELIHOOD_TASKS}
-
-
-#: The data file (``<data_dir>/<domain>/<split>.jsonl``) each task reads.
-TASK_SPLIT = {**dict.fromkeys(GENERATION_TASKS, "test"), **dict.fromkeys(LIKELIHOOD_TASKS, "reference")}
-
-
-GROUPS = {"gs_all": tuple(GENERATION_TASKS), "gs_likelihood": tuple(LIKELIHOOD_TASKS)}
+    @property
+    def suite(self) -> bool:
+        """Whether the task is a YAML of ``gs/lm_eval_tasks/`` rather than one lm-eval ships."""
+        return self.task in suite_tasks()
 
 
 class _TaskYamlLoader(yaml.SafeLoader):
-    """Reads the packaged task YAMLs without importing their ``!function`` hooks."""
+    """Reads task YAMLs without importing their ``!function`` hooks."""
 
 
 _TaskYamlLoader.add_constructor("!function", lambda loader, node: f"!function {loader.construct_scalar(node)}")
+_TaskYamlLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 
-def read_task_yaml(task: str) -> dict[str, Any]:
-    """The packaged YAML of ``task`` (its own keys, includes not merged; hooks as ``"!function ..."``)."""
-    path = TASKS_DIR / f"{task}.yaml"
-    if not path.is_file():
-        raise InputError(f"unknown task {task!r}; expected one of {', '.join([*TASK_DOMAINS, *GROUPS])}")
+def _load_yaml(path: Path) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
-        return yaml.load(f, Loader=_TaskYamlLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(f, Loader=_TaskYamlLoader) or {}  # noqa: S506 - a SafeLoader subclass
 
 
-def expand_tasks(tasks: Sequence[str]) -> list[str]:
-    """The leaf tasks of ``tasks`` (groups expanded), in order, without repeats."""
-    if not tasks:
-        raise InputError("no tasks given")
-    leaves: list[str] = []
-    for task in tasks:
-        if task in GROUPS:
-            names = GROUPS[task]
-        elif task in TASK_DOMAINS:
-            names = (task,)
-        else:
-            raise InputError(f"unknown task {task!r}; expected one of {', '.join([*TASK_DOMAINS, *GROUPS])}")
-        leaves += [n for n in names if n not in leaves]
-    return leaves
+def suite_tasks() -> dict[str, Path]:
+    """The suite's task YAMLs: ``{task name: path}`` for every YAML in ``gs/lm_eval_tasks/`` with a ``task:``."""
+    tasks = {}
+    for path in sorted(TASKS_DIR.glob("*.yaml")):
+        name = _load_yaml(path).get("task")
+        if isinstance(name, str):
+            tasks[name] = path
+    return tasks
 
 
-def _max_gen_toks_for(setting: Any, task: str) -> int | None:
-    """``max_gen_toks`` from params: one int for all tasks, or per task (``gs_math``) or domain (``math``)."""
-    if setting is None:
-        return None
-    if isinstance(setting, dict):
-        value = setting.get(task, setting.get(TASK_DOMAINS[task]))
-    else:
-        value = setting
+def read_task_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A task YAML with its ``include:`` chain merged (lm-eval merges shallowly: the including file wins)."""
+    path = Path(path)
+    cfg = _load_yaml(path)
+    base = cfg.pop("include", None)
+    if base is None:
+        return cfg
+    parent = Path(base) if Path(base).is_absolute() else path.parent / base
+    return {**read_task_yaml(parent), **cfg}
+
+
+def _positive(value: Any, what: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"max_gen_toks for {task} must be a positive integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (value == 0 and what != "num_fewshot"):
+        raise InputError(
+            f"{what} must be a {'non-negative' if what == 'num_fewshot' else 'positive'} integer, got {value!r}"
+        )
     return value
 
 
-def write_task_dir(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, max_gen_toks: Any = None) -> Path:
+def _task_spec(target: str, entry: Any) -> TaskSpec:
+    where = f"targets.{target}.tasks"
+    if isinstance(entry, str):
+        entry = {"task": entry}
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("task"), str) or not entry["task"]:
+        raise InputError(f"{where}: each entry needs a task name ('task: <lm-eval task>'), got {entry!r}")
+    unknown = sorted(set(entry) - set(TASK_KEYS))
+    if unknown:
+        raise InputError(
+            f"{where}: task {entry['task']!r} has unknown key(s) {unknown}; expected {', '.join(TASK_KEYS)}"
+        )
+    data = entry.get("data")
+    if data is not None:
+        if not isinstance(data, Mapping) or set(data) != {"part", "split"}:
+            raise InputError(
+                f"{where}: task {entry['task']!r}: data must be {{part: <part>, split: <split>}}, got {data!r}"
+            )
+        data = f"{data['part']}/{data['split']}.jsonl"
+    fluency = entry.get("fluency", False)
+    if not isinstance(fluency, bool):
+        raise InputError(f"{where}: task {entry['task']!r}: fluency must be true or false, got {fluency!r}")
+    return TaskSpec(
+        target=target,
+        task=entry["task"],
+        data=data,
+        dataset_path=None if entry.get("dataset_path") is None else str(entry["dataset_path"]),
+        num_fewshot=_positive(entry.get("num_fewshot"), "num_fewshot"),
+        max_gen_toks=_positive(entry.get("max_gen_toks"), "max_gen_toks"),
+        metric=entry.get("metric"),
+        fluency=fluency,
+    )
+
+
+def task_specs(targets: Mapping[str, Any], names: Sequence[str] | None = None) -> list[TaskSpec]:
+    """The task specs of ``targets`` (the config's ``targets`` section), or of the targets ``names``.
+
+    Raises :class:`InputError` (one line) for a target without tasks, a malformed entry, a suite task
+    without ``data`` (or an lm-eval task with it), or one task named by two targets.
+    """
+    if not isinstance(targets, Mapping) or not targets:
+        raise InputError("targets: expected a mapping of target names to their tasks")
+    names = list(targets) if names is None else list(names)
+    specs: list[TaskSpec] = []
+    owner: dict[str, str] = {}
+    suite = suite_tasks()
+    for name in names:
+        if name not in targets:
+            raise InputError(f"unknown target {name!r}; expected one of {', '.join(targets)}")
+        target = targets[name]
+        if not isinstance(target, Mapping) or not target.get("tasks"):
+            raise InputError(f"targets.{name}: no tasks (expected 'tasks: [<lm-eval task>, ...]')")
+        for entry in target["tasks"]:
+            spec = _task_spec(name, entry)
+            if spec.task in suite and spec.data is None:
+                raise InputError(f"targets.{name}: suite task {spec.task!r} needs 'data: {{part: ..., split: ...}}'")
+            if spec.task not in suite and spec.data is not None:
+                raise InputError(
+                    f"targets.{name}: task {spec.task!r} is not in gs/lm_eval_tasks, so it reads its own dataset; "
+                    "point it at a local copy with 'dataset_path', not 'data'"
+                )
+            if spec.task in owner:
+                raise InputError(
+                    f"task {spec.task!r} is named by targets {owner[spec.task]!r} and {name!r}; a task "
+                    "scores one target"
+                )
+            owner[spec.task] = name
+            specs.append(spec)
+    return specs
+
+
+def check_known(specs: Sequence[TaskSpec], known: Sequence[str], groups: Sequence[str] = ()) -> None:
+    """Every lm-eval task of ``specs`` is in ``known`` (lm-eval's index); overrides name a task, not a group."""
+    known_set, group_set = set(known), set(groups)
+    for spec in specs:
+        if spec.suite:
+            continue
+        if spec.task not in known_set:
+            raise InputError(
+                f"targets.{spec.target}: unknown lm-eval task {spec.task!r} (neither lm-eval's own task or group nor "
+                f"a YAML in {TASKS_DIR})"
+            )
+        if spec.task in group_set and (spec.dataset_path or spec.max_gen_toks):
+            raise InputError(
+                f"targets.{spec.target}: {spec.task!r} is an lm-eval group; dataset_path and max_gen_toks apply to "
+                "its tasks: name them instead"
+            )
+
+
+def task_yaml_path(spec: TaskSpec, index: Mapping[str, Any] | None = None) -> Path:
+    """The YAML defining ``spec.task``: the suite's, else lm-eval's (``index``: name -> entry with ``yaml_path``)."""
+    if spec.suite:
+        return suite_tasks()[spec.task]
+    entry = (index or {}).get(spec.task)
+    path = getattr(entry, "yaml_path", None)
+    if path is None:
+        raise InputError(f"targets.{spec.target}: lm-eval task {spec.task!r} has no YAML to override")
+    return Path(path)
+
+
+def task_config(spec: TaskSpec, index: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The task's YAML settings with includes merged (hooks as strings); ``{}`` for an lm-eval group."""
+    if not spec.suite and getattr((index or {}).get(spec.task), "yaml_path", None) is None:
+        return {}
+    return read_task_yaml(task_yaml_path(spec, index))
+
+
+def write_task_dir(
+    specs: Sequence[TaskSpec],
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    index: Mapping[str, Any] | None = None,
+) -> Path:
     """Write per-run task YAMLs into ``out_dir`` (an lm-eval ``include_path``); return it.
 
-    Each task's YAML there ``include:``s the packaged task (absolute path, so its ``!function``
-    hooks still resolve next to it) and overrides ``dataset_kwargs`` with the absolute path of
-    ``<data_dir>/<domain>/<split>.jsonl`` (:data:`TASK_SPLIT`); with ``max_gen_toks`` (an int, or a
-    dict by task or domain) a generation task also overrides ``generation_kwargs`` (lm-eval merges
-    includes shallowly, so the whole dict is written). The groups are copied.
+    A suite task gets ``dataset_kwargs.data_files.test`` = the absolute path of ``<data_dir>/<spec.data>``;
+    a task with ``dataset_path`` gets that (absolute); ``max_gen_toks`` overrides the whole
+    ``generation_kwargs`` dict (lm-eval merges includes shallowly). ``index``: lm-eval's task index, for
+    the YAML of an lm-eval task that is overridden. An lm-eval task with nothing to override gets no file
+    (lm-eval's index has it); a suite task always gets one (the index of a run is this folder and lm-eval's).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = Path(data_dir).resolve()
-    for task, domain in TASK_DOMAINS.items():
-        packaged = TASKS_DIR / f"{task}.yaml"
-        cfg: dict[str, Any] = {
-            "include": str(packaged.resolve()),
-            "dataset_kwargs": {"data_files": {"test": str(data / domain / f"{TASK_SPLIT[task]}.jsonl")}},
-        }
-        limit = _max_gen_toks_for(max_gen_toks, task) if task in GENERATION_TASKS else None
-        if limit is not None:
-            cfg["generation_kwargs"] = {**read_task_yaml(task)["generation_kwargs"], "max_gen_toks": limit}
-        (out / f"{task}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-    for group in GROUPS:
-        shutil.copyfile(TASKS_DIR / f"{group}.yaml", out / f"{group}.yaml")
+    for spec in specs:
+        overrides: dict[str, Any] = {}
+        if spec.data is not None:
+            overrides["dataset_kwargs"] = {"data_files": {"test": str(data / spec.data)}}
+        if spec.dataset_path is not None:
+            overrides["dataset_path"] = str(Path(spec.dataset_path).resolve())
+        if spec.max_gen_toks is not None:
+            generation = task_config(spec, index).get("generation_kwargs") or {}
+            overrides["generation_kwargs"] = {**generation, "max_gen_toks": spec.max_gen_toks}
+        if not overrides and not spec.suite:
+            continue  # lm-eval's own task, as lm-eval defines it
+        cfg = {"include": str(task_yaml_path(spec, index).resolve()), "task": spec.task, **overrides}
+        (out / f"{spec.task}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     return out

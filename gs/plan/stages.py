@@ -68,7 +68,41 @@ def _ceil(a: float, b: float) -> int:
 
 
 def _sizes(config: dict[str, Any], split: str) -> dict[str, int]:
-    return {d: int(spec[split]["n"]) for d, spec in config["data"]["domains"].items() if split in spec}
+    """Records per part in ``split`` (a derived split counts the records of the split it comes from)."""
+    out = {}
+    for part, spec in config["data"]["parts"].items():
+        entry = spec.get(split)
+        while entry is not None and "n" not in entry and "from" in entry:
+            entry = spec.get(entry["from"])
+        if entry is not None:
+            out[part] = int(entry["n"])
+        elif split == "reference" and "test" in spec:
+            out[part] = int(spec["test"]["n"])
+    return out
+
+
+#: Validation examples of a less_data eval file when the config gives no ``n`` (the planner counts them;
+#: the data job reads them all): princeton-nlp/less_data eval/ as LESS's get_validation_dataset.py reads it.
+LESS_EVAL_SIZES = {
+    "mmlu": 57 * 5,  # eval/mmlu/dev/<subject>_dev.csv: 57 subjects x 5 rows
+    "bbh": 27 * 3,  # eval/bbh/bbh-three-shot.json: 27 tasks x 3 shots
+    "tydiqa": 9 * 1,  # eval/tydiqa/tydiqa-one-shot.json: 9 languages x 1 example
+}
+
+
+def validation_size(config: dict[str, Any], target: str) -> int:
+    """Validation examples of ``target`` (``targets.<t>.validation``): a part's split, or its own source's ``n``."""
+    from gs.io import InputError
+
+    spec = (config.get("targets", {}).get(target) or {}).get("validation") or {}
+    if "part" in spec:
+        return _sizes(config, spec.get("split", "validation"))[spec["part"]]
+    if spec.get("n") is not None:
+        return int(spec["n"])
+    task = (spec.get("options") or {}).get("task")
+    if spec.get("source") == "less_eval" and task in LESS_EVAL_SIZES:
+        return LESS_EVAL_SIZES[task]
+    raise InputError(f"targets.{target}.validation: give 'n' so that the plan can count its examples")
 
 
 def experts_per_method(config: dict[str, Any]) -> int:
@@ -264,7 +298,7 @@ class Planner:
         gb, gt, gdtype = int(grads["batch_size"]), int(grads["max_length"]), _dtype(grads, self.config, self.auto_dtype)
         n_job = _ceil(self.n_pool, shards)
         targets = list(c["selection"]["targets"])
-        n_val = [_sizes(c, "validation")[t] for t in targets]
+        n_val = [validation_size(c, t) for t in targets]
         ckpts = math.ceil(float(warm["train"]["epochs"]))
         if shards == 1:
             inf = Stage("LESS influence", "less_influence", ["influence"], ("gs.selection.influence",))
@@ -346,7 +380,7 @@ class Planner:
         gb, gt = int(grads["batch_size"]), int(grads["max_length"])
         gdtype = _dtype(grads, c, self.auto_dtype)
         targets = list(c["selection"]["targets"])
-        n_val = [_sizes(c, "validation")[t] for t in targets]
+        n_val = [validation_size(c, t) for t in targets]
         ckpts = math.ceil(float(warm["train"]["epochs"]))
         proj_dim, kind = icfg.get("projection_dim"), icfg.get("projection_kind", "sparse")
         out: list[Stage] = []
@@ -458,19 +492,23 @@ class Planner:
     # ------------------------------------------------------------------ stages without training
 
     def _prepare_domains(self) -> list[Stage]:
-        """Rule ``prepare_domain``: one stage per set of modules the domains' sources import
+        """Rule ``prepare_part`` (and ``prepare_target``): one stage per set of modules the sources import
         (:func:`gs.data.sources.source_imports`), whose baseline is the job's memory (the items are small)."""
         from gs.data.sources import source_imports
 
-        by_imports: dict[tuple[str, ...], list[str]] = {}
-        for domain, spec in self.config["data"]["domains"].items():
-            mods = sorted(
-                {m for split in spec.values() for m in source_imports(split["source"], split.get("options", {}))}
-            )
-            by_imports.setdefault(("gs.data.prepare", *mods), []).append(domain)
+        def imports(splits: list[dict[str, Any]]) -> tuple[str, ...]:
+            found = {m for sp in splits if "source" in sp for m in source_imports(sp["source"], sp.get("options", {}))}
+            return ("gs.data.prepare", *sorted(found))
+
+        by_imports: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+        for part, spec in self.config["data"]["parts"].items():
+            by_imports.setdefault(("prepare_part", imports(list(spec.values()))), []).append(part)
+        for target, spec in self.config.get("targets", {}).items():
+            if "source" in (spec.get("validation") or {}):
+                by_imports.setdefault(("prepare_target", imports([spec["validation"]])), []).append(target)
         return [
-            Stage("data" + (f" ({', '.join(mods[1:])})" if len(mods) > 1 else ""), "prepare_domain", domains, mods)
-            for mods, domains in sorted(by_imports.items())
+            Stage("data" + (f" ({', '.join(mods[1:])})" if len(mods) > 1 else ""), rule, names, mods)
+            for (rule, mods), names in sorted(by_imports.items())
         ]
 
     def _ablation(self, d: int, feats: int) -> Stage:

@@ -5,11 +5,12 @@ uncertainty (:mod:`gs.intervals`; the tables with intervals are built in :mod:`g
 the figures in :mod:`gs.report.figures`). Tables:
 
 * ``main``: accuracy per system (rows: base, multitask LoRA, every clustering method with
-  single-expert routing and with the ensembles) and domain (the primary metric of each lm-eval task),
-  plus the mean over domains; each value with lm-eval's stderr and a bootstrap 95% interval;
-* ``likelihood``: the same rows, scored by the bits per byte of held-out reference answers under
-  each system's routing (the gs_<domain>_likelihood tasks), likewise; its figure plots each system's
-  paired difference to the base model (``likelihood_paired``) with 95% intervals;
+  single-expert routing and with the ensembles) and task (the primary metric of each target's lm-eval
+  tasks, in the config's order), plus the mean over tasks; each value with lm-eval's stderr and a
+  bootstrap 95% interval;
+* ``likelihood``: the same rows, on the tasks scored in bits per byte (held-out reference answers under
+  each system's routing), likewise; its figure plots each system's paired difference to the base model
+  (``likelihood_paired``) with 95% intervals;
 * ``paired``: the papers' comparisons as paired differences with bootstrap 95% intervals;
 * ``latency``: the latency measurements; ``clusterucb``: selection accuracy (with intervals), paired
   differences of ClusterUCB to full LESS and random, and compute; its budget curve and ablation;
@@ -22,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from gs.intervals import RESAMPLES, Interval, bootstrap_interval
 from gs.io import InputError, atomic_path, read_json, run_cli
 from gs.report.figures import plot_budget, plot_differences
-from gs.report.scores import DOMAIN_TASKS, LIKELIHOOD_TASKS, task_scores
+from gs.report.scores import LIKELIHOOD_METRIC, task_columns, task_scores
 from gs.report.tables import (
     NO_DIFFERENCE,
     SMALL_SAMPLE,
@@ -76,8 +78,9 @@ def write_table(
 def clusterucb_table(
     selection_dir: Path, targets: list[str], reports: Reports, *, resamples: int = RESAMPLES, seed: int = 0
 ) -> pd.DataFrame:
-    """One row per target and selection method: accuracy and bits per byte where fine-tuned (each with
-    its bootstrap 95% interval over the target's examples, ``*_ci_low`` / ``*_ci_high``), and its compute.
+    """One row per target, selection method and target task: the task's primary metric where the selection
+    was fine-tuned (with its bootstrap 95% interval over the task's examples, ``ci_low`` / ``ci_high``), and
+    the selection's compute (the same on every task row of a method).
 
     Compute in per-sample gradient computations (:mod:`gs.selection.accounting`): ``clustering_pass`` (the arms'
     clustering pass, counted), ``influence_computations`` (cold start and draws, each at the influence
@@ -88,38 +91,38 @@ def clusterucb_table(
         sel = read_json(selection_dir / t / "selection.json")
         for method, m in sel["methods"].items():
             system = f"select-{t}-{method}"
-            acc, metric, bpb = None, None, None
-            acc_ci = bpb_ci = Interval(float("nan"), float("nan"), float("nan"), 0)
-            if system in reports:  # fine-tuned on this selection and evaluated on its target
+            scored: list[tuple[str | None, Any]] = [(None, None)]
+            if system in reports:  # fine-tuned on this selection and evaluated on its target's tasks
                 path, report = reports[system]
-                generation = task_scores(report, path, DOMAIN_TASKS[t])
-                likelihood = task_scores(report, path, LIKELIHOOD_TASKS[t])
-                acc, metric, bpb = generation.value, generation.metric, likelihood.value
-                acc_ci = bootstrap_interval([generation.scores], resamples=resamples, seed=seed)
-                bpb_ci = bootstrap_interval([likelihood.scores], resamples=resamples, seed=seed)
+                tasks = (report.get("targets") or {}).get(t, [])
+                scored = [(task, task_scores(report, path, task)) for task in tasks] or scored
             charge = m.get("charge") or {}
-            rows.append(
-                {
-                    "target": t,
-                    "method": method,
-                    "accuracy": acc,
-                    "accuracy_ci_low": acc_ci.low,
-                    "accuracy_ci_high": acc_ci.high,
-                    "metric": metric,
-                    "bits_per_byte": bpb,
-                    "bits_per_byte_ci_low": bpb_ci.low,
-                    "bits_per_byte_ci_high": bpb_ci.high,
-                    "selected": len(m["selected_ids"]),
-                    "clustering_pass": charge.get("clustering", 0),
-                    "influence_computations": charge.get("cold_start", 0) + charge.get("draws", 0)
-                    if charge
-                    else m["computations"],
-                    "total_computations": m["computations"],
-                    "computations_vs_full": m["computation_ratio_vs_full"],
-                    "overlap_with_full_top": m["overlap_with_full"],
-                    "mean_influence_vs_full": m["mean_influence_ratio"],
-                }
-            )
+            for task, ts in scored:
+                ci = (
+                    bootstrap_interval([ts.scores], resamples=resamples, seed=seed)
+                    if ts is not None
+                    else Interval(float("nan"), float("nan"), float("nan"), 0)
+                )
+                rows.append(
+                    {
+                        "target": t,
+                        "method": method,
+                        "task": task,
+                        "metric": None if ts is None else ts.metric,
+                        "value": None if ts is None else ts.value,
+                        "ci_low": ci.low,
+                        "ci_high": ci.high,
+                        "selected": len(m["selected_ids"]),
+                        "clustering_pass": charge.get("clustering", 0),
+                        "influence_computations": charge.get("cold_start", 0) + charge.get("draws", 0)
+                        if charge
+                        else m["computations"],
+                        "total_computations": m["computations"],
+                        "computations_vs_full": m["computation_ratio_vs_full"],
+                        "overlap_with_full_top": m["overlap_with_full"],
+                        "mean_influence_vs_full": m["mean_influence_ratio"],
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -195,11 +198,11 @@ def _pairs(items: list[str]) -> dict[str, Path]:
 def _paired_note(resamples: int) -> str:
     return (
         "difference = system - reference on the examples both scored (matched by task, doc_id and id): "
-        "accuracy higher is better, bits per byte lower is better; average = the mean over domains (over those "
+        "accuracy higher is better, bits per byte lower is better; average = the mean over tasks (over those "
         "both ran where one was not run), "
-        "stratified bootstrap (resampled within each domain). "
+        "stratified bootstrap (resampled within each task). "
         + interval_note(resamples)
-        + f' "{NO_DIFFERENCE}": the interval includes 0; "{TOO_FEW}": it excludes 0 but a domain has under '
+        + f' "{NO_DIFFERENCE}": the interval includes 0; "{TOO_FEW}": it excludes 0 but a task has under '
         f"{SMALL_SAMPLE} paired examples, where the percentile bootstrap is too narrow to name a winner."
     )
 
@@ -210,7 +213,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval", nargs="*", default=[], help="SYSTEM=path.json for the main table")
     parser.add_argument("--selection-eval", nargs="*", default=[], help="SYSTEM=path.json of ClusterUCB runs")
     parser.add_argument("--targets", nargs="*", default=[])
-    parser.add_argument("--domains", nargs="+", required=True)
     parser.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap resamples per interval")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")
     parser.add_argument("--benchmarks", default="benchmarks")
@@ -220,39 +222,41 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     res, tables, figures = Path(args.results), Path(args.tables), Path(args.figures)
     boot = {"resamples": args.resamples, "seed": args.seed}
-    domains = args.domains
-
     reports = load_reports(_pairs(args.eval))
-    main_df, metrics = main_table(reports, domains, **boot)
-    per_domain = "; ".join(f"{d}: {m}" for d, m in metrics.items())
+    columns = task_columns(reports)
+    accuracy, likelihood = list(columns["accuracy"]), list(columns[LIKELIHOOD_METRIC])
     cells = (
-        "Cells: value ± lm-eval's stderr [bootstrap 95% interval]. average: the mean over all domains (none "
-        "where a domain has no value), its stderr sqrt(sum of squared domain stderrs) / domains, its interval "
-        "a stratified bootstrap (examples resampled within each domain). "
+        "Cells: value ± lm-eval's stderr [bootstrap 95% interval]. average: the mean over all tasks (none "
+        "where a task has no value), its stderr sqrt(sum of squared task stderrs) / tasks, its interval "
+        "a stratified bootstrap (examples resampled within each task). "
     )
+    main_df, metrics = main_table(reports, accuracy, **boot)
+    per_task = "; ".join(f"{d}: {m}" for d, m in metrics.items())
     write_table(
         main_df,
         tables / "main",
-        title="Accuracy per system and domain",
-        note=f"Primary metric per domain: {per_domain}. "
+        title="Accuracy per system and task",
+        note=f"Primary metric per task: {per_task}. "
         + cells
         + interval_note(args.resamples)
-        + (f"\n\n{skipped}" if (skipped := not_run_note(reports, domains)) else ""),
-        md=interval_markdown(main_df, domains),
+        + (f"\n\n{skipped}" if (skipped := not_run_note(reports, accuracy)) else ""),
+        md=interval_markdown(main_df, accuracy),
     )
-    likelihood_df, _ = main_table(reports, domains, LIKELIHOOD_TASKS, **boot)
+    likelihood_df = main_table(reports, likelihood, **boot)[0] if likelihood else pd.DataFrame({"system": []})
     write_table(
         likelihood_df,
         tables / "likelihood",
-        title="Held-out answer likelihood per system and domain (bits per byte, lower is better)",
-        note="Metric: bits_per_byte of each domain's reference split (gs_<domain>_likelihood tasks): "
-        "-sum log2 p(reference answer | prompt) / sum UTF-8 bytes, under each system's own routing and mixture. "
-        + cells
-        + interval_note(args.resamples),
-        md=interval_markdown(likelihood_df, domains),
+        title="Held-out answer likelihood per system and task (bits per byte, lower is better)",
+        note=(
+            "Metric: bits_per_byte of each task's reference answers: -sum log2 p(reference answer | prompt) "
+            "/ sum UTF-8 bytes, under each system's own routing and mixture. " + cells + interval_note(args.resamples)
+        )
+        if likelihood
+        else "No target task is scored in bits per byte (a loglikelihood task of reference answers).",
+        md=interval_markdown(likelihood_df, likelihood) if likelihood else likelihood_df,
     )
     write_table(
-        paired_table(reports, domains, comparisons(list(reports)), **boot),
+        paired_table(reports, columns, comparisons(list(reports)), **boot),
         tables / "paired",
         title="Paired differences between the systems the papers compare",
         note=_paired_note(args.resamples),
@@ -260,11 +264,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     reference = next((s for s in ("base", "gradientspace-single") if s in reports), next(iter(reports), None))
     others = [(f"vs. {reference}", s, reference) for s in reports if s != reference]
-    to_reference = paired_table(reports, domains, others, measures=("bits_per_byte",), **boot)
+    measure = LIKELIHOOD_METRIC if likelihood else "accuracy"
+    to_reference = paired_table(reports, {measure: columns[measure]}, others, **boot)
+    # The figure's measure: bits per byte where a task has it (it separates systems whose generations all
+    # score 0), else accuracy.
+    what = "Bits per byte" if likelihood else "Accuracy"
     write_table(
         to_reference,
         tables / "likelihood_paired",
-        title=f"Bits per byte of each system minus {reference}'s, paired over the same reference answers",
+        title=f"{what} of each system minus {reference}'s, paired over the same examples",
         note=_paired_note(args.resamples),
         floatfmt=".4f",
     )
@@ -272,14 +280,17 @@ def main(argv: list[str] | None = None) -> None:
         to_reference,
         str(reference),
         figures / "likelihood.png",
-        ylabel=f"bits per byte minus {reference}'s (below 0: better)",
-        title=f"Held-out answer likelihood: paired difference to {reference} (95% bootstrap intervals)",
+        ylabel=f"{what.lower()} minus {reference}'s ({'below 0' if likelihood else 'above 0'}: better)",
+        title=f"{'Held-out answer likelihood' if likelihood else 'Accuracy'}: paired difference to {reference} "
+        "(95% bootstrap intervals)",
     )
     latency = pd.read_csv(res / "latency" / "latency.csv")
     write_table(latency, tables / "latency", title="Inference latency: single expert vs. ensembles")
     if args.targets:
         selection_reports = load_reports(_pairs(args.selection_eval))
-        selection_paired = clusterucb_paired_table(selection_reports, args.targets, **boot)
+        selection_paired = clusterucb_paired_table(
+            selection_reports, args.targets, task_columns(selection_reports), **boot
+        )
         write_table(
             selection_paired,
             tables / "clusterucb_paired",
@@ -322,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
         title="Compute per job",
         note=machine_note(Path(args.cpu_dtype) if args.cpu_dtype else None),
     )
-    print(interval_markdown(main_df, domains).to_string(index=False))
+    print(interval_markdown(main_df, accuracy).to_string(index=False))
 
 
 if __name__ == "__main__":

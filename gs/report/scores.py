@@ -31,9 +31,8 @@ import numpy as np
 from gs.intervals import Scores
 from gs.io import InputError
 
-DOMAIN_TASKS = {"math": "gs_math", "code": "gs_code", "finance": "gs_finance", "writing": "gs_writing"}
-LIKELIHOOD_TASKS = {d: f"{t}_likelihood" for d, t in DOMAIN_TASKS.items()}
-TASK_DOMAIN = {t: d for tasks in (DOMAIN_TASKS, LIKELIHOOD_TASKS) for d, t in tasks.items()}
+#: The metric that makes a task a likelihood column (lower is better) rather than an accuracy column.
+LIKELIHOOD_METRIC = "bits_per_byte"
 
 Key = tuple[str, str | None]  # (doc_id, id) of one example
 
@@ -46,10 +45,32 @@ def primary_result(report: dict[str, Any], path: Path, task: str) -> dict[str, A
     """
     entry = (report.get("primary") or {}).get(task)
     if not isinstance(entry, dict):
-        domain = TASK_DOMAIN.get(task)
-        where = f" (domain {domain})" if domain else ""
+        target = ((report.get("tasks") or {}).get(task) or {}).get("target")
+        where = f" (target {target})" if target else ""
         raise InputError(f"{path}: no result for {task}{where}; rerun its evaluation with that task")
     return entry
+
+
+def task_columns(reports: dict[str, tuple[Path, dict[str, Any]]]) -> dict[str, dict[str, str]]:
+    """The table columns of the evaluated tasks: ``{"accuracy": {label: task}, "bits_per_byte": {...}}``.
+
+    Targets and their tasks in the order the reports list them (``report["targets"]``); a task is a
+    likelihood column when its primary metric is :data:`LIKELIHOOD_METRIC`, else an accuracy column
+    (every accuracy-like metric lm-eval reports is a mean in [0, 1]); the label is the task's name.
+    """
+    order: dict[str, None] = {}
+    metric: dict[str, str | None] = {}
+    for _, report in reports.values():
+        for tasks in (report.get("targets") or {}).values():
+            for task in tasks:
+                order.setdefault(task, None)
+                found = ((report.get("primary") or {}).get(task) or {}).get("metric")
+                if metric.get(task) is None:
+                    metric[task] = found
+    columns: dict[str, dict[str, str]] = {"accuracy": {}, LIKELIHOOD_METRIC: {}}
+    for task in order:
+        columns[LIKELIHOOD_METRIC if metric.get(task) == LIKELIHOOD_METRIC else "accuracy"][task] = task
+    return columns
 
 
 @dataclass(frozen=True)

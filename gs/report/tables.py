@@ -26,7 +26,7 @@ import pandas as pd
 
 from gs.intervals import CONFIDENCE, MIN_EXAMPLES, RESAMPLES, Interval, bootstrap_interval, paired_interval
 from gs.io import InputError, read_json
-from gs.report.scores import DOMAIN_TASKS, LIKELIHOOD_TASKS, TaskScores, paired_scores, task_scores
+from gs.report.scores import TaskScores, paired_scores, task_scores
 
 NO_DIFFERENCE = "no difference detected at this scale"
 # Fewer paired examples than this in a domain: the reading says so instead of naming a winner (ours). The
@@ -35,7 +35,8 @@ NO_DIFFERENCE = "no difference detected at this scale"
 # with n = 4 examples that all move the same way it excludes 0 where an exact sign test gives p = 0.125.
 SMALL_SAMPLE = 10
 TOO_FEW = f"too few examples to tell (under {SMALL_SAMPLE} a domain)"
-MEASURES = {"accuracy": DOMAIN_TASKS, "bits_per_byte": LIKELIHOOD_TASKS}
+#: Columns of a measure: ``{label: task}`` (:func:`gs.report.scores.task_columns` gives them per measure).
+Columns = dict[str, str]
 LOWER_IS_BETTER = {"accuracy": False, "bits_per_byte": True}
 
 Reports = dict[str, tuple[Path, dict[str, Any]]]
@@ -54,13 +55,13 @@ def _scores(reports: Reports, system: str, task: str) -> TaskScores:
 def main_table(
     reports: Reports,
     domains: list[str],
-    tasks: dict[str, str] = DOMAIN_TASKS,
+    tasks: Columns | None = None,
     *,
     resamples: int = RESAMPLES,
     seed: int = 0,
 ) -> tuple[pd.DataFrame, dict[str, str]]:
-    """One row per system; per domain ``d`` of ``tasks`` (the generation tasks by default,
-    :data:`LIKELIHOOD_TASKS` for the likelihood table) the columns ``d`` (lm-eval's value),
+    """One row per system; per column ``d`` of ``domains`` (a task; ``tasks`` maps a label to its task, by
+    default the label is the task) the columns ``d`` (lm-eval's value),
     ``d_stderr``, ``d_ci_low``, ``d_ci_high``; then ``average`` (mean over domains), ``average_stderr``,
     ``average_ci_low``, ``average_ci_high`` and ``n_examples`` ("n_math/n_code/..."). Returns the table
     and the metric of each domain.
@@ -72,6 +73,7 @@ def main_table(
     average, stderr and interval are over the domains that ran (never counting it as 0).
     Systems scored with different metrics for a domain are an :class:`InputError`.
     """
+    tasks = tasks or {d: d for d in domains}
     rows, metrics = [], {}
     for system, (path, _) in reports.items():
         row: dict[str, Any] = {"system": system}
@@ -112,9 +114,10 @@ def _not_run(row: Any) -> list[str]:
     return [d for d in value.split(", ") if d] if isinstance(value, str) else []
 
 
-def not_run_note(reports: Reports, domains: list[str], tasks: dict[str, str] = DOMAIN_TASKS) -> str:
+def not_run_note(reports: Reports, domains: list[str], tasks: Columns | None = None) -> str:
     """The sentence under a :func:`main_table` naming each domain not run, for which systems and why
     (each reason once), and that those rows average the domains that ran; ``""`` when everything ran."""
+    tasks = tasks or {d: d for d in domains}
     by_reason: dict[tuple[str, str, str], list[str]] = {}
     for system in reports:
         for d in domains:
@@ -243,10 +246,9 @@ def paired_row(
 
 def paired_table(
     reports: Reports,
-    domains: list[str],
+    measures: dict[str, Columns],
     pairs: Sequence[tuple[str, str, str]],
     *,
-    measures: Sequence[str] = tuple(MEASURES),
     resamples: int = RESAMPLES,
     seed: int = 0,
 ) -> pd.DataFrame:
@@ -256,8 +258,10 @@ def paired_table(
     A domain either evaluation did not run (:attr:`TaskScores.not_run`) reads "not run" and is left out
     of the ``average``, which is then over the domains both ran."""
     rows = []
-    for measure in measures:
-        tasks = MEASURES[measure]
+    for measure, tasks in measures.items():
+        domains = list(tasks)
+        if not domains:
+            continue
         for comparison, system, reference in pairs:
             a = {d: _scores(reports, system, tasks[d]) for d in domains}
             b = {d: _scores(reports, reference, tasks[d]) for d in domains}
@@ -283,11 +287,12 @@ def paired_table(
 
 
 def clusterucb_paired_table(
-    reports: Reports, targets: list[str], *, resamples: int = RESAMPLES, seed: int = 0
+    reports: Reports, targets: list[str], measures: dict[str, Columns], *, resamples: int = RESAMPLES, seed: int = 0
 ) -> pd.DataFrame:
-    """ClusterUCB's fine-tuned LoRA against full LESS's and random selection's, on each target's own test
-    (accuracy) and reference (bits per byte) examples: columns ``target`` then as :func:`paired_table`.
-    A target whose selections were not all fine-tuned and evaluated has no row."""
+    """ClusterUCB's fine-tuned LoRA against full LESS's and random selection's, on each of the target's own
+    tasks (``measures``: the columns of every measure; a target's tasks are those its report lists):
+    columns ``target`` then as :func:`paired_table`. A target whose selections were not all fine-tuned and
+    evaluated has no row."""
     rows = []
     for t in targets:
         system = f"select-{t}-clusterucb"
@@ -295,23 +300,29 @@ def clusterucb_paired_table(
             reference = f"select-{t}-{other}"
             if system not in reports or reference not in reports:
                 continue
-            for measure, tasks in MEASURES.items():
-                a = {t: _scores(reports, system, tasks[t])}
-                b = {t: _scores(reports, reference, tasks[t])}
-                row = paired_row(a, b, t, measure, resamples=resamples, seed=seed)
-                ci = Interval(row["difference"], row["ci_low"], row["ci_high"], row["n"])
-                rows.append(
-                    {
-                        "target": t,
-                        "measure": measure,
-                        "comparison": f"ClusterUCB vs. {'full LESS' if other == 'full' else 'random'}",
-                        "system": system,
-                        "reference": reference,
-                        **{k: v for k, v in row.items() if k not in ("measure", "domain", "smallest")},
-                        "reading": reading(ci, measure, system, reference, row["smallest"]),
-                    }
-                )
-    columns = ["target", "measure", "comparison", "system", "reference", "metric", "difference", "ci_low", "ci_high"]
+            own = set((reports[system][1].get("targets") or {}).get(t, []))
+            for measure, tasks in measures.items():
+                for label, task in tasks.items():
+                    if task not in own:
+                        continue
+                    a = {label: _scores(reports, system, task)}
+                    b = {label: _scores(reports, reference, task)}
+                    row = paired_row(a, b, label, measure, resamples=resamples, seed=seed)
+                    ci = Interval(row["difference"], row["ci_low"], row["ci_high"], row["n"])
+                    rows.append(
+                        {
+                            "target": t,
+                            "task": task,
+                            "measure": measure,
+                            "comparison": f"ClusterUCB vs. {'full LESS' if other == 'full' else 'random'}",
+                            "system": system,
+                            "reference": reference,
+                            **{k: v for k, v in row.items() if k not in ("measure", "domain", "smallest")},
+                            "reading": reading(ci, measure, system, reference, row["smallest"]),
+                        }
+                    )
+    columns = ["target", "task", "measure", "comparison", "system", "reference", "metric", "difference", "ci_low"]
+    columns.append("ci_high")
     return pd.DataFrame(rows, columns=[*columns, "n", "reading"])
 
 
