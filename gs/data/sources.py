@@ -13,7 +13,9 @@ the embedded default read data that registry packages ship (README, "Sources and
 * ``tot_writing`` - Tree-of-Thoughts creative-writing prompts (MIT), shipped in ``gs/assets``.
 
 and, for a researcher's own data and the paper config, ``jsonl`` (local files in the suite's
-format) and ``hf`` (a Hugging Face hub dataset with a column mapping, via ``datasets``).
+format), ``hf`` (a Hugging Face hub dataset with a column mapping, via ``datasets``) and ``less_eval``
+(the LESS / ClusterUCB target-validation examples from a local ``princeton-nlp/less_data`` download,
+:mod:`gs.data.less_eval`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gs.data.less_eval import less_eval
 from gs.io import InputError, read_jsonl_numbered
 
 Item = dict[str, Any]
@@ -396,6 +399,7 @@ SOURCES: dict[str, Callable[[int, int, dict[str, Any]], list[Item]]] = {
     "tot_writing": tot_writing,
     "jsonl": jsonl,
     "hf": hf,
+    "less_eval": less_eval,
 }
 
 #: The modules a source imports when it runs (its lazy imports above): the resource planner measures
@@ -404,6 +408,7 @@ SOURCE_IMPORTS: dict[str, tuple[str, ...]] = {
     "gsm_symbolic": ("reasoning_gym",),
     "finance": ("gs.data.finance",),
     "hf": ("datasets",),
+    "less_eval": ("pandas",),
 }
 
 
@@ -423,10 +428,12 @@ LICENSES = {
     "tot_writing": "MIT (princeton-nlp/tree-of-thought-llm)",
     "jsonl": "user-supplied",
     "hf": "see the dataset card",
+    "less_eval": "princeton-nlp/less_data eval sets: MMLU (MIT), BBH (MIT), TyDi QA (Apache-2.0), GSM8K (MIT), "
+    "HumanEval (MIT); see the dataset card",
 }
 
 
-def load_source(kind: str, n: int, seed: int, options: dict[str, Any]) -> list[Item]:
+def load_source(kind: str, n: int | None, seed: int, options: dict[str, Any]) -> list[Item]:
     """Up to ``n`` items of source ``kind``; an unknown kind is an :class:`InputError`."""
     if kind not in SOURCES:
         raise InputError(f"unknown data source {kind!r}; expected one of {', '.join(SOURCES)}")
