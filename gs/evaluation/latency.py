@@ -49,7 +49,8 @@ from tqdm.auto import tqdm
 from gs.io import InputError, atomic_path, run_cli, write_json
 
 LATENCY_MODES = ("base", "single", "uniform", "elrea")
-# Prompts of four kinds of task (arithmetic, code, finance, writing), used both to time generation and to fit the synthetic router.
+# Prompts of four kinds of task (arithmetic, code, finance, writing), used both to time generation and to
+# fit the synthetic router.
 DEFAULT_PROMPTS = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
     "How many clips did Natalia sell altogether in April and May?",

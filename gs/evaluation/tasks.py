@@ -8,6 +8,7 @@ GoldP). Per task a target may set::
     task: <name>                      # required
     data: {part: <part>, split: <s>}  # a suite task's data: results/data/<part>/<s>.jsonl
     dataset_path: <folder>            # an lm-eval task pointed at a local copy in its hub layout
+    dataset_kwargs: {...}             # merged into the task's dataset_kwargs (tydiqa_goldp: data_dir)
     num_fewshot: <int>                # the reference's shot count (lm-eval's own default otherwise)
     max_gen_toks: <int>               # generation limit, overriding the task's YAML
     metric: <name>                    # the primary metric (default: the task's first)
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "lm_eval_tasks"
 #: Keys a target's task entry may have.
-TASK_KEYS = ("task", "data", "dataset_path", "num_fewshot", "max_gen_toks", "metric", "fluency")
+TASK_KEYS = ("task", "data", "dataset_path", "dataset_kwargs", "num_fewshot", "max_gen_toks", "metric", "fluency")
 #: Keys of a target (``targets.<name>``).
 TARGET_KEYS = ("tasks", "validation", "description")
 
@@ -50,6 +51,7 @@ class TaskSpec:
     task: str
     data: str | None = None
     dataset_path: str | None = None
+    dataset_kwargs: tuple[tuple[str, Any], ...] = ()
     num_fewshot: int | None = None
     max_gen_toks: int | None = None
     metric: str | None = None
@@ -123,6 +125,9 @@ def _task_spec(target: str, entry: Any) -> TaskSpec:
                 f"{where}: task {entry['task']!r}: data must be {{part: <part>, split: <split>}}, got {data!r}"
             )
         data = f"{data['part']}/{data['split']}.jsonl"
+    kwargs = entry.get("dataset_kwargs") or {}
+    if not isinstance(kwargs, Mapping):
+        raise InputError(f"{where}: task {entry['task']!r}: dataset_kwargs must be a mapping, got {kwargs!r}")
     fluency = entry.get("fluency", False)
     if not isinstance(fluency, bool):
         raise InputError(f"{where}: task {entry['task']!r}: fluency must be true or false, got {fluency!r}")
@@ -131,6 +136,7 @@ def _task_spec(target: str, entry: Any) -> TaskSpec:
         task=entry["task"],
         data=data,
         dataset_path=None if entry.get("dataset_path") is None else str(entry["dataset_path"]),
+        dataset_kwargs=tuple(sorted(kwargs.items())),
         num_fewshot=_positive(entry.get("num_fewshot"), "num_fewshot"),
         max_gen_toks=_positive(entry.get("max_gen_toks"), "max_gen_toks"),
         metric=entry.get("metric"),
@@ -158,12 +164,15 @@ def task_specs(targets: Mapping[str, Any], names: Sequence[str] | None = None) -
             raise InputError(f"targets.{name}: no tasks (expected 'tasks: [<lm-eval task>, ...]')")
         for entry in target["tasks"]:
             spec = _task_spec(name, entry)
-            if spec.task in suite and spec.data is None:
+            reads_prepared = (
+                read_task_yaml(suite[spec.task]).get("dataset_path") == "json" if spec.task in suite else False
+            )
+            if reads_prepared and spec.data is None:
                 raise InputError(f"targets.{name}: suite task {spec.task!r} needs 'data: {{part: ..., split: ...}}'")
-            if spec.task not in suite and spec.data is not None:
+            if not reads_prepared and spec.data is not None:
                 raise InputError(
-                    f"targets.{name}: task {spec.task!r} is not in gs/lm_eval_tasks, so it reads its own dataset; "
-                    "point it at a local copy with 'dataset_path', not 'data'"
+                    f"targets.{name}: task {spec.task!r} reads its own dataset, not a prepared split; point it at a "
+                    "local copy with 'dataset_path' or 'dataset_kwargs', not 'data'"
                 )
             if spec.task in owner:
                 raise InputError(
@@ -186,10 +195,10 @@ def check_known(specs: Sequence[TaskSpec], known: Sequence[str], groups: Sequenc
                 f"targets.{spec.target}: unknown lm-eval task {spec.task!r} (neither lm-eval's own task or group nor "
                 f"a YAML in {TASKS_DIR})"
             )
-        if spec.task in group_set and (spec.dataset_path or spec.max_gen_toks):
+        if spec.task in group_set and (spec.dataset_path or spec.dataset_kwargs or spec.max_gen_toks):
             raise InputError(
-                f"targets.{spec.target}: {spec.task!r} is an lm-eval group; dataset_path and max_gen_toks apply to "
-                "its tasks: name them instead"
+                f"targets.{spec.target}: {spec.task!r} is an lm-eval group; dataset_path, dataset_kwargs and "
+                "max_gen_toks apply to its tasks: name them instead"
             )
 
 
@@ -230,8 +239,11 @@ def write_task_dir(
     data = Path(data_dir).resolve()
     for spec in specs:
         overrides: dict[str, Any] = {}
+        if spec.dataset_kwargs:
+            kwargs = dict(task_config(spec, index).get("dataset_kwargs") or {})
+            overrides["dataset_kwargs"] = {**kwargs, **dict(spec.dataset_kwargs)}
         if spec.data is not None:
-            overrides["dataset_kwargs"] = {"data_files": {"test": str(data / spec.data)}}
+            overrides.setdefault("dataset_kwargs", {})["data_files"] = {"test": str(data / spec.data)}
         if spec.dataset_path is not None:
             overrides["dataset_path"] = str(Path(spec.dataset_path).resolve())
         if spec.max_gen_toks is not None:
