@@ -14,7 +14,6 @@ import pytest
 
 from gs.io import InputError, write_json
 from gs.report.build import clusterucb_table, compute_table, main
-from gs.report.scores import LIKELIHOOD_TASKS
 from gs.report.tables import (
     NO_DIFFERENCE,
     TOO_FEW,
@@ -28,6 +27,9 @@ from gs.report.tables import (
 DOMAINS = ["math", "code", "finance", "writing"]
 PRIMARY = {"math": "exact_match", "code": "pass@1", "finance": "exact_match_1pct", "writing": "constraint"}
 LN2 = math.log(2)
+# The tables' columns: a label (here the part's name) -> the task scored there.
+ACC = {d: f"gs_{d}" for d in DOMAINS}
+LIKELIHOOD_TASKS = {d: f"gs_{d}_likelihood" for d in DOMAINS}
 
 # system -> domain -> (per-example accuracy, per-example (loglikelihood, bytes)); example i has id "<domain>-i".
 SCORES = {
@@ -71,7 +73,8 @@ def _eval_report(scores: dict, *, reverse: bool = False) -> dict:
         tasks[f"gs_{d}"]["samples"] = gen
         tasks[f"gs_{d}_likelihood"] = {"n_examples": len(acc), "metrics": {"bits_per_byte": bpb}, "samples": lik}
         tasks[f"gs_{d}_likelihood"]["stderr"] = {"bits_per_byte": None}
-    return {"primary": primary, "tasks": tasks}
+    targets = {d: [f"gs_{d}", f"gs_{d}_likelihood"] for d in scores}
+    return {"targets": targets, "primary": primary, "tasks": tasks}
 
 
 def _boot(strata: list[tuple[np.ndarray, np.ndarray]], seed: int = 0, b: int = 2000) -> tuple[float, float]:
@@ -108,7 +111,7 @@ def eval_files(tmp_path) -> dict[str, Path]:
 
 
 def test_main_table_values_stderr_and_intervals(eval_files):
-    df, metrics = main_table(load_reports(eval_files), DOMAINS, resamples=2000, seed=0)
+    df, metrics = main_table(load_reports(eval_files), DOMAINS, ACC, resamples=2000, seed=0)
     per = [f"{d}{s}" for d in DOMAINS for s in ("", "_stderr", "_ci_low", "_ci_high")]
     avg = ["average", "average_stderr", "average_ci_low", "average_ci_high"]
     assert list(df.columns) == ["system", *per, *avg, "n_examples"]
@@ -152,14 +155,14 @@ def test_a_missing_domain_does_not_drop_out_of_the_average(tmp_path, eval_files)
     partial = {d: v for d, v in SCORES["base"].items() if d != "code"}
     write_json(tmp_path / "partial.json", _eval_report(partial))
     with pytest.raises(InputError, match=r"partial\.json: no result for gs_code \(domain code\)"):
-        main_table(load_reports({**eval_files, "partial": tmp_path / "partial.json"}), DOMAINS)
+        main_table(load_reports({**eval_files, "partial": tmp_path / "partial.json"}), DOMAINS, ACC)
     # A task whose metric could not be computed (None): the row's average is undefined, not the others' mean.
     report = _eval_report(SCORES["base"])
     report["primary"]["gs_finance"]["value"] = None
     for s in report["tasks"]["gs_finance"]["samples"]:
         s["scores"]["exact_match_1pct"] = None
     write_json(tmp_path / "none.json", report)
-    df, _ = main_table(load_reports({"none": tmp_path / "none.json"}), DOMAINS)
+    df, _ = main_table(load_reports({"none": tmp_path / "none.json"}), DOMAINS, ACC)
     assert df.loc[0, "finance"] is None or math.isnan(df.loc[0, "finance"])
     assert math.isnan(df.loc[0, "finance_ci_low"])
     assert math.isnan(df.loc[0, "average"]) and math.isnan(df.loc[0, "average_ci_high"])
@@ -170,12 +173,12 @@ def test_samples_that_do_not_give_the_reported_value_are_an_error(tmp_path):
     report["tasks"]["gs_code"]["samples"][0]["scores"]["pass@1"] = 0.0  # now 1 of 4, the report says 2 of 4
     write_json(tmp_path / "bad.json", report)
     with pytest.raises(InputError, match=r"bad\.json: gs_code: the 4 samples' pass@1 gives 0\.25, the report 0\.5"):
-        main_table(load_reports({"bad": tmp_path / "bad.json"}), DOMAINS)
+        main_table(load_reports({"bad": tmp_path / "bad.json"}), DOMAINS, ACC)
     report = _eval_report(SCORES["base"])
     report["tasks"]["gs_math"]["samples"].append(report["tasks"]["gs_math"]["samples"][0])
     write_json(tmp_path / "twice.json", report)
     with pytest.raises(InputError, match=r"twice\.json: gs_math sample 4: example \('0', 'math-0'\) scored twice"):
-        main_table(load_reports({"twice": tmp_path / "twice.json"}), DOMAINS)
+        main_table(load_reports({"twice": tmp_path / "twice.json"}), DOMAINS, ACC)
 
 
 def test_systems_must_agree_on_the_metric_of_a_domain(tmp_path, eval_files):
@@ -185,7 +188,7 @@ def test_systems_must_agree_on_the_metric_of_a_domain(tmp_path, eval_files):
         s["scores"]["flexible_match"] = s["scores"]["exact_match"]
     write_json(tmp_path / "other.json", report)
     with pytest.raises(InputError, match="gs_math.*flexible_match.*exact_match|gs_math.*exact_match.*flexible_match"):
-        main_table(load_reports({**eval_files, "other": tmp_path / "other.json"}), DOMAINS)
+        main_table(load_reports({**eval_files, "other": tmp_path / "other.json"}), DOMAINS, ACC)
 
 
 NOT_RUN = (
@@ -209,7 +212,7 @@ def test_code_not_run_shows_as_not_run_and_the_average_is_over_the_domains_that_
 
     write_json(eval_files["gradientspace-single"], _code_not_run("gradientspace-single"))
     reports = load_reports(eval_files)
-    df, metrics = main_table(reports, DOMAINS, resamples=2000, seed=0)
+    df, metrics = main_table(reports, DOMAINS, ACC, resamples=2000, seed=0)
     assert metrics == PRIMARY
     base, gs = df.iloc[0], df.iloc[1]
     assert (base["not_run"], gs["not_run"]) == ("", "code")
@@ -233,7 +236,7 @@ def test_code_not_run_shows_as_not_run_and_the_average_is_over_the_domains_that_
     assert not_run_note(reports, DOMAINS, LIKELIHOOD_TASKS) == ""  # the likelihood task still ran
     # Paired: the code row reads "not run"; the average is over the three domains both ran.
     pairs = [("GradientSpace experts vs. base", "gradientspace-single", "base")]
-    acc = paired_table(reports, DOMAINS, pairs, measures=("accuracy",), seed=1).set_index("domain")
+    acc = paired_table(reports, {"accuracy": ACC}, pairs, seed=1).set_index("domain")
     assert acc.loc["code", "reading"] == "not run" and acc.loc["code", "n"] == 0
     # math +0.75, finance +1.0, writing on the 3 examples both scored: 0 - 1 = -1.0.
     assert acc.loc["average", "difference"] == pytest.approx((0.75 + 1.0 - 1.0) / 3)
@@ -249,7 +252,7 @@ def test_cli_main_table_says_not_run_once_and_leaves_the_csv_cell_empty(tmp_path
     (tmp_path / "benchmarks").mkdir()
     tables = tmp_path / "tables"
     main(
-        ["--results", str(res), "--eval", *[f"{s}={p}" for s, p in eval_files.items()], "--domains", *DOMAINS]
+        ["--results", str(res), "--eval", *[f"{s}={p}" for s, p in eval_files.items()]]
         + ["--benchmarks", str(tmp_path / "benchmarks"), "--tables", str(tables), "--figures", str(tmp_path / "f")]
     )
     table = pd.read_csv(tables / "main.csv", keep_default_na=False).set_index("system")
@@ -283,7 +286,12 @@ def test_paired_table_pairs_by_example_id(tmp_path, eval_files):
     # The reference's samples stored in reverse order: pairing by position would mismatch every example.
     write_json(eval_files["base"], _eval_report(SCORES["base"], reverse=True))
     pairs = [("GradientSpace experts vs. base", "gradientspace-single", "base")]
-    df = paired_table(load_reports(eval_files), DOMAINS[:3], pairs, seed=1)
+    df = paired_table(
+        load_reports(eval_files),
+        {"accuracy": {d: ACC[d] for d in DOMAINS[:3]}, "bits_per_byte": {d: LIKELIHOOD_TASKS[d] for d in DOMAINS[:3]}},
+        pairs,
+        seed=1,
+    )
     assert df.columns.tolist() == [
         "measure", "comparison", "system", "reference", "domain", "metric", "difference", "ci_low", "ci_high", "n",
         "reading",
@@ -328,7 +336,7 @@ def test_paired_table_on_disjoint_examples_is_undefined(tmp_path, eval_files):
             s["id"] = "other-" + s["id"]
     write_json(tmp_path / "other.json", other)
     reports = load_reports({**eval_files, "other": tmp_path / "other.json"})
-    df = paired_table(reports, ["math"], [("x", "gradientspace-single", "other")], measures=("accuracy",))
+    df = paired_table(reports, {"accuracy": {"math": "gs_math"}}, [("x", "gradientspace-single", "other")])
     assert df["n"].tolist() == [0, 0] and df["difference"].isna().all()
     assert df["reading"].tolist() == ["undefined (no examples scored by both)"] * 2
 
@@ -439,7 +447,7 @@ def test_cli_tables_match_the_inputs(tmp_path, eval_files):
     tables, figures = tmp_path / "tables", tmp_path / "figures"
     evals = [f"{s}={p}" for s, p in eval_files.items()]
     main(
-        ["--results", str(res), "--eval", *evals, "--domains", *DOMAINS, "--seed", "5"]
+        ["--results", str(res), "--eval", *evals, "--seed", "5"]
         + ["--benchmarks", str(tmp_path / "benchmarks"), "--tables", str(tables), "--figures", str(figures)]
     )
     table = pd.read_csv(tables / "main.csv")
