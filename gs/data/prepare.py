@@ -9,6 +9,9 @@ Output format (JSONL), one record per line::
     {"id": "math-train-00000", "domain": "math", "instruction": str, "input": str, "output": str,
      "meta": {...}}    # meta: gold answer, unit tests or writing constraints, for scoring
 
+and, for a conversation row (open-instruct / less_data), ``"messages": [{"role", "content"}, ...]``
+too, whose first user turn is the ``instruction``, last assistant turn the ``output`` (``input`` "").
+
 The ``domain`` label (the part's name) is kept for measuring cluster quality; the
 clustering stages never read it (:mod:`gs.cluster.methods` takes ids and gradients or text only).
 
@@ -39,7 +42,7 @@ from typing import Any
 
 import pandas as pd
 
-from gs.data.sources import LICENSES, load_source
+from gs.data.sources import LICENSES, check_messages, item_key, load_source, messages_fields
 from gs.io import InputError, atomic_path, parse_params, read_jsonl, run_cli, write_jsonl
 
 #: The split every part has: the pool is the parts' train splits.
@@ -56,7 +59,11 @@ TEXT_FIELDS = ("instruction", "input", "output")
 
 
 def validate_record(row: Any, where: str, *, require_output: bool = True) -> dict[str, Any]:
-    """Check one record; raise a one-line :class:`InputError` naming ``where`` and the field."""
+    """Check one record; raise a one-line :class:`InputError` naming ``where`` and the field.
+
+    A record with ``messages`` needs a valid conversation (:func:`gs.data.sources.check_messages`)
+    whose first user turn is its ``instruction``, last assistant turn its ``output``, and ``input`` "".
+    """
     if not isinstance(row, dict):
         raise InputError(f"{where}: expected a JSON object")
     for field in TEXT_FIELDS:
@@ -72,6 +79,12 @@ def validate_record(row: Any, where: str, *, require_output: bool = True) -> dic
         raise InputError(f"{where}: field 'domain' must be a string (the part's name)")
     if "meta" in row and not isinstance(row["meta"], dict):
         raise InputError(f"{where}: field 'meta' must be an object")
+    if "messages" in row:
+        derived = messages_fields(check_messages(row["messages"], where))
+        for field, value in derived.items():
+            if row[field] != value:
+                what = {"instruction": "the first user turn", "input": "empty", "output": "the last assistant turn"}
+                raise InputError(f"{where}: field {field!r} must be {what[field]} of field 'messages'")
     return row
 
 
@@ -104,7 +117,7 @@ def _record(item: dict[str, Any], domain: str, split: str, index: int, kind: str
         rid = str(item["id"])
     else:
         rid = f"{domain}-{split}-{index:05d}"
-    return {
+    record = {
         "id": rid,
         "domain": domain,
         "instruction": item["instruction"],
@@ -112,6 +125,9 @@ def _record(item: dict[str, Any], domain: str, split: str, index: int, kind: str
         "output": item["output"],
         "meta": meta,
     }
+    if "messages" in item:
+        record["messages"] = [{"role": m["role"], "content": m["content"]} for m in item["messages"]]
+    return record
 
 
 def build_domain(domain: str, spec: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
@@ -151,7 +167,7 @@ def build_domain(domain: str, spec: dict[str, Any], seed: int) -> dict[str, list
             validate_record(item, f"{domain} from {wheres[-1]}", require_output=splits != ["test"])
         distinct, seen = [], set()
         for item, where in zip(items, wheres, strict=True):
-            sig = (item.get("instruction"), item.get("input"))
+            sig = item_key(item)
             if sig not in seen:
                 seen.add(sig)
                 distinct.append((item, where))
@@ -173,11 +189,11 @@ def build_domain(domain: str, spec: dict[str, Any], seed: int) -> dict[str, list
                 where_of[split, i] = where
             out[split] = rows
             start += n
-    seen_sig: dict[tuple[str, str], tuple[str, int]] = {}
+    seen_sig: dict[tuple[Any, ...], tuple[str, int]] = {}
     seen_id: dict[str, tuple[str, int]] = {}
     for split in drawn:
         for i, r in enumerate(out[split]):
-            sig = (r["instruction"], r["input"])
+            sig = item_key(r)
             if sig in seen_sig and seen_sig[sig][0] != split:
                 first = seen_sig[sig]
                 raise InputError(

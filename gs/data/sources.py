@@ -16,6 +16,11 @@ and, for a researcher's own data and the paper config, ``jsonl`` (local files in
 format), ``hf`` (a Hugging Face hub dataset with a column mapping, via ``datasets``) and ``less_eval``
 (the LESS / ClusterUCB target-validation examples from a local ``princeton-nlp/less_data`` download,
 :mod:`gs.data.less_eval`).
+
+``jsonl`` and ``hf`` also read open-instruct conversation rows (the processed train files of
+princeton-nlp/less_data that LESS reads): ``{"dataset", "id", "messages": [{"role", "content"}, ...]}``.
+Such an item keeps ``messages`` and gets ``instruction`` = the first user turn, ``input`` = "" and
+``output`` = the last assistant turn (:func:`messages_item`), so the text-only stages read it like any other item.
 """
 
 from __future__ import annotations
@@ -185,12 +190,85 @@ def tot_writing(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
     return _shuffled(items, seed)[:n]
 
 
+ROLES = ("system", "user", "assistant")
+
+
+def check_messages(value: Any, where: str) -> list[dict[str, str]]:
+    """An open-instruct ``messages`` list, checked: ``[{"role", "content"}]`` as ``{"role", "content"}`` dicts.
+
+    Roles are system, user or assistant and contents strings; the list needs a user turn before its
+    first assistant turn and ends with an assistant turn (the answer the loss and the output are
+    taken on). Anything else is a one-line :class:`InputError` naming ``where``.
+    """
+    if not isinstance(value, list) or not value:
+        raise InputError(f"{where}: field 'messages' must be a non-empty list of turns")
+    turns = []
+    for k, m in enumerate(value):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise InputError(f"{where}: field 'messages' turn {k} must be an object with 'role' and 'content'")
+        if m["role"] not in ROLES:
+            raise InputError(f"{where}: field 'messages' turn {k} has role {m['role']!r}; expected {', '.join(ROLES)}")
+        if not isinstance(m["content"], str):
+            raise InputError(
+                f"{where}: field 'messages' turn {k} content must be a string, got {type(m['content']).__name__}"
+            )
+        turns.append({"role": m["role"], "content": m["content"]})
+    roles = [m["role"] for m in turns]
+    if "user" not in roles:
+        raise InputError(f"{where}: field 'messages' has no user turn")
+    if "assistant" not in roles:
+        raise InputError(f"{where}: field 'messages' has no assistant turn")
+    if roles.index("assistant") < roles.index("user"):
+        raise InputError(f"{where}: field 'messages' has an assistant turn before the first user turn")
+    if roles[-1] != "assistant":
+        raise InputError(f"{where}: field 'messages' must end with an assistant turn, not a {roles[-1]} turn")
+    return turns
+
+
+def messages_fields(messages: list[dict[str, str]]) -> dict[str, str]:
+    """The text fields of a conversation: first user turn, empty input, last assistant turn."""
+    return {
+        "instruction": next(m["content"] for m in messages if m["role"] == "user"),
+        "input": "",
+        "output": next(m["content"] for m in reversed(messages) if m["role"] == "assistant"),
+    }
+
+
+def messages_item(row: dict[str, Any], where: str) -> Item:
+    """The item of a conversation row (``messages``, optional ``id``, ``dataset`` and ``meta``).
+
+    ``id`` is kept as the user's id (:func:`_user_id`), ``dataset`` (less_data's source corpus) goes
+    into ``meta.dataset``; the text fields come from :func:`messages_fields`.
+    """
+    messages = check_messages(row["messages"], where)
+    meta = dict(row.get("meta") or {})
+    if "dataset" in row:
+        meta.setdefault("dataset", row["dataset"])
+    item: Item = {**messages_fields(messages), "messages": messages, "meta": meta}
+    if "id" in row:
+        item["id"] = _user_id(row["id"], where)
+    return item
+
+
+def item_key(item: Item) -> tuple[Any, ...]:
+    """What makes two items the same prompt: (instruction, input), and for a conversation that is
+    more than one user turn, the turns before its last answer too."""
+    key: tuple[Any, ...] = (item.get("instruction"), item.get("input"))
+    messages = item.get("messages")
+    if messages:
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        context = [(m["role"], m["content"]) for m in messages[:last]]
+        if context != [("user", item.get("instruction"))]:
+            key += (json.dumps(context),)
+    return key
+
+
 def _distinct(items: list[Item]) -> list[Item]:
-    """``items`` without repeats of an (instruction, input) pair; the first occurrence is kept."""
-    seen: set[tuple[Any, Any]] = set()
+    """``items`` without repeats of a prompt (:func:`item_key`); the first occurrence is kept."""
+    seen: set[tuple[Any, ...]] = set()
     out = []
     for item in items:
-        key = (item.get("instruction"), item.get("input"))
+        key = item_key(item)
         if key not in seen:
             seen.add(key)
             out.append(item)
@@ -216,11 +294,14 @@ def _user_id(value: Any, where: str) -> str | int:
 
 
 def jsonl(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
-    """A local JSONL file in the suite's record format (``path``); rows validated by :mod:`gs.data.prepare`.
+    """A local JSONL file (``path``) in the suite's record format or of open-instruct conversations.
 
+    A row is ``{"instruction", "input", "output", ...}`` (validated by :mod:`gs.data.prepare`) or a
+    conversation ``{"messages", ...}`` (a less_data row: :func:`messages_item`); a row with neither
+    ``messages`` nor ``instruction`` is a one-line :class:`InputError` naming its line.
     Lineage: a row's ``id`` (string or integer) is kept; :mod:`gs.data.prepare` makes it the record's id
     and ``meta.source_id``. Two rows with one id fail, naming both lines. Rows that repeat an
-    earlier row's (instruction, input) are dropped (the first is kept) before the seeded shuffle
+    earlier row's prompt (:func:`item_key`) are dropped (the first is kept) before the seeded shuffle
     (``shuffle``, default true) and the cut to ``n``; fewer distinct rows than ``n`` fail.
     """
     if "path" not in options:
@@ -236,6 +317,11 @@ def jsonl(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
             if key in first_line:
                 raise InputError(f"{where}: field 'id' {uid!r} repeats the id of line {first_line[key]}")
             first_line[key] = lineno
+        if "messages" in r:
+            # A prepared record carries its text fields too: kept, so validation checks they agree.
+            r = {**messages_item(r, where), **{k: r[k] for k in ("instruction", "input", "output") if k in r}}
+        elif "instruction" not in r:
+            raise InputError(f"{where}: row has neither 'messages' nor 'instruction'/'output'")
         r.setdefault("meta", {})
         r["_where"] = where
         rows.append(r)
@@ -310,7 +396,7 @@ def _check_columns(columns: list[str], options: dict[str, Any], where: str) -> s
     templates, ``meta_columns`` and the ``answer`` column (the output's are read for kept rows only).
     """
     needed: set[str] = set()
-    for field, template in options["templates"].items():
+    for field, template in options.get("templates", {}).items():
         if field not in ("instruction", "input", "output"):
             raise InputError(f"{where}: templates has unknown field {field!r}; expected instruction, input, output")
         if not isinstance(template, str):
@@ -349,10 +435,12 @@ def hf(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
     WritingPrompts prompt has several stories) before the seeded shuffle and the cut to ``n``, so
     splits carved from one hub split are disjoint; fewer distinct rows than ``n`` is an
     :class:`InputError` naming the dataset. ``meta.source_row`` is the row's index in the hub split.
-    """
-    from tqdm import tqdm
 
-    for key in ("path", "split", "templates"):
+    Without ``templates`` the rows are open-instruct conversations: the column ``messages`` (option
+    ``messages`` names another) holds each row's turns, read as :func:`messages_item` reads a JSONL
+    row (an ``id`` column is the user's id, a ``dataset`` column goes into ``meta``).
+    """
+    for key in ("path", "split"):
         if key not in options:
             raise InputError(f"source 'hf' needs {key!r}")
     path, name, split = options["path"], options.get("name"), options["split"]
@@ -360,6 +448,10 @@ def hf(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
     if clean is not None and clean not in CLEANERS:
         raise InputError(f"hf dataset {path!r}: unknown 'clean' {clean!r}; expected one of {', '.join(CLEANERS)}")
     tidy = CLEANERS[clean] if clean else (lambda text: text)
+    if "templates" not in options:
+        return _hf_messages(n, seed, options, tidy)
+    if "messages" in options:
+        raise InputError(f"hf dataset {path!r}: give 'templates' or 'messages', not both")
     templates = options["templates"]
     rule = options.get("answer")
     ds = _load_hf(path, name, split)
@@ -367,7 +459,7 @@ def hf(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
     # First pass, over every row but only the short columns: instruction, input, meta, answer.
     items = []
     rows = ds.select_columns([c for c in ds.column_names if c in needed]) if needed else ({} for _ in range(len(ds)))
-    for i, row in enumerate(tqdm(rows, total=len(ds), desc=f"hf {path} {split}", mininterval=10)):
+    for i, row in enumerate(_progress(rows, len(ds), f"hf {path} {split}")):
         where = f"hf dataset {path!r} split {split!r} row {i}"
         item = {k: tidy(_format(templates.get(k, ""), row, k, where)) for k in ("instruction", "input")}
         meta = {c: row[c] for c in options.get("meta_columns", [])}
@@ -388,6 +480,62 @@ def hf(n: int, seed: int, options: dict[str, Any]) -> list[Item]:
     for item, row in zip(chosen, kept, strict=True):
         item["output"] = tidy(_format(templates.get("output", ""), row, "output", item["_where"]))
     return [{k: item[k] for k in ("instruction", "input", "output", "meta", "_where")} for item in chosen]
+
+
+def _progress(rows: Any, total: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(rows, total=total, desc=desc, mininterval=10)
+
+
+def _tidy_turn(turn: Any, tidy: Callable[[str], str]) -> Any:
+    """A turn with its content cleaned (anything malformed is left for :func:`check_messages`)."""
+    if isinstance(turn, dict) and isinstance(turn.get("content"), str):
+        return {**turn, "content": tidy(turn["content"])}
+    return turn
+
+
+def _hf_messages(n: int, seed: int, options: dict[str, Any], tidy: Callable[[str], str]) -> list[Item]:
+    """The ``hf`` source over a conversation column (see :func:`hf`); every row is read whole."""
+    path, name, split = options["path"], options.get("name"), options["split"]
+    column = options.get("messages", "messages")
+    clean = options.get("clean")
+    ds = _load_hf(path, name, split)
+    where_ds = f"hf dataset {path!r} split {split!r}"
+    columns = list(ds.column_names)
+    if column not in columns:
+        raise InputError(
+            f"{where_ds}: no 'templates' given and no conversation column {column!r} (columns: {', '.join(columns)})"
+        )
+    _check_columns(columns, options, where_ds)
+    rule = options.get("answer")
+    first_row: dict[str, int] = {}
+    items = []
+    for i, row in enumerate(_progress(ds, len(ds), f"hf {path} {split}")):
+        where = f"{where_ds} row {i}"
+        if row[column] is None:
+            raise InputError(f"{where}: row has neither 'messages' nor 'instruction'/'output'")
+        turns = row[column]
+        if isinstance(turns, list) and clean:
+            turns = [_tidy_turn(m, tidy) for m in turns]
+        conv = {"messages": turns, **{k: row[k] for k in ("id", "dataset") if k in row and row[k] is not None}}
+        item = messages_item(conv, where)
+        if "id" in item:
+            key = str(item["id"])
+            if key in first_row:
+                raise InputError(f"{where}: field 'id' {item['id']!r} repeats the id of row {first_row[key]}")
+            first_row[key] = i
+        item["meta"].update({c: row[c] for c in options.get("meta_columns", [])})
+        if rule:
+            value = str(row[rule["column"]])
+            m = re.search(rule.get("regex", r"(.+)"), value, re.S)
+            item["meta"]["answer"] = (m.group(1) if m else value).strip().replace(",", "")
+        item["meta"]["source_row"] = i
+        items.append({**item, "_where": where})
+    items = _distinct(items)
+    if len(items) < n:
+        raise InputError(f"hf dataset {path!r} (split {split!r}): {len(items)} distinct conversations, {n} needed")
+    return _shuffled(items, seed)[:n]
 
 
 SOURCES: dict[str, Callable[[int, int, dict[str, Any]], list[Item]]] = {

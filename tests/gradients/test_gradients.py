@@ -279,3 +279,30 @@ def test_iter_gradients_on_device(lora_model, tokenizer):
         ]
     )
     assert torch.equal(torch.cat([g.cpu() for _, g in out]), ref)
+
+
+CONVERSATION = {
+    "id": "m",
+    "domain": "qa",
+    "instruction": "Name a colour.",
+    "input": "",
+    "output": "Green.",
+    "messages": [
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+        {"role": "user", "content": "Another one?"},
+        {"role": "assistant", "content": "Green."},
+    ],
+}
+
+
+def test_conversation_records_batch_with_plain_ones(lora_model, tokenizer):
+    """A multi-turn ``messages`` record (open-instruct / less_data) batches with plain records, and its
+    gradient is the whole conversation's (both answers), not its first-question/last-answer record's."""
+    flat = {k: v for k, v in CONVERSATION.items() if k != "messages"}
+    batch = make_batch(tokenizer, [RECORDS[0], CONVERSATION, flat])
+    answers = (batch["labels"] != IGNORE_INDEX).sum(1)
+    assert answers[1] > answers[2]  # two answers (each with EOS) against one
+    grads = per_sample_lora_gradients(lora_model, batch)
+    assert rel_err(grads, per_sample_lora_gradients_loop(lora_model, batch)).max() < 1e-5
+    assert rel_err(grads[1:2], grads[2:3]).item() > 1e-3
