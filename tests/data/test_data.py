@@ -159,7 +159,7 @@ def test_malformed_row_fails_with_one_line_naming_file_row_and_field(tmp_path, b
     spec = {s: {"source": "jsonl", "n": 1, "options": {"path": str(src), "shuffle": False}} for s in SPLITS}
     out = tmp_path / "out"
     result = _run_data_cli(
-        "domain", "--domain", "math", "--params", json.dumps(spec), "--seed", "0", "--out-dir", str(out)
+        "part", "--part", "math", "--params", json.dumps(spec), "--seed", "0", "--out-dir", str(out)
     )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()

@@ -156,7 +156,7 @@ def _data_cli(capsys, *args: str) -> str:
 
 def _domain_cli(capsys, tmp_path: Path, domain: str, spec: dict) -> tuple[str, Path]:
     out = tmp_path / "out" / domain
-    args = ["domain", "--domain", domain, "--params", json.dumps(spec), "--seed", "0", "--out-dir", str(out)]
+    args = ["part", "--part", domain, "--params", json.dumps(spec), "--seed", "0", "--out-dir", str(out)]
     return _data_cli(capsys, *args), out
 
 
@@ -243,7 +243,7 @@ def test_an_id_in_two_domain_files_fails_the_pool_naming_both(capsys, tmp_path):
     specs = {d.name: {s: {"source": "jsonl", "n": 2} for s in SPLITS} for d in dirs}
     line = _data_cli(
         capsys,
-        *("pool", "--domain-dirs", *map(str, dirs), "--params", json.dumps(specs), "--seed", "0"),
+        *("pool", "--part-dirs", *map(str, dirs), "--params", json.dumps(specs), "--seed", "0"),
         *("--out-dir", str(pooled), "--summary", str(tmp_path / "summary.csv")),
     )
     assert line == f"error: {expected}"

@@ -155,7 +155,7 @@ def test_the_cli_ends_in_one_error_line_and_writes_nothing(wp, tmp_path):
     }
     out = tmp_path / "writing"
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf-cache")}
-    args = ["domain", "--domain", "writing", "--params", json.dumps(spec), "--seed", "0", "--out-dir", str(out)]
+    args = ["part", "--part", "writing", "--params", json.dumps(spec), "--seed", "0", "--out-dir", str(out)]
     result = subprocess.run(
         [sys.executable, "-m", "gs.data.prepare", *args], cwd=ROOT, capture_output=True, text=True, env=env
     )
