@@ -71,6 +71,15 @@ def _sizes(config: dict[str, Any], split: str) -> dict[str, int]:
     return {d: int(spec[split]["n"]) for d, spec in config["data"]["domains"].items() if split in spec}
 
 
+def subtasks_per_target(config: dict[str, Any], targets: list[str]) -> list[int]:
+    """The mean directions the influence passes keep per target, one per subtask
+    (:func:`gs.selection.influence.subtask_groups`). Subtasks are data (the validation records'
+    ``meta.subtask``) that the config does not name, so one per target is counted, a target without
+    subtasks; each further subtask adds ``4 p`` device bytes (its direction) and ``8 (2 C + 1) n`` host
+    bytes (its per-checkpoint and weighted scores) to the influence, clustering and selection jobs."""
+    return [1 for _ in targets]
+
+
 def experts_per_method(config: dict[str, Any]) -> int:
     """Experts per method: ``cluster.k``, or for ``auto`` the largest k the search may choose."""
     k = config["cluster"]["k"]
@@ -279,6 +288,7 @@ class Planner:
         batches = ckpts * (_ceil(n_job, gb) + sum(_ceil(v, gb) for v in n_val))
         inf.work = [self._gradients(warm["lora"], gb, gt, gdtype, batches)]
         icfg = grads.get("influence", {})
+        n_sub = sum(subtasks_per_target(c, targets))  # S directions in all, one per subtask
         inf.host_extra, inf.device_extra = host.influence_bytes(
             inf.work[0].trace.lora_dim,
             n_job,
@@ -288,6 +298,7 @@ class Planner:
             icfg.get("projection_dim"),
             icfg.get("projection_kind", "sparse"),
             self.run_on,
+            subtasks=n_sub,
         )
         if icfg.get("projection_dim") is not None:
             p = int(icfg["projection_dim"])
@@ -303,8 +314,9 @@ class Planner:
             ["merge"],
             ("gs.selection.influence_shards",),
         )
+        # per target (C, T, n) and (T, n), per subtask (C, S, n) and (S, n): a shard's and the merged.
         merge.host_extra = {
-            "influence scores (shards and merged)": 2 * host.F64 * (ckpts + 1) * len(targets) * self.n_pool
+            "influence scores (shards and merged)": 2 * host.F64 * (ckpts + 1) * (len(targets) + n_sub) * self.n_pool
         }
         return [inf, merge]
 
@@ -347,6 +359,7 @@ class Planner:
         gdtype = _dtype(grads, c, self.auto_dtype)
         targets = list(c["selection"]["targets"])
         n_val = [_sizes(c, "validation")[t] for t in targets]
+        subtasks = subtasks_per_target(c, targets)
         ckpts = math.ceil(float(warm["train"]["epochs"]))
         proj_dim, kind = icfg.get("projection_dim"), icfg.get("projection_kind", "sparse")
         out: list[Stage] = []
@@ -358,7 +371,7 @@ class Planner:
             ucb_batches = _ceil(n, gb) + sum(_ceil(v, gb) for v in n_val)
             ucb.work = [self._gradients(warm["lora"], gb, gt, gdtype, ucb_batches)]
             ucb.host_extra, ucb.device_extra = host.influence_bytes(
-                d, n, len(targets), 1, gb, proj_dim, kind, self.run_on
+                d, n, len(targets), 1, gb, proj_dim, kind, self.run_on, subtasks=sum(subtasks)
             )
             ucb.host_extra["features"] = host.F32 * n * int(proj_dim or d)
             if proj_dim is not None:  # gs.selection.influence.ProjectedFeatures: in the model's dtype
@@ -372,8 +385,11 @@ class Planner:
         drawn = max(1, math.ceil(float(c["selection"].get("budget_fraction", 0.2)) * n))
         sel_batches = ckpts * (_ceil(drawn, gb) + max(_ceil(v, gb) for v in n_val))
         sel.work = [self._gradients(warm["lora"], gb, gt, gdtype, sel_batches)]
-        sel.host_extra, sel.device_extra = host.influence_bytes(d, n, 1, ckpts, gb, proj_dim, kind, self.run_on)
-        sel.host_extra["influence scores"] = host.F64 * (ckpts + 1) * len(targets) * n
+        sel.host_extra, sel.device_extra = host.influence_bytes(
+            d, n, 1, ckpts, gb, proj_dim, kind, self.run_on, subtasks=max(subtasks)
+        )
+        # influence.npz's (C, S, n) per-subtask scores read whole, and one target's rows of them.
+        sel.host_extra["influence scores"] = host.F64 * (ckpts + 1) * sum(subtasks) * n
         if proj_dim is not None:
             self._projectors(sel, kind, d, gb, {int(proj_dim): sel_batches}, gdtype)
         out.append(sel)
