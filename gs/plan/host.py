@@ -183,24 +183,36 @@ def coherence_host_traffic(d: int, n: int, methods: int) -> float:
 
 
 def influence_bytes(
-    d: int, n: int, targets: int, checkpoints: int, batch: int, p: int | None, kind: str, run_on: str
+    d: int,
+    n: int,
+    targets: int,
+    checkpoints: int,
+    batch: int,
+    p: int | None,
+    kind: str,
+    run_on: str,
+    subtasks: int | None = None,
 ) -> tuple[dict[str, int], dict[str, int]]:
     """``gs.selection.influence.compute_influence``'s arrays beyond the model, as its module doc counts them:
     ``(host, device)``. ``p``: ``gradients.influence.projection_dim`` (None: full dimension d).
+    ``subtasks``: S, the mean directions kept, one per subtask of each target summed over the targets
+    (None: ``targets``, one each, as when no validation record carries ``meta.subtask``).
 
-    Host: the block ``iter_gradients`` hands over (4 b d), the (C, T, n) float64 scores and, for the
+    Host: the block ``iter_gradients`` hands over (4 b d), the float64 scores (the (C, S, n) per-subtask
+    scores and, at the end, the (C, T, n) per-checkpoint, (S, n) and (T, n) weighted ones) and, for the
     CPU Rademacher projector, its int8 (d, p) matrix and a float32 (d, 128) conversion block. Device:
     the gradients still held (4 b d), the block moved back (4 b d, one with the first on the CPU), the
     Adam direction and a temporary (8 b d), a checkpoint's moments (8 d), the projected block and the
-    T target means (4 b p + 4 T p); a GPU Rademacher projector is counted by the planner
+    S subtask means (4 b p + 4 S p); a GPU Rademacher projector is counted by the planner
     (:func:`gs.plan.projector.gpu_projector`). On a CPU run every device array is a host array.
     """
     proj = d if p is None else int(p)
-    host_arrays = {"gradient block": F32 * batch * d, "scores": F64 * checkpoints * targets * n}
+    s = targets if subtasks is None else int(subtasks)
+    host_arrays = {"gradient block": F32 * batch * d, "scores": F64 * n * (checkpoints * (s + targets) + s + targets)}
     device = {
         "gradients + Adam direction": (F32 * batch * d if run_on == "gpu" else 0) + 2 * F32 * batch * d,
         "moments": F64 * d,
-        "projected block + target means": F32 * (batch + targets) * proj,
+        "projected block + subtask means": F32 * (batch + s) * proj,
     }
     if p is not None:
         if kind == "rademacher" and run_on == "cpu":

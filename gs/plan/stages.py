@@ -87,7 +87,11 @@ LESS_EVAL_SIZES = {
     "mmlu": 57 * 5,  # eval/mmlu/dev/<subject>_dev.csv: 57 subjects x 5 rows
     "bbh": 27 * 3,  # eval/bbh/bbh-three-shot.json: 27 tasks x 3 shots
     "tydiqa": 9 * 1,  # eval/tydiqa/tydiqa-one-shot.json: 9 languages x 1 example
+    "gsm": 50,  # ClusterUCB get_validation_dataset.py get_dataset: get_gsm_dataset(k=50)
+    "humaneval": 10,  # ClusterUCB get_validation_dataset.py get_dataset: get_codex_dataset(k=10)
 }
+#: Subtasks of those files (the influence's max runs over them): MMLU subjects, BBH tasks, TydiQA languages.
+LESS_EVAL_SUBTASKS = {"mmlu": 57, "bbh": 27, "tydiqa": 9, "gsm": 1, "humaneval": 1}
 
 
 def validation_size(config: dict[str, Any], target: str) -> int:
@@ -103,6 +107,20 @@ def validation_size(config: dict[str, Any], target: str) -> int:
     if spec.get("source") == "less_eval" and task in LESS_EVAL_SIZES:
         return LESS_EVAL_SIZES[task]
     raise InputError(f"targets.{target}.validation: give 'n' so that the plan can count its examples")
+
+
+def subtasks_per_target(config: dict[str, Any], targets: list[str]) -> list[int]:
+    """The mean directions the influence passes keep per target, one per subtask
+    (:func:`gs.selection.influence.subtask_groups`). Subtasks are data (the validation records'
+    ``meta.subtask``): a less_data eval file's are counted (:data:`LESS_EVAL_SUBTASKS`), any other target
+    counts one; each further subtask adds ``4 p`` device bytes (its direction) and ``8 (2 C + 1) n`` host
+    bytes (its per-checkpoint and weighted scores) to the influence, clustering and selection jobs."""
+    out = []
+    for t in targets:
+        spec = (config.get("targets", {}).get(t) or {}).get("validation") or {}
+        task = (spec.get("options") or {}).get("task") if spec.get("source") == "less_eval" else None
+        out.append(LESS_EVAL_SUBTASKS.get(task, 1))
+    return out
 
 
 def experts_per_method(config: dict[str, Any]) -> int:
@@ -313,6 +331,7 @@ class Planner:
         batches = ckpts * (_ceil(n_job, gb) + sum(_ceil(v, gb) for v in n_val))
         inf.work = [self._gradients(warm["lora"], gb, gt, gdtype, batches)]
         icfg = grads.get("influence", {})
+        n_sub = sum(subtasks_per_target(c, targets))  # S directions in all, one per subtask
         inf.host_extra, inf.device_extra = host.influence_bytes(
             inf.work[0].trace.lora_dim,
             n_job,
@@ -322,6 +341,7 @@ class Planner:
             icfg.get("projection_dim"),
             icfg.get("projection_kind", "sparse"),
             self.run_on,
+            subtasks=n_sub,
         )
         if icfg.get("projection_dim") is not None:
             p = int(icfg["projection_dim"])
@@ -337,8 +357,9 @@ class Planner:
             ["merge"],
             ("gs.selection.influence_shards",),
         )
+        # per target (C, T, n) and (T, n), per subtask (C, S, n) and (S, n): a shard's and the merged.
         merge.host_extra = {
-            "influence scores (shards and merged)": 2 * host.F64 * (ckpts + 1) * len(targets) * self.n_pool
+            "influence scores (shards and merged)": 2 * host.F64 * (ckpts + 1) * (len(targets) + n_sub) * self.n_pool
         }
         return [inf, merge]
 
@@ -381,6 +402,7 @@ class Planner:
         gdtype = _dtype(grads, c, self.auto_dtype)
         targets = list(c["selection"]["targets"])
         n_val = [validation_size(c, t) for t in targets]
+        subtasks = subtasks_per_target(c, targets)
         ckpts = math.ceil(float(warm["train"]["epochs"]))
         proj_dim, kind = icfg.get("projection_dim"), icfg.get("projection_kind", "sparse")
         out: list[Stage] = []
@@ -392,7 +414,7 @@ class Planner:
             ucb_batches = _ceil(n, gb) + sum(_ceil(v, gb) for v in n_val)
             ucb.work = [self._gradients(warm["lora"], gb, gt, gdtype, ucb_batches)]
             ucb.host_extra, ucb.device_extra = host.influence_bytes(
-                d, n, len(targets), 1, gb, proj_dim, kind, self.run_on
+                d, n, len(targets), 1, gb, proj_dim, kind, self.run_on, subtasks=sum(subtasks)
             )
             ucb.host_extra["features"] = host.F32 * n * int(proj_dim or d)
             if proj_dim is not None:  # gs.selection.influence.ProjectedFeatures: in the model's dtype
@@ -406,8 +428,11 @@ class Planner:
         drawn = max(1, math.ceil(float(c["selection"].get("budget_fraction", 0.2)) * n))
         sel_batches = ckpts * (_ceil(drawn, gb) + max(_ceil(v, gb) for v in n_val))
         sel.work = [self._gradients(warm["lora"], gb, gt, gdtype, sel_batches)]
-        sel.host_extra, sel.device_extra = host.influence_bytes(d, n, 1, ckpts, gb, proj_dim, kind, self.run_on)
-        sel.host_extra["influence scores"] = host.F64 * (ckpts + 1) * len(targets) * n
+        sel.host_extra, sel.device_extra = host.influence_bytes(
+            d, n, 1, ckpts, gb, proj_dim, kind, self.run_on, subtasks=max(subtasks)
+        )
+        # influence.npz's (C, S, n) per-subtask scores read whole, and one target's rows of them.
+        sel.host_extra["influence scores"] = host.F64 * (ckpts + 1) * sum(subtasks) * n
         if proj_dim is not None:
             self._projectors(sel, kind, d, gb, {int(proj_dim): sel_batches}, gdtype)
         out.append(sel)

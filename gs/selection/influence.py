@@ -1,4 +1,4 @@
-"""LESS influence of every pooled training sample on each target domain, with the model, in one stream.
+"""LESS influence of every pooled training sample on each target, with the model, in one stream.
 
 For every warm-up checkpoint c (``results/gradients/warmup/checkpoint-<e>/``: adapter, Adam moments
 and the epoch's mean learning rate), following LESS (Xia et al., ICML 2024; ``princeton-nlp/LESS``,
@@ -12,28 +12,38 @@ and the epoch's mean learning rate), following LESS (Xia et al., ICML 2024; ``pr
   with the same projector, then L2-normalised. LESS normalises *after* projecting (``collect_grads``
   projects the raw Adam/SGD vectors; ``merge_and_normalize_info`` normalises the projected rows), and
   so do we, for both sides;
-* influence of sample i on target T: the mean over T's validation samples j of ``<x_i, v_j>`` (LESS
-  ``matching.py``: ``training_info @ validation_info.T``, then ``.mean(-1)``; no subtask max here, each
-  target domain is one task), summed over checkpoints with weights proportional to their mean
-  learning rates, renormalised to sum to 1 (LESS passes each checkpoint's average learning rate).
+* influence of sample i on target T, as LESS ``less/data_selection/matching.py`` computes it
+  (lines 53-79): per checkpoint ``training_info @ validation_info.T`` (n, m) (:75-77), summed over
+  checkpoints with weights proportional to their mean learning rates renormalised to sum to 1
+  (:45-47, :75), *then* ``reshape(n, N_SUBTASKS[target], -1).mean(-1).max(-1)`` (:78-79): the mean
+  over each subtask's validation samples, the max over the target's subtasks. ClusterUCB scores a
+  draw the same way (``data_selection/cluster_ucb_select_data.py``, ``matching``, :57-59). A
+  validation record's subtask is its ``meta.subtask`` (a string: MMLU subject, BBH task, TydiQA
+  language; :func:`subtask_groups`); a target whose records carry none is one subtask (the max over
+  one is the identity, so its score is the plain checkpoint-weighted mean). The mean is per label,
+  so subtasks need not be equal-sized or contiguous (LESS's reshape needs both).
 
 Memory: the mean over j commutes with the inner product, ``mean_j <x_i, v_j> = <x_i, mean_j v_j>``,
-so each target is kept as one (p,) float32 vector, the mean of its normalised projected validation
-gradients (exactly LESS's score, without storing T x n_val x p); the pool is streamed batch by batch
-and scored against all targets at once, since the training features do not depend on the target.
-No float64 copy of a gradient block is made; only the (C, T, n) scores are float64. With b the
-gradient batch, d the LoRA dimension, p the projection dimension (p = d without projection), T
-targets, C checkpoints, n the pool, peak memory per pool block, beyond the model and its activations:
+so each subtask s of each target is kept as one (p,) float32 vector, the mean of its normalised
+projected validation gradients (exactly LESS's per-subtask mean, without storing n_val x p); the
+checkpoint sum is linear too, so it is taken per subtask on the (C, S, n) scores and the max (not
+linear) comes last, as in LESS. The pool is streamed batch by batch and scored against all S subtask
+directions at once, since the training features do not depend on the target. No float64 copy of a
+gradient block is made; only the scores are float64. With b the gradient batch, d the LoRA dimension,
+p the projection dimension (p = d without projection), T targets, S their subtasks in all (S = T
+when no record carries a subtask), C checkpoints, n the pool, peak memory per pool block, beyond the
+model and its activations:
 
 * device (the model's): ``4 b d`` (the per-sample gradients :func:`gs.gradients.per_sample.iter_gradients`
   still holds) ``+ 4 b d`` (the block moved back from the host) ``+ 8 b d`` (the Adam direction and
-  one temporary) ``+ 8 d`` (one checkpoint's moments) ``+ 4 b p + 4 T p`` plus the projector's
+  one temporary) ``+ 8 d`` (one checkpoint's moments) ``+ 4 b p + 4 S p`` plus the projector's
   workspace: TRAK's ``CudaProjector`` only its (16 ceil(b/16), SMs, p) float32 output; for
   ``BasicProjector`` on a GPU one generated (d, block) block in the model's dtype (e bytes an entry:
   ``e d block``, block = :func:`gs.gradients.projection.basic_block_size`, LESS's 128 where it fits
   ``GPU_BLOCK_BYTES``, 19 bfloat16 columns at d = 109M) and the block cast to that dtype (``e b d``).
   On the CPU the first two terms are one.
-* host: ``4 b d`` (the block iter_gradients hands over) ``+ 8 C T n`` and, for the CPU Rademacher
+* host: ``4 b d`` (the block iter_gradients hands over) ``+ 8 n (C S + C T + S + T)`` (the per-subtask
+  scores and, at the end, the per-target ones, :func:`compute_influence`) and, for the CPU Rademacher
   projector, ``d p`` int8 + ``4 d 128`` (the kept matrix and its conversion buffer).
 
 Projector dtype: on a GPU TRAK's projector runs in the model's dtype, as LESS builds it
@@ -144,6 +154,44 @@ class ProjectedFeatures:
         return normalise_rows(self.projector.project(grads).to(self.device, torch.float32), inplace=True)
 
 
+def subtask_groups(records: list[dict[str, Any]], target: str) -> tuple[list[str], np.ndarray]:
+    """A target's subtasks: their labels, sorted, and each validation record's index into them (int64).
+
+    The label is the record's ``meta.subtask`` (a string). Records that carry none are one subtask,
+    labelled ``""``; a target mixing records with and without a subtask is an error (which subtask the
+    others belong to would be a guess). Every label comes from a record, so no subtask is empty.
+    """
+    if not records:
+        raise InputError(f"target {target!r}: no validation samples")
+    raw = []
+    for r in records:
+        meta = r.get("meta") or {}
+        label = meta.get("subtask") if isinstance(meta, dict) else None
+        if label is not None and not isinstance(label, str):
+            raise InputError(f"target {target!r}: record {r.get('id')!r} has meta.subtask {label!r}, not a string")
+        raw.append(label)
+    missing = [r.get("id") for r, label in zip(records, raw, strict=True) if label is None]
+    if missing and len(missing) < len(records):
+        raise InputError(
+            f"target {target!r}: record {missing[0]!r} has no meta.subtask but others of its validation set do"
+        )
+    if missing:
+        return [""], np.zeros(len(records), dtype=np.int64)
+    labels, group_of = np.unique(np.array(raw, dtype=object), return_inverse=True)
+    return [str(x) for x in labels], group_of.astype(np.int64).reshape(-1)
+
+
+def subtask_layout(targets: dict[str, list[dict[str, Any]]], names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """The rows of :func:`target_directions`: ``(owner, labels)``, the target index (into ``names``, int64)
+    and the subtask label of each of the S rows, target by target, each target's subtasks sorted."""
+    owner, labels = [], []
+    for i, t in enumerate(names):
+        sub, _ = subtask_groups(targets[t], t)
+        owner.extend([i] * len(sub))
+        labels.extend(sub)
+    return np.array(owner, dtype=np.int64), labels
+
+
 def target_directions(
     model: Any,
     tok: Any,
@@ -152,12 +200,17 @@ def target_directions(
     feats: ProjectedFeatures,
     params: dict,
 ) -> torch.Tensor:
-    """(T, p) float32: per target, the mean of its validation samples' normalised projected SGD gradients."""
+    """(S, p) float32: per target in ``names`` and per subtask of it (rows as :func:`subtask_layout`),
+    the mean of the subtask's validation samples' normalised projected SGD gradients.
+
+    A target without subtasks is one row, computed exactly as before subtasks existed."""
     from gs.gradients.per_sample import iter_gradients
 
     rows = []
     for t in names:
-        total, count = None, 0
+        labels, group_of = subtask_groups(targets[t], t)
+        totals: list[torch.Tensor | None] = [None] * len(labels)
+        start = 0
         for _, g in iter_gradients(
             model,
             tok,
@@ -167,15 +220,29 @@ def target_directions(
             loss_on="response",
             progress=False,
         ):
-            f = feats(g).sum(dim=0)
-            total = f if total is None else total.add_(f)
-            count += g.shape[0]
-        if total is None:
-            raise InputError(f"target {t!r}: no validation samples")
-        if not bool(total.abs().max() > 0):
-            raise InputError(f"target {t!r}: every validation gradient is zero (no gradient direction)")
-        rows.append(total / count)
+            f = feats(g)
+            groups = group_of[start : start + f.shape[0]]
+            start += f.shape[0]
+            for s in np.unique(groups).tolist():
+                # The whole block when it is one subtask's (always so without subtasks): the same sum.
+                part = (f if (groups == s).all() else f[torch.from_numpy(np.flatnonzero(groups == s))]).sum(dim=0)
+                totals[s] = part if totals[s] is None else totals[s].add_(part)
+        counts = np.bincount(group_of, minlength=len(labels))
+        for s, (label, total) in enumerate(zip(labels, totals, strict=True)):
+            if total is None or not bool(total.abs().max() > 0):
+                which = f"target {t!r}" + (f" subtask {label!r}" if len(labels) > 1 or label else "")
+                raise InputError(f"{which}: every validation gradient is zero (no gradient direction)")
+            rows.append(total / int(counts[s]))
     return torch.stack(rows)
+
+
+def target_scores(subtask_scores: np.ndarray, owner: np.ndarray, n_targets: int) -> np.ndarray:
+    """The max over each target's subtask rows (LESS ``matching.py`` ``.max(-1)``): ``subtask_scores``
+    (..., S, n) to (..., T, n); ``owner`` (S,) the target index of each row (:func:`subtask_layout`)."""
+    out = np.empty((*subtask_scores.shape[:-2], n_targets, subtask_scores.shape[-1]), dtype=subtask_scores.dtype)
+    for t in range(n_targets):
+        out[..., t, :] = subtask_scores[..., owner == t, :].max(axis=-2)
+    return out
 
 
 def compute_influence(
@@ -189,10 +256,17 @@ def compute_influence(
     """Influence of each pool sample on each target; returns arrays for ``influence.npz``.
 
     ``params`` is the ``gradients`` config section (``batch_size``, ``max_length``, ``influence``).
-    Keys: ``ids`` (n,) in pool order, ``targets`` (T,) sorted, ``scores`` (T, n) checkpoint-weighted
-    influence, ``per_checkpoint`` (C, T, n), ``weights`` (C,), ``gradient_computations`` (n * C),
-    ``projection_dim`` (p; d when not projected), ``projection_kind`` (``"none"`` when not projected)
-    and ``gradient_dim`` (d).
+    Keys: ``ids`` (n,) in pool order, ``targets`` (T,) sorted, ``scores`` (T, n) the target's
+    influence (the checkpoint-weighted sum per subtask, then the max over its subtasks),
+    ``per_checkpoint`` (C, T, n) each checkpoint's alone (the max over subtasks at that checkpoint:
+    with subtasks ``scores`` is not ``weights @ per_checkpoint``), ``weights`` (C,),
+    ``gradient_computations`` (n * C), ``projection_dim`` (p; d when not projected),
+    ``projection_kind`` (``"none"`` when not projected) and ``gradient_dim`` (d). Per subtask (S rows,
+    :func:`subtask_layout`; S = T and the rows are the targets when no record carries a subtask):
+    ``subtask_target`` (S,) int64 the row's target index, ``subtask`` (S,) its label (``""`` for a
+    target without subtasks), ``subtask_per_checkpoint`` (C, S, n) and ``subtask_scores`` (S, n), the
+    checkpoint-weighted sum. Files written before subtasks lack the four; their ``scores`` and
+    ``per_checkpoint`` mean the same.
     """
     from tqdm.auto import tqdm
 
@@ -201,11 +275,12 @@ def compute_influence(
     if not pool:
         raise InputError("the training pool is empty")
     dim, kind = influence_settings(params)
+    names = sorted(targets)
+    owner, labels = subtask_layout(targets, names)
     seed_everything(seed)
     tok = load_tokenizer(model_dir)
-    names = sorted(targets)
     checkpoints = read_checkpoints(warmup_dir)
-    per_ckpt = np.zeros((len(checkpoints), len(names), len(pool)))
+    per_ckpt = np.zeros((len(checkpoints), len(labels), len(pool)))
     ids: list[str] = []
     d = 0
     feats: ProjectedFeatures | None = None
@@ -214,7 +289,7 @@ def compute_influence(
         first = next(model.parameters())  # LESS collect_grads: the projector's device and dtype
         device = first.device
         feats = feats or ProjectedFeatures(dim, kind, seed, device, first.dtype)
-        directions = target_directions(model, tok, targets, names, feats, params)  # (T, p)
+        directions = target_directions(model, tok, targets, names, feats, params)  # (S, p)
         m, v = load_moments(ckpt["dir"], device)
         start, batch_order = 0, []
         for batch_ids, grads in iter_gradients(
@@ -229,7 +304,7 @@ def compute_influence(
             if m.shape[0] != d:
                 raise InputError(f"{ckpt['dir']}: Adam moments have d={m.shape[0]}, the LoRA gradients d={d}")
             x = feats(adam_precondition(grads.to(device), m, v))  # (b, p) unit rows
-            scores = (x @ directions.T).double().cpu().numpy()  # (b, T)
+            scores = (x @ directions.T).double().cpu().numpy()  # (b, S)
             per_ckpt[c, :, start : start + len(batch_ids)] = scores.T
             start += len(batch_ids)
             batch_order.extend(batch_ids)
@@ -238,16 +313,21 @@ def compute_influence(
         ids = batch_order
         del model, m, v, directions
     weights = checkpoint_weights([ck["mean_lr"] for ck in checkpoints])
+    weighted = np.einsum("c,csn->sn", weights, per_ckpt)  # LESS: the checkpoint sum first, per subtask
     return {
         "ids": np.array(ids),
         "targets": np.array(names),
-        "scores": np.einsum("c,ctn->tn", weights, per_ckpt),
-        "per_checkpoint": per_ckpt,
+        "scores": target_scores(weighted, owner, len(names)),  # then the max over subtasks
+        "per_checkpoint": target_scores(per_ckpt, owner, len(names)),
         "weights": weights,
         "gradient_computations": np.array(len(pool) * len(checkpoints)),
         "projection_dim": np.array(d if dim is None else dim),
         "projection_kind": np.array("none" if dim is None else kind),
         "gradient_dim": np.array(d),
+        "subtask_target": owner,
+        "subtask": np.array(labels),
+        "subtask_per_checkpoint": per_ckpt,
+        "subtask_scores": weighted,
     }
 
 

@@ -1,8 +1,9 @@
 """LESS influence in shards: the pool split into ``S`` contiguous slices (``gradients.shards: S > 1``,
 :func:`gs.gradients.passes.shard_bounds`), one job each (``shard``), then a ``merge``.
 
-A sample's influence on a target depends only on its own gradient and the target's mean direction,
-which every shard recomputes from the same checkpoints and seeded projector; the slices' scores
+A sample's influence on a target depends only on its own gradient and the target's mean directions
+(one per subtask; the max over subtasks is taken per sample, so it commutes with the split), which
+every shard recomputes from the same checkpoints and seeded projector; the slices' scores
 concatenate and their gradient counts add.
 """
 
@@ -48,7 +49,9 @@ def influence_shard(
 
 
 # Arrays of influence.npz along the pool (concatenated), summed over the slices, and equal in every slice.
-_ALONG_POOL = {"ids": 0, "scores": 1, "per_checkpoint": 2}
+# The per-subtask arrays (subtask_per_checkpoint, subtask_scores) run along the pool too; subtask_target and
+# subtask are equal in every slice. Shard files written before subtasks lack them and merge as before.
+_ALONG_POOL = {"ids": 0, "scores": 1, "per_checkpoint": 2, "subtask_per_checkpoint": 2, "subtask_scores": 1}
 
 
 _SUMMED = ("gradient_computations",)

@@ -10,13 +10,17 @@ and counts every per-sample gradient it computes, so a run's cost is measured, n
 The pipeline is :mod:`gs.selection.influence`'s (same tokenisation, :func:`gs.gradients.per_sample.iter_gradients`,
 :func:`gs.selection.less.adam_precondition` with the checkpoint's moments, the same seeded projector, unit rows,
 the mean of the target's normalised validation directions, checkpoint weights from the mean learning
-rates), so a drawn sample's influence equals the full pass's value for it (up to float32 summation
-order; the test checks it). Influence checkpoints whose every-sample influence is already known (the
-clustering pass at that checkpoint, :mod:`gs.selection.ucb_clustering`) are read, not recomputed, and not charged.
+rates, one direction per subtask of the target, the checkpoint-weighted sum per subtask, then the max
+over subtasks: LESS ``less/data_selection/matching.py`` :75-79, as ClusterUCB's ``matching``,
+``cluster_ucb_select_data.py`` :57-59, scores a draw), so a drawn sample's influence equals the full
+pass's value for it (up to float32 summation order; the test checks it). Influence checkpoints whose
+every-sample influence is already known (the clustering pass at that checkpoint,
+:mod:`gs.selection.ucb_clustering`) are read, not recomputed, and not charged.
 
 One model is loaded; the checkpoints' adapters are swapped in by their weights (peft
 ``set_peft_model_state_dict``), so memory is one model plus, per checkpoint computed, its adapter
-weights (4 d bytes), Adam moments (8 d bytes, on the model's device) and target direction (4 p bytes).
+weights (4 d bytes), Adam moments (8 d bytes, on the model's device) and the target's subtask
+directions (4 S_t p bytes, S_t its subtasks; one without subtasks has one).
 """
 
 from __future__ import annotations
@@ -37,7 +41,10 @@ class OnDemandInfluence:
 
     ``checkpoints``: which warm-up checkpoints (indices in epoch order) the influence sums over (all by
     default; Dynamic-ClusterUCB uses one at a time), with LESS's weights renormalised over them.
-    ``known``: checkpoint index -> (n,) influences already computed (the clustering pass), not charged.
+    ``known``: checkpoint index -> influences already computed there (the clustering pass), not charged:
+    (S_t, n) per subtask of the target (``clustering.npz`` ``influence_subtask``'s rows of the target, in
+    :func:`gs.selection.influence.subtask_groups` order), or (n,) for a target without subtasks.
+    Influence = max over the target's subtasks of the checkpoint-weighted per-subtask sums.
     Counters: ``gradient_computations`` (training samples x checkpoints computed here) and
     ``validation_computations`` (validation samples x checkpoints computed here).
     """
@@ -64,6 +71,7 @@ class OnDemandInfluence:
             influence_settings,
             load_moments,
             read_checkpoints,
+            subtask_groups,
             target_directions,
         )
 
@@ -73,10 +81,19 @@ class OnDemandInfluence:
             raise InputError(f"{warmup_dir}: checkpoints {use} out of range (it has {len(all_ckpts)})")
         self.weights = checkpoint_weights([all_ckpts[c]["mean_lr"] for c in use])
         self.use = use
-        self.known = {c: np.asarray(s, dtype=np.float64) for c, s in (known or {}).items() if c in use}
-        for c, s in self.known.items():
-            if s.shape != (len(pool),):
-                raise InputError(f"known influences of checkpoint {c}: shape {s.shape}, the pool has {len(pool)}")
+        self.n_subtasks = len(subtask_groups(validation, "the on-demand target")[0])
+        self.known = {}
+        for c, s in (known or {}).items():
+            if c not in use:
+                continue
+            arr = np.asarray(s, dtype=np.float64)
+            arr = arr[None, :] if arr.ndim == 1 else arr
+            if arr.shape != (self.n_subtasks, len(pool)):
+                raise InputError(
+                    f"known influences of checkpoint {c}: shape {np.shape(s)}, expected "
+                    f"({self.n_subtasks}, {len(pool)}) (subtasks, pool)"
+                )
+            self.known[c] = arr
         self.pool, self.params = pool, params
         self.gradient_computations = 0
         self.validation_computations = 0
@@ -94,7 +111,7 @@ class OnDemandInfluence:
                 self.feats = ProjectedFeatures(dim, kind, seed, self.device)
             weights = load_peft_weights(str(ckpt_dir), device=str(self.device))
             self._set_adapter(weights)
-            direction = target_directions(self.model, self.tok, {"t": validation}, ["t"], self.feats, params)[0]
+            direction = target_directions(self.model, self.tok, {"t": validation}, ["t"], self.feats, params)
             self.validation_computations += len(validation)
             m, v = load_moments(ckpt_dir, self.device)
             self.state[c] = {"adapter": weights, "direction": direction, "m": m, "v": v, "dir": ckpt_dir}
@@ -107,19 +124,20 @@ class OnDemandInfluence:
             raise InputError(f"adapter weights do not fit the model: {result.unexpected_keys[:3]}")
 
     def __call__(self, indices: np.ndarray) -> np.ndarray:
-        """Influences of pool samples ``indices`` (k,), float64, computing k gradients per checkpoint."""
+        """Influences of pool samples ``indices`` (k,), float64, computing k gradients per checkpoint:
+        per subtask the checkpoint-weighted sum, then the max over the subtasks (LESS's order)."""
         from gs.gradients.per_sample import iter_gradients
         from gs.selection.less import adam_precondition
 
         idx = index_array(indices, "indices", len(self.pool))
-        total = np.zeros(idx.size)
+        total = np.zeros((self.n_subtasks, idx.size))
         for w, c in zip(self.weights, self.use, strict=True):
             if c in self.known:
-                total += w * self.known[c][idx]
+                total += w * self.known[c][:, idx]
                 continue
             st = self.state[c]
             self._set_adapter(st["adapter"])
-            scores, start = np.zeros(idx.size), 0
+            scores, start = np.zeros((self.n_subtasks, idx.size)), 0
             for _, grads in iter_gradients(
                 self.model,
                 self.tok,
@@ -134,8 +152,9 @@ class OnDemandInfluence:
                         f"{st['dir']}: Adam moments have d={st['m'].shape[0]}, gradients d={grads.shape[1]}"
                     )
                 x = self.feats(adam_precondition(grads.to(self.device), st["m"], st["v"]))
-                scores[start : start + grads.shape[0]] = (x @ st["direction"]).double().cpu().numpy()
+                block = (x @ st["direction"].T).double().cpu().numpy()  # (b, S_t), as the full pass
+                scores[:, start : start + grads.shape[0]] = block.T
                 start += grads.shape[0]
             self.gradient_computations += idx.size
             total += w * scores
-        return total
+        return total.max(axis=0)

@@ -57,8 +57,9 @@ OnDemand = Callable[[list[int] | None], Any]  # checkpoints -> an influence_fn w
 
 @dataclass
 class SelectionInputs:
-    """One target's arrays. ``per_checkpoint`` (C, n) influences from the full pass; ``weights`` (C,);
-    ``labels`` (n,) the bandit's arms; ``covered`` the influence checkpoint the arms' clustering pass
+    """One target's arrays. ``per_checkpoint`` the full pass's influences at each checkpoint: (C, n), or
+    (C, S_t, n) per subtask of the target (``influence.npz`` ``subtask_per_checkpoint``'s rows of it);
+    ``weights`` (C,); ``labels`` (n,) the bandit's arms; ``covered`` the influence checkpoint the arms' clustering pass
     computed every gradient at (None if none); ``n_validation`` the target's validation samples;
     ``compare`` other arm sets (name -> (n,) labels); ``curve_labels`` k -> (n,) labels."""
 
@@ -71,9 +72,34 @@ class SelectionInputs:
     curve_labels: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
+    def by_subtask(self) -> np.ndarray:
+        """(C, S_t, n): ``per_checkpoint`` with its subtask axis (S_t = 1 when it has none)."""
+        pc = np.asarray(self.per_checkpoint)
+        return pc[:, None, :] if pc.ndim == 2 else pc
+
+    @property
+    def n_checkpoints(self) -> int:
+        return int(self.by_subtask.shape[0])
+
+    @property
+    def n(self) -> int:
+        return int(self.by_subtask.shape[2])
+
+    @property
     def scores(self) -> np.ndarray:
-        """(n,) checkpoint-weighted influences (LESS ``matching.py``)."""
-        return self.weights @ self.per_checkpoint
+        """(n,) influences, LESS ``matching.py`` :75-79: the checkpoint-weighted sum per subtask, then the
+        max over subtasks (one subtask: the checkpoint-weighted sum, computed as before subtasks)."""
+        pc = np.asarray(self.per_checkpoint)
+        if pc.ndim == 3 and pc.shape[1] == 1:
+            pc = pc[:, 0, :]
+        if pc.ndim == 2:
+            return self.weights @ pc
+        return np.einsum("c,csn->sn", self.weights, pc).max(axis=0)
+
+    def checkpoint_scores(self, c: int) -> np.ndarray:
+        """(n,) influences at checkpoint ``c`` alone (Dynamic-ClusterUCB): the max over its subtasks."""
+        pc = np.asarray(self.per_checkpoint)
+        return pc[c] if pc.ndim == 2 else pc[c].max(axis=0)
 
 
 def _bandit_kwargs(params: dict[str, Any], estimator: str | None = None) -> dict[str, Any]:
@@ -100,8 +126,8 @@ def _dynamic(
 ) -> tuple[list[dict[str, Any]], int, int]:
     """Dynamic-ClusterUCB: a selection per checkpoint; returns them, draws charged, gradients measured."""
     epochs, charged, measured = [], 0, 0
-    for c in range(inputs.per_checkpoint.shape[0]):
-        s = inputs.per_checkpoint[c]
+    for c in range(inputs.n_checkpoints):
+        s = inputs.checkpoint_scores(c)
         if c == inputs.covered:
             picked = select_full(s, keep)  # the clustering pass's gradients: full LESS, no new ones
         else:
@@ -120,7 +146,7 @@ def select_for_target(
 ) -> dict[str, Any]:
     """Every method for one target (module docstring); ``params`` is the ``selection`` section."""
     scores = inputs.scores
-    n_ckpt, n = inputs.per_checkpoint.shape
+    n_ckpt, n = inputs.n_checkpoints, inputs.n
     keep = count_from_fraction(n, float(params["keep_fraction"]), what="keep_fraction")
     draws = count_from_fraction(n, float(params["budget_fraction"]), what="budget_fraction")
     kwargs = _bandit_kwargs(params)
@@ -236,7 +262,7 @@ def _curve(inputs: SelectionInputs, params: dict[str, Any], keep: int, seeds: li
         return []
     curve = budget_curve(
         inputs.scores,
-        inputs.per_checkpoint.shape[0],
+        inputs.n_checkpoints,
         int(inputs.covered is not None),
         inputs.curve_labels,
         keep=keep,
@@ -309,12 +335,22 @@ def main(argv: list[str] | None = None) -> None:
                 names = [c["dir"].name for c in read_checkpoints(args.warmup)]
                 if str(clu["checkpoint"]) in names:
                     covered = names.index(str(clu["checkpoint"]))
-                    known = {covered: clu["influence"][clu["targets"].tolist().index(args.target)]}
+                    ct = clu["targets"].tolist().index(args.target)
+                    # Per subtask when the file has them (summed over checkpoints before the max).
+                    sub = "influence_subtask" in clu.files
+                    known = {
+                        covered: clu["influence_subtask"][clu["subtask_target"] == ct] if sub else clu["influence"][ct]
+                    }
     if labels is None:
         labels = _labels_for(args.assignments, ids)
     validation = load_records(args.validation) if args.validation else []
+    # influence.npz: per subtask when written with them (gs.selection.influence.compute_influence), else (C, n).
+    if "subtask_per_checkpoint" in data.files:
+        per_checkpoint = data["subtask_per_checkpoint"][:, data["subtask_target"] == t, :]
+    else:
+        per_checkpoint = data["per_checkpoint"][:, t, :]
     inputs = SelectionInputs(
-        per_checkpoint=data["per_checkpoint"][:, t, :],
+        per_checkpoint=per_checkpoint,
         weights=data["weights"],
         labels=labels,
         covered=covered,

@@ -95,7 +95,10 @@ def clustering_pass(
     ``gradient_params``: the ``gradients`` section (``batch_size``, ``max_length``, ``influence``);
     ``cluster_params``: ``selection.ucb_clustering`` (``step``, ``k``, ``curve_k``, ``iters``).
     Returns arrays for ``clustering.npz``: ``ids`` (n,), ``targets`` (T,), ``influence`` (T, n) at the
-    clustering checkpoint, ``labels_k<K>`` (n,) for the main k and every ``curve_k``, ``ks``,
+    clustering checkpoint (the max over each target's subtasks there), ``influence_subtask`` (S, n) per
+    subtask with ``subtask_target`` (S,) and ``subtask`` (S,) as in ``influence.npz``
+    (:func:`gs.selection.influence.compute_influence`; the on-demand selector sums the per-subtask rows
+    over checkpoints before the max), ``labels_k<K>`` (n,) for the main k and every ``curve_k``, ``ks``,
     ``checkpoint`` (folder name), ``note``, ``gradient_computations`` (n), ``validation_computations``.
     Memory: the (n, p) float32 features on the host (p = d without projection).
     """
@@ -104,12 +107,21 @@ def clustering_pass(
     from gs.gradients.per_sample import iter_gradients
     from gs.models.load import load_model, load_tokenizer
     from gs.models.lora import load_adapter, seed_everything
-    from gs.selection.influence import ProjectedFeatures, influence_settings, load_moments, target_directions
+    from gs.selection.influence import (
+        ProjectedFeatures,
+        influence_settings,
+        load_moments,
+        subtask_layout,
+        target_directions,
+        target_scores,
+    )
     from gs.selection.less import adam_precondition
 
     if not pool:
         raise InputError("the training pool is empty")
     dim, kind = influence_settings(gradient_params)
+    names = sorted(targets)
+    owner, subtasks = subtask_layout(targets, names)
     seed_everything(seed)
     ckpt, note = clustering_checkpoint(warmup_dir, int(cluster_params["step"]))
     print(note)
@@ -118,8 +130,7 @@ def clustering_pass(
     first = next(model.parameters())  # LESS collect_grads: the projector's device and dtype
     device = first.device
     feats = ProjectedFeatures(dim, kind, seed, device, first.dtype)
-    names = sorted(targets)
-    directions = target_directions(model, tok, targets, names, feats, gradient_params)  # (T, p)
+    directions = target_directions(model, tok, targets, names, feats, gradient_params)  # (S, p)
     m, v = load_moments(ckpt, device)
     rows, ids = [], []
     for batch_ids, grads in tqdm(
@@ -140,10 +151,14 @@ def clustering_pass(
         rows.append(feats(adam_precondition(grads.to(device), m, v)).cpu())
         ids.extend(batch_ids)
     x = torch.cat(rows)  # (n, p) unit rows
+    per_subtask = (x @ directions.cpu().T).double().numpy().T  # (S, n)
     out: dict[str, np.ndarray] = {
         "ids": np.array(ids),
         "targets": np.array(names),
-        "influence": (x @ directions.cpu().T).double().numpy().T,
+        "influence": target_scores(per_subtask, owner, len(names)),
+        "influence_subtask": per_subtask,
+        "subtask_target": owner,
+        "subtask": np.array(subtasks),
         "checkpoint": np.array(ckpt.name),
         "note": np.array(note),
         "gradient_computations": np.array(len(pool)),

@@ -269,12 +269,14 @@ def test_sharded_less_influence_equals_the_single_pass(sharded, tiny_model_dir):
     from gs.selection.influence_shards import influence_shard, merge_influence
 
     tmp, train, warmup = sharded
+    # math's validation set has two subtasks (LESS's subtask max), code's none.
+    records = {name: [r for r in RECORDS if r["domain"] == name][:2] for name in ("math", "code")}
+    records["math"] = [{**r, "meta": {"subtask": f"sub{i}"}} for i, r in enumerate(records["math"])]
     targets = {}
-    for name in ("math", "code"):
+    for name, recs in records.items():
         path = tmp / f"{name}_validation.jsonl"
-        write_jsonl(path, [r for r in RECORDS if r["domain"] == name][:2])
+        write_jsonl(path, recs)
         targets[name] = str(path)
-    records = {name: [r for r in RECORDS if r["domain"] == name][:2] for name in targets}
     single = compute_influence(str(tiny_model_dir), str(warmup), RECORDS, records, GRADIENTS, 0)
     files = [str(tmp / f"influence{i}.npz") for i in range(3)]
     for i, f in enumerate(files):
@@ -287,6 +289,10 @@ def test_sharded_less_influence_equals_the_single_pass(sharded, tiny_model_dir):
     assert merged["per_checkpoint"].shape == single["per_checkpoint"].shape
     np.testing.assert_allclose(merged["scores"], single["scores"], atol=1e-5)
     np.testing.assert_allclose(merged["per_checkpoint"], single["per_checkpoint"], atol=1e-5)
+    assert merged["subtask"].tolist() == single["subtask"].tolist() == ["", "sub0", "sub1"]  # code, then math's
+    assert merged["subtask_target"].tolist() == [0, 1, 1]
+    np.testing.assert_allclose(merged["subtask_per_checkpoint"], single["subtask_per_checkpoint"], atol=1e-5)
+    np.testing.assert_allclose(merged["subtask_scores"], single["subtask_scores"], atol=1e-5)
 
 
 def test_planner_plans_one_job_per_shard_and_the_merges(plan_inputs):

@@ -158,6 +158,28 @@ def test_select_for_target_charges_without_a_model():
     assert {row["rule"] for row in r["ablation"]} == set(REFERENCE_NAMES)
 
 
+def test_select_for_target_takes_the_subtask_max_after_the_checkpoint_sum():
+    """(C, S_t, n) influences: the score is max_s sum_c w_c x[c, s] (LESS matching.py :75-79), counted by
+    hand; a checkpoint alone (Dynamic-ClusterUCB) is max_s x[c, s]; one subtask is the (C, n) case."""
+    x2 = np.array([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [1.0, 0.0]]])  # (2, 2, 2)
+    two = SelectionInputs(x2, np.array([0.5, 0.5]), np.zeros(2, dtype=np.int64), None, 4)
+    np.testing.assert_allclose(two.scores, [0.5, 0.5])  # s0 = [0.5, 0], s1 = [0.5, 0.5]
+    assert not np.allclose(two.scores, 0.5 * x2[0].max(axis=0) + 0.5 * x2[1].max(axis=0))  # [1, 0.5]
+    np.testing.assert_allclose(two.checkpoint_scores(0), [1.0, 1.0])
+    np.testing.assert_allclose(two.checkpoint_scores(1), [1.0, 0.0])
+    assert (two.n_checkpoints, two.n) == (2, 2)
+    # One subtask: (C, 1, n) is the (C, n) case, the same selection to the last number.
+    rng = np.random.default_rng(4)
+    pc = rng.standard_normal((2, 24))
+    params = {"keep_fraction": 0.25, "budget_fraction": 0.5, "cold_start": 1, "exploration": 1.0, "dynamic": True}
+    labels = np.arange(24) % 4
+    a = select_for_target(SelectionInputs(pc, np.array([0.75, 0.25]), labels, 0, 3), {**params, "curve_seeds": 1}, 0)
+    b = select_for_target(
+        SelectionInputs(pc[:, None, :], np.array([0.75, 0.25]), labels, 0, 3), {**params, "curve_seeds": 1}, 0
+    )
+    assert json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
 # --------------------------------------------------------------------------- on the tiny model
 
 
@@ -314,3 +336,54 @@ def test_clustering_and_selection_clis_run_on_demand_and_charge_what_they_comput
     assert ucb["measured_gradient_computations"] == ucb["computations"] == 8 + 4
     assert sel["methods"]["full"]["computations"] == 16
     assert len((tmp_path / "sel" / "clusterucb.jsonl").read_text().splitlines()) == 2
+    # Files written before subtasks (no subtask arrays) select the same, to the last number.
+    subtask_keys = ("subtask_target", "subtask", "subtask_per_checkpoint", "subtask_scores", "influence_subtask")
+    with open(tmp_path / "old_influence.npz", "wb") as f:
+        np.savez(f, **{k: v for k, v in full_pass.items() if k not in subtask_keys})
+    with np.load(tmp_path / "clusters" / "clustering.npz") as clu, open(tmp_path / "old_clustering.npz", "wb") as f:
+        np.savez(f, **{k: clu[k] for k in clu.files if k not in subtask_keys})
+    args = [*common, "--influence", str(tmp_path / "old_influence.npz")]
+    args += ["--clustering", str(tmp_path / "old_clustering.npz"), "--validation", str(tmp_path / "val.jsonl")]
+    args += ["--gradients", json.dumps(GRAD_PARAMS), "--target", "math", "--params", json.dumps(params)]
+    select_main([*args, "--seed", "0", "--out-dir", str(tmp_path / "sel_old")])
+    assert read_json(tmp_path / "sel_old" / "selection.json") == sel
+
+
+SUB_VALIDATION = [
+    {**VALIDATION[0], "meta": {"subtask": "y"}},
+    {**_record("m3", "math", "What is 9 plus 9?", "18"), "meta": {"subtask": "x"}},
+    {**VALIDATION[1], "meta": {"subtask": "y"}},
+]  # one gradient batch (batch_size 3) holding both subtasks
+
+
+@pytest.mark.parametrize("covered", [None, 0])
+def test_on_demand_subtask_max_equals_the_full_pass(tiny_model_dir, warmup, covered):
+    """A target with 2 subtasks: the drawn influences equal the full pass's (the per-subtask checkpoint sum,
+    then the max), the known checkpoint read from the clustering pass's per-subtask rows."""
+    from gs.selection.influence import compute_influence
+    from gs.selection.on_demand import OnDemandInfluence
+    from gs.selection.ucb_clustering import clustering_pass
+
+    full = compute_influence(str(tiny_model_dir), str(warmup), POOL, {"math": SUB_VALIDATION}, GRAD_PARAMS, seed=0)
+    assert full["subtask"].tolist() == ["x", "y"]
+    known = {}
+    if covered is not None:
+        clu = clustering_pass(
+            str(tiny_model_dir), str(warmup), POOL, {"math": SUB_VALIDATION}, GRAD_PARAMS, {"step": 20, "k": 2}, 0
+        )
+        np.testing.assert_allclose(clu["influence_subtask"], full["subtask_per_checkpoint"][0], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(clu["influence"], full["per_checkpoint"][0], rtol=1e-4, atol=1e-6)
+        known = {covered: clu["influence_subtask"][clu["subtask_target"] == 0]}
+    fn = OnDemandInfluence(str(tiny_model_dir), str(warmup), POOL, SUB_VALIDATION, GRAD_PARAMS, seed=0, known=known)
+    idx = np.array([6, 0, 3, 1])
+    np.testing.assert_allclose(fn(idx), full["scores"][0][idx], rtol=1e-4, atol=1e-6)
+    assert fn.gradient_computations == idx.size * (2 if covered is None else 1)
+    # One checkpoint alone (Dynamic-ClusterUCB's draws): the max over subtasks at that checkpoint.
+    one = OnDemandInfluence(
+        str(tiny_model_dir), str(warmup), POOL, SUB_VALIDATION, GRAD_PARAMS, seed=0, checkpoints=[1]
+    )
+    np.testing.assert_allclose(one(idx), full["per_checkpoint"][1, 0][idx], rtol=1e-4, atol=1e-6)
+    with pytest.raises(InputError, match=r"expected \(2, 8\)"):
+        OnDemandInfluence(
+            str(tiny_model_dir), str(warmup), POOL, SUB_VALIDATION, GRAD_PARAMS, seed=0, known={0: np.zeros(8)}
+        )

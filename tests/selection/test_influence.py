@@ -197,3 +197,81 @@ def test_adam_precondition_on_torch_equals_less_formula_in_numpy():
     np.testing.assert_allclose(adam_precondition(g.astype(np.float32), m, v), expected, rtol=1e-6)
     with pytest.raises(InputError, match="all as numpy or all as torch"):
         adam_precondition(torch.from_numpy(g), m, v)
+
+
+# --------------------------------------------------------------------------- subtasks (LESS's subtask max)
+
+
+def _with_subtask(r: dict, subtask) -> dict:
+    return {**r, "meta": {"subtask": subtask}}
+
+
+# "math" has two subtasks, unequal in size and not contiguous (LESS's reshape needs neither, the per-label
+# mean does); "writing" has none, so it is one subtask and must score exactly as without subtasks.
+SUB_TARGETS = {
+    "math": [
+        _with_subtask(TARGETS["math"][0], "sub-b"),
+        _with_subtask(_record("m3", "math", "What is 9 plus 9?", "18"), "sub-a"),
+        _with_subtask(TARGETS["math"][1], "sub-b"),
+    ],
+    "writing": TARGETS["writing"],
+}
+
+
+def test_subtask_max_streamed_equals_the_offline_less_function(tiny_model_dir, warmup, tokenizer):
+    """compute_influence with subtasks = gs.selection.less.influence_scores(..., target_groups=...) on the same
+    gradients (computed here with plain autograd, LESS's Adam formula in numpy), both checkpoints, LESS's
+    weights; the checkpoint sum is taken per subtask BEFORE the max over subtasks (matching.py :75-79)."""
+    from gs.selection.less import influence_scores
+
+    got = compute_influence(str(tiny_model_dir), str(warmup), POOL, SUB_TARGETS, _params(), seed=0)
+    train, val = [], {t: [] for t in SUB_TARGETS}
+    for c in range(len(LRS)):
+        ckpt = warmup / f"checkpoint-{c + 1}"
+        moments = torch.load(ckpt / "adam_moments.pt")
+        m, v = moments["exp_avg"].double().numpy(), moments["exp_avg_sq"].double().numpy()
+        train.append(_less_adam(_per_sample_gradients(tiny_model_dir, ckpt, tokenizer, POOL), m, v))
+        for t, recs in SUB_TARGETS.items():
+            val[t].append(_per_sample_gradients(tiny_model_dir, ckpt, tokenizer, recs))
+    groups = {"math": np.array([1, 0, 1]), "writing": None}  # sub-a = 0, sub-b = 1 (sorted labels)
+    expected = np.stack(
+        [influence_scores(train, val[t], checkpoint_weights=LRS, target_groups=groups[t]) for t in sorted(SUB_TARGETS)]
+    )
+    assert got["targets"].tolist() == ["math", "writing"]
+    np.testing.assert_allclose(got["scores"], expected, atol=2e-5)
+    # The per-subtask arrays: rows target by target, subtasks sorted; "" for the target without subtasks.
+    assert got["subtask_target"].tolist() == [0, 0, 1] and got["subtask"].tolist() == ["sub-a", "sub-b", ""]
+    assert got["subtask_per_checkpoint"].shape == (len(LRS), 3, len(POOL))
+    w = np.array(LRS) / sum(LRS)
+    np.testing.assert_allclose(got["subtask_scores"], np.einsum("c,csn->sn", w, got["subtask_per_checkpoint"]))
+    np.testing.assert_array_equal(got["scores"][0], got["subtask_scores"][:2].max(axis=0))
+    np.testing.assert_array_equal(got["per_checkpoint"][:, 0], got["subtask_per_checkpoint"][:, :2].max(axis=1))
+    # One subtask, the sum over the two subtasks' own validation samples: each subtask row is that mean.
+    for s, rows in ((0, [1]), (1, [0, 2])):
+        one = influence_scores(train, [vc[rows] for vc in val["math"]], checkpoint_weights=LRS)
+        np.testing.assert_allclose(got["subtask_scores"][s], one, atol=2e-5)
+    # The order matters here: the max after the checkpoint sum is not the sum of per-checkpoint maxima.
+    assert np.abs(got["scores"][0] - w @ got["per_checkpoint"][:, 0]).max() > 1e-4
+    # The target without subtasks scores as the pass on it alone does (up to float32 rounding: the pool
+    # block is multiplied by 3 direction rows here, 1 there, as with 2 targets against 1 before subtasks).
+    alone = compute_influence(str(tiny_model_dir), str(warmup), POOL, {"writing": TARGETS["writing"]}, _params(), 0)
+    np.testing.assert_allclose(got["scores"][1], alone["scores"][0], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(got["per_checkpoint"][:, 1], alone["per_checkpoint"][:, 0], rtol=0, atol=1e-7)
+    assert alone["subtask"].tolist() == [""] and alone["subtask_target"].tolist() == [0]
+    np.testing.assert_array_equal(alone["subtask_scores"], alone["scores"])
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        ([_with_subtask(TARGETS["math"][0], 3)], r"target 'math': record 'm1' has meta.subtask 3, not a string"),
+        (
+            [_with_subtask(TARGETS["math"][0], "a"), TARGETS["math"][1]],
+            r"target 'math': record 'm2' has no meta.subtask but others of its validation set do",
+        ),
+        ([], r"target 'math': no validation samples"),
+    ],
+)
+def test_subtask_errors_are_one_line(tiny_model_dir, warmup, records, message):
+    with pytest.raises(InputError, match=message):
+        compute_influence(str(tiny_model_dir), str(warmup), POOL, {"math": records}, _params(), seed=0)
