@@ -158,9 +158,7 @@ def test_malformed_row_fails_with_one_line_naming_file_row_and_field(tmp_path, b
     src = _write(tmp_path, [good[0], bad_row, good[1], good[2]])
     spec = {s: {"source": "jsonl", "n": 1, "options": {"path": str(src), "shuffle": False}} for s in SPLITS}
     out = tmp_path / "out"
-    result = _run_data_cli(
-        "part", "--part", "math", "--params", json.dumps(spec), "--seed", "0", "--out-dir", str(out)
-    )
+    result = _run_data_cli("part", "--part", "math", "--params", json.dumps(spec), "--seed", "0", "--out-dir", str(out))
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
