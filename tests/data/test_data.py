@@ -150,7 +150,7 @@ GOOD = {"instruction": "Add 1 and 2.", "input": "", "output": "3"}
         ({"instruction": "x", "input": ""}, "field 'output' missing"),
         ({"instruction": "x", "input": 3, "output": "y"}, "field 'input' must be a string"),
         ({"instruction": " ", "input": "", "output": "y"}, "field 'instruction' is empty"),
-        ({**GOOD, "domain": "poetry"}, "unknown domain 'poetry'"),
+        ({**GOOD, "domain": 3}, "field 'domain' must be a string"),
     ],
 )
 def test_malformed_row_fails_with_one_line_naming_file_row_and_field(tmp_path, bad_row, expected):
@@ -168,8 +168,12 @@ def test_malformed_row_fails_with_one_line_naming_file_row_and_field(tmp_path, b
 
 
 def test_unknown_domain_source_and_empty_split(tmp_path):
-    with pytest.raises(InputError, match="unknown domain 'poetry'"):
-        build_domain("poetry", SMALL["math"], seed=0)
+    with pytest.raises(InputError, match="part name 'po etry': use letters"):
+        build_domain("po etry", SMALL["math"], seed=0)
+    with pytest.raises(InputError, match="part name 'pool'"):
+        build_domain("pool", SMALL["math"], seed=0)
+    with pytest.raises(InputError, match="split 'train' missing"):
+        build_domain("math", {k: v for k, v in SMALL["math"].items() if k != "train"}, seed=0)
     bad_source = {**SMALL["math"], "test": {"source": "mbpp", "n": 2}}
     with pytest.raises(InputError, match="unknown data source 'mbpp'"):
         build_domain("math", bad_source, seed=0)
@@ -185,10 +189,16 @@ def test_reference_split_is_needed_when_the_test_split_has_no_outputs(tmp_path):
     spec = {k: v for k, v in SMALL["writing"].items() if k != "reference"}
     with pytest.raises(InputError, match="no output to score the likelihood of; give the domain a 'reference' split"):
         build_domain("writing", spec, seed=0)
-    with pytest.raises(InputError, match="unknown split"):
-        build_domain("math", {**SMALL["math"], "heldout": {"source": "gsm_symbolic", "n": 1}}, seed=0)
+    # Any other split name is a split of its own, carved disjointly after the usual ones.
+    extra = build_domain("math", {**SMALL["math"], "heldout": {"source": "gsm_symbolic", "n": 1}}, seed=0)
+    assert len(extra["heldout"]) == 1
+    seen = {(r["instruction"], r["input"]) for split, rows in extra.items() if split != "heldout" for r in rows}
+    assert (extra["heldout"][0]["instruction"], extra["heldout"][0]["input"]) not in seen
     write_domain(build_domain("writing", SMALL["writing"], seed=0), tmp_path / "writing")
     assert sorted(p.stem for p in (tmp_path / "writing").iterdir()) == sorted(DOMAIN_FILES)
+    # A part with only a train split (a ClusterUCB pool file) writes only that.
+    only_train = build_domain("mine", {"train": SMALL["math"]["train"]}, seed=0)
+    assert list(only_train) == ["train"]
 
 
 def test_pool_mixes_domains_and_keeps_labels(tmp_path):
@@ -222,9 +232,12 @@ def test_schema_accepts_shipped_configs():
     [
         lambda c: c["model"].update(source="ollama"),
         lambda c: c["model"].pop("gguf_file"),
-        lambda c: c["data"]["domains"].update(poetry=c["data"]["domains"]["math"]),
-        lambda c: c["data"]["domains"]["math"]["train"].update(n=0),
-        lambda c: c["data"]["domains"]["math"]["train"].update(source="mbpp"),
+        lambda c: c["data"]["parts"].update({"bad name": c["data"]["parts"]["math"]}),
+        lambda c: c["data"]["parts"].update(pool=c["data"]["parts"]["math"]),
+        lambda c: c["data"]["parts"]["math"]["train"].update(n=0),
+        lambda c: c["data"]["parts"]["math"]["train"].update(source="mbpp"),
+        lambda c: c["data"]["parts"]["math"].pop("train"),
+        lambda c: c["targets"]["math"].pop("tasks"),
         lambda c: c.pop("seed"),
     ],
 )
