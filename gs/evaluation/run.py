@@ -368,9 +368,19 @@ def _code_execution(run_code: bool, *, without_bubblewrap: bool) -> Iterator[Non
             os.environ[ALLOW_ENV_VAR] = previous_env
 
 
-def _not_run_report(spec: TaskSpec, reason: str) -> dict[str, Any]:
-    """A task's entry when it was left out of the lm-eval run: why, and no metric, example or sample."""
-    return {"target": spec.target, "not_run": reason, "metrics": {}, "n_examples": 0, "samples": []}
+def _not_run_report(spec: TaskSpec, reason: str, index: dict[str, Any]) -> dict[str, Any]:
+    """A task's entry when it was left out of the lm-eval run: why, the metric it would be ranked by (the
+    spec's, else its YAML's first), and no value, example or sample."""
+    listed = [m.get("metric") for m in task_config(spec, index).get("metric_list") or [] if isinstance(m, dict)]
+    metric = spec.metric or next((str(m) for m in listed if m), None)
+    return {
+        "target": spec.target,
+        "not_run": reason,
+        "primary_metric": metric,
+        "metrics": {},
+        "n_examples": 0,
+        "samples": [],
+    }
 
 
 def _merge(into: dict[str, Any], results: dict[str, Any]) -> None:
@@ -519,7 +529,9 @@ def evaluate_system(
         lm.routed = None
         del lm
         free_memory()
-    report_tasks = {s.task: _not_run_report(s, not_run[s.task]) if s.task in not_run else ran[s.task] for s in specs}
+    report_tasks = {
+        s.task: _not_run_report(s, not_run[s.task], index) if s.task in not_run else ran[s.task] for s in specs
+    }
     fluency_s = 0.0
     if params.get("fluency", True):
         t0 = time.perf_counter()
@@ -534,7 +546,7 @@ def evaluate_system(
         "primary": {
             task: {"metric": r["primary"]["metric"], "value": r["metrics"].get(r["primary"]["metric"])}
             if "not_run" not in r
-            else {"metric": None, "value": None, "not_run": r["not_run"]}
+            else {"metric": r["primary_metric"], "value": None, "not_run": r["not_run"]}
             for task, r in report_tasks.items()
         },
         "tasks": report_tasks,

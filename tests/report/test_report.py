@@ -154,7 +154,7 @@ def test_a_missing_domain_does_not_drop_out_of_the_average(tmp_path, eval_files)
     # A report without the code task: an error naming the file and the task, not a mean over 3 domains.
     partial = {d: v for d, v in SCORES["base"].items() if d != "code"}
     write_json(tmp_path / "partial.json", _eval_report(partial))
-    with pytest.raises(InputError, match=r"partial\.json: no result for gs_code \(domain code\)"):
+    with pytest.raises(InputError, match=r"partial\.json: no result for gs_code; rerun"):
         main_table(load_reports({**eval_files, "partial": tmp_path / "partial.json"}), DOMAINS, ACC)
     # A task whose metric could not be computed (None): the row's average is undefined, not the others' mean.
     report = _eval_report(SCORES["base"])
@@ -230,7 +230,7 @@ def test_code_not_run_shows_as_not_run_and_the_average_is_over_the_domains_that_
     assert md.loc[1, "code"] == "not run" and md.loc[1, "average"].endswith(" (without code)")
     assert md.loc[1, "average"].startswith("0.667 ± ")
     assert md.loc[0, "code"].startswith("0.500 ± ") and "without" not in md.loc[0, "average"]
-    note = not_run_note(reports, DOMAINS)
+    note = not_run_note(reports, DOMAINS, ACC)
     assert note.startswith(f"Not run: code (pass@1) for gradientspace-single: {NOT_RUN}. ")
     assert "over the domains that ran" in note and "without code" in note
     assert not_run_note(reports, DOMAINS, LIKELIHOOD_TASKS) == ""  # the likelihood task still ran
@@ -256,12 +256,13 @@ def test_cli_main_table_says_not_run_once_and_leaves_the_csv_cell_empty(tmp_path
         + ["--benchmarks", str(tmp_path / "benchmarks"), "--tables", str(tables), "--figures", str(tmp_path / "f")]
     )
     table = pd.read_csv(tables / "main.csv", keep_default_na=False).set_index("system")
-    assert table.loc["base", "code"] == "" and table.loc["base", "not_run"] == "code"
+    # The CLI's columns are the tasks themselves.
+    assert table.loc["base", "gs_code"] == "" and table.loc["base", "not_run"] == "gs_code"
     assert float(table.loc["base", "average"]) == pytest.approx((0.25 + 0.0 + 0.75) / 3)
     md = (tables / "main.md").read_text()
     assert md.count("| not run ") == 2
     assert md.count(NOT_RUN) == 1  # the reason once, under the table
-    assert "Not run: code (pass@1) for base, gradientspace-single: " in md
+    assert "Not run: gs_code (pass@1) for base, gradientspace-single: " in md
 
 
 def test_comparisons_are_the_papers_among_the_systems_present():
@@ -364,31 +365,38 @@ def test_clusterucb_table(tmp_path):
         ll = [(-(0.6 + 0.01 * i) * LN2 * b, b) for b in (100, 50, 80, 20)]
         write_json(evals[f"select-math-{method}"], _eval_report({"math": (acc, ll)}))
     df = clusterucb_table(tmp_path / "selection", ["math", "code"], load_reports(evals))
-    assert df[["target", "method"]].values.tolist() == [
-        ["math", "clusterucb"],
-        ["math", "full"],
-        ["math", "random"],
-        ["code", "clusterucb"],
-        ["code", "full"],
-        ["code", "random"],
+    # One row per target, method and the target's task (code was not fine-tuned: one row, no task).
+    assert df[["target", "method", "task"]].fillna("-").values.tolist() == [
+        ["math", "clusterucb", "gs_math"],
+        ["math", "clusterucb", "gs_math_likelihood"],
+        ["math", "full", "gs_math"],
+        ["math", "full", "gs_math_likelihood"],
+        ["math", "random", "gs_math"],
+        ["math", "random", "gs_math_likelihood"],
+        ["code", "clusterucb", "-"],
+        ["code", "full", "-"],
+        ["code", "random", "-"],
     ]
     math_rows = df[df["target"] == "math"]
-    assert math_rows["accuracy"].tolist() == [0.0, 0.25, 0.5]
-    assert math_rows["metric"].tolist() == ["exact_match"] * 3
-    assert math_rows["bits_per_byte"].tolist() == pytest.approx([0.6, 0.61, 0.62])
+    accuracy, bits = math_rows[math_rows["task"] == "gs_math"], math_rows[math_rows["task"] == "gs_math_likelihood"]
+    assert accuracy["value"].tolist() == [0.0, 0.25, 0.5]
+    assert accuracy["metric"].tolist() == ["exact_match"] * 3
+    assert bits["value"].tolist() == pytest.approx([0.6, 0.61, 0.62])
+    assert bits["metric"].tolist() == ["bits_per_byte"] * 3
     # Intervals over the target's four examples: a bootstrap of [1, 0, 0, 0] for full; every answer of
     # every example at 0.61 bits per byte: a zero-width interval.
-    full = math_rows.iloc[1]
-    assert (full["accuracy_ci_low"], full["accuracy_ci_high"]) == pytest.approx(_boot([_ones([1, 0, 0, 0])]))
-    assert (full["bits_per_byte_ci_low"], full["bits_per_byte_ci_high"]) == pytest.approx((0.61, 0.61))
-    assert df["influence_computations"].tolist() == [6, 8, 0] * 2
-    assert df["computations_vs_full"].tolist() == [0.75, 1.0, 0.0] * 2
-    assert df["selected"].tolist() == [2] * 6
-    assert df["overlap_with_full_top"].tolist() == [0.5, 1.0, 0.0] * 2
-    # Code was not fine-tuned: no accuracy, rather than another target's.
-    assert df[df["target"] == "code"]["accuracy"].isna().all()
+    full = accuracy.iloc[1]
+    assert (full["ci_low"], full["ci_high"]) == pytest.approx(_boot([_ones([1, 0, 0, 0])]))
+    assert (bits.iloc[1]["ci_low"], bits.iloc[1]["ci_high"]) == pytest.approx((0.61, 0.61))
+    assert df["influence_computations"].tolist() == [6, 6, 8, 8, 0, 0, 6, 8, 0]
+    assert df["computations_vs_full"].tolist() == [0.75, 0.75, 1.0, 1.0, 0.0, 0.0, 0.75, 1.0, 0.0]
+    assert df["selected"].tolist() == [2] * 9
+    assert df["overlap_with_full_top"].tolist() == [0.5, 0.5, 1.0, 1.0, 0.0, 0.0, 0.5, 1.0, 0.0]
+    # Code was not fine-tuned: no value, rather than another target's.
+    assert df[df["target"] == "code"]["value"].isna().all()
     # A fine-tuned system whose evaluation lacks its target's task is an error, not an empty cell.
-    write_json(evals["select-math-full"], _eval_report({"code": ([1, 0], [(-5.0, 10), (-5.0, 10)])}))
+    report = _eval_report({"code": ([1, 0], [(-5.0, 10), (-5.0, 10)])})
+    write_json(evals["select-math-full"], {**report, "targets": {"math": ["gs_math"]}})
     with pytest.raises(InputError, match=r"select-math-full\.json: no result for gs_math"):
         clusterucb_table(tmp_path / "selection", ["math"], load_reports(evals))
 
@@ -419,7 +427,9 @@ def test_clusterucb_paired_table(tmp_path):
         ll = [(-50.0 - i - (10.0 if method == "random" else 0.0), 40) for i in range(12)]
         evals[f"select-math-{method}"] = tmp_path / f"select-math-{method}.json"
         write_json(evals[f"select-math-{method}"], _eval_report({"math": (acc, ll)}))
-    df = clusterucb_paired_table(load_reports(evals), ["math", "code"])
+    reports = load_reports(evals)
+    measures = {"accuracy": {"gs_math": "gs_math"}, "bits_per_byte": {"gs_math_likelihood": "gs_math_likelihood"}}
+    df = clusterucb_paired_table(reports, ["math", "code"], measures)
     # Code was not fine-tuned: no rows for it.
     assert df[["target", "measure", "reference"]].values.tolist() == [
         ["math", "accuracy", "select-math-full"],
@@ -434,7 +444,7 @@ def test_clusterucb_paired_table(tmp_path):
     for method, acc in accs.items():
         ll = [(-50.0 - i - (10.0 if method == "random" else 0.0), 40) for i in range(6)]
         write_json(evals[f"select-math-{method}"], _eval_report({"math": (acc[:6], ll)}))
-    small = clusterucb_paired_table(load_reports(evals), ["math"])
+    small = clusterucb_paired_table(load_reports(evals), ["math"], measures)
     assert (small["ci_high"].iloc[2:] < 0).tolist() == [False, True] and (small["ci_low"].iloc[2] > 0)
     assert small["reading"].tolist()[2:] == [TOO_FEW, TOO_FEW]
 
@@ -453,15 +463,17 @@ def test_cli_tables_match_the_inputs(tmp_path, eval_files):
     table = pd.read_csv(tables / "main.csv")
     for _, row in table.iterrows():
         scores = SCORES[row["system"]]
-        assert [row[d] for d in DOMAINS] == [np.mean(scores[d][0]) for d in DOMAINS]
+        # The CLI's columns are the tasks, in the reports' target order.
+        assert [row[ACC[d]] for d in DOMAINS] == [np.mean(scores[d][0]) for d in DOMAINS]
         assert row["average"] == pytest.approx(np.mean([np.mean(scores[d][0]) for d in DOMAINS]))
-        assert (row["math_ci_low"], row["math_ci_high"]) == pytest.approx(_boot([_acc(row["system"], "math")], 5))
+        expected = _boot([_acc(row["system"], "math")], 5)
+        assert (row["gs_math_ci_low"], row["gs_math_ci_high"]) == pytest.approx(expected)
     likelihood = pd.read_csv(tables / "likelihood.csv")
     assert likelihood.set_index("system")["average"].to_dict() == pytest.approx(
         {s: np.mean([_value(*v[d])[1] for d in DOMAINS]) for s, v in SCORES.items()}
     )
     md = (tables / "main.md").read_text()
-    assert md.startswith("# Accuracy per system and domain\n")
+    assert md.startswith("# Accuracy per system and task\n")
     # base, code: 0.5 ± lm-eval's stderr (std [1, 0, 1, 0] / 2 = 0.289) [the bootstrap interval].
     lo, hi = _boot([_acc("base", "code")], 5)
     assert f"| 0.500 ± 0.289 [{lo:.3f}, {hi:.3f}] |" in md
