@@ -114,6 +114,31 @@ def data_dir(tmp_path_factory) -> Path:
     return root
 
 
+GENERATION = ["gs_math", "gs_code", "gs_finance", "gs_writing"]
+LIKELIHOOD = [f"{t}_likelihood" for t in GENERATION]
+
+
+def _targets(tasks=(*GENERATION, *LIKELIHOOD), max_gen_toks=None, **extra) -> dict:
+    """A config's ``targets`` for the test data folder: one target per part, each of ``tasks`` reading its
+    part's test split (generation) or reference split (likelihood)."""
+    targets: dict = {}
+    for task in tasks:
+        part = task.removeprefix("gs_").removesuffix("_likelihood")
+        entry = {"task": task, "data": {"part": part, "split": "reference" if "likelihood" in task else "test"}}
+        limit = (max_gen_toks or {}).get(task) if isinstance(max_gen_toks, dict) else max_gen_toks
+        if limit and "likelihood" not in task:
+            entry["max_gen_toks"] = limit
+        entry.update(extra.get(task, {}))
+        targets.setdefault(part, {"tasks": []})["tasks"].append(entry)
+    return targets
+
+
+def _task_dir(data_dir, out, **kw):
+    from gs.evaluation.tasks import task_specs, write_task_dir
+
+    return write_task_dir(task_specs(_targets(**kw)), data_dir, out)
+
+
 @pytest.fixture()
 def offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -136,9 +161,7 @@ def guards_only_allowed():
 def task_manager(data_dir, tmp_path, offline, guards_only_allowed):
     from lm_eval.tasks import TaskManager
 
-    from gs.evaluation.tasks import write_task_dir
-
-    task_dir = write_task_dir(data_dir, tmp_path / "tasks", max_gen_toks=8)
+    task_dir = _task_dir(data_dir, tmp_path / "tasks", max_gen_toks=8)
     return TaskManager(include_path=str(task_dir), include_defaults=False)
 
 
@@ -152,7 +175,7 @@ def _score(task, doc: dict, completion: str) -> dict[str, float]:
 
 
 def test_tasks_load_with_local_data_and_prompt(task_manager, data_dir):
-    tasks = task_manager.load(["gs_all"])["tasks"]
+    tasks = task_manager.load(GENERATION)["tasks"]
     assert sorted(tasks) == ["gs_code", "gs_finance", "gs_math", "gs_writing"]
     for name, task in tasks.items():
         docs = list(task.test_docs())
@@ -364,9 +387,15 @@ def test_cli_writes_the_report(data_dir, wordy_model_dir, tmp_path, offline):
 
     out = tmp_path / "eval" / "base.json"
     system = {"name": "base", "mode": "base", "model_dir": str(wordy_model_dir), "device": "cpu"}
-    params = {"max_gen_toks": {"gs_writing": 12, "math": 4, "code": 8, "finance": 8}, "batch_size": 2}
+    params = {"batch_size": 2}
     params["run_code_without_bubblewrap"] = True  # gs_code runs here even without bubblewrap
-    argv = ["--system", json.dumps(system), "--data-dir", str(data_dir), "--tasks", "gs_all", "--limit", "1"]
+    targets = _targets(
+        GENERATION,
+        {"gs_writing": 12, "gs_math": 4, "gs_code": 8, "gs_finance": 8},
+        gs_writing={"fluency": True},
+    )
+    argv = ["--system", json.dumps(system), "--data-dir", str(data_dir), "--targets", json.dumps(targets)]
+    argv += ["--limit", "1"]
     main([*argv, "--params", json.dumps(params), "--seed", "3", "--out", str(out)])
     report = json.loads(out.read_text())
     assert report["seed"] == 3 and report["limit"] == 1
@@ -387,7 +416,7 @@ def test_cli_writes_the_report(data_dir, wordy_model_dir, tmp_path, offline):
         assert primary["value"] in (0.0, 1.0)
         assert entry["metric_info"][primary["metric"]]["higher_is_better"] is True
         assert set(sample) >= {"prompt", "completion", "scores", "routing"}
-        assert sample["prompt"] == user_message(_records()[entry["domain"]][0])
+        assert sample["prompt"] == user_message(_records()[entry["target"]][0])
         assert sample["routing"] == {"experts": [], "weights": []}  # base mode: no expert
     assert report["tasks"]["gs_math"]["generation_kwargs"]["max_gen_toks"] == 4
     writing = report["tasks"]["gs_writing"]
@@ -452,16 +481,15 @@ def test_passage_nll_rolls_windows_like_lm_eval(tiny_model_dir):
 def test_task_dir_keeps_the_yaml_settings_unless_overridden(data_dir, tmp_path, offline):
     from lm_eval.tasks import TaskManager
 
-    from gs.evaluation.tasks import read_task_yaml, write_task_dir
+    from gs.evaluation.tasks import TASKS_DIR, read_task_yaml, task_specs
 
-    task_dir = write_task_dir(data_dir, tmp_path / "tasks")
+    task_dir = _task_dir(data_dir, tmp_path / "tasks")
     task = TaskManager(include_path=str(task_dir), include_defaults=False).load(["gs_code"])["tasks"]["gs_code"]
-    assert (
-        task.config.generation_kwargs["max_gen_toks"] == read_task_yaml("gs_code")["generation_kwargs"]["max_gen_toks"]
-    )
+    packaged = read_task_yaml(TASKS_DIR / "gs_code.yaml")
+    assert task.config.generation_kwargs["max_gen_toks"] == packaged["generation_kwargs"]["max_gen_toks"]
     assert task.config.unsafe_code is True
-    with pytest.raises(InputError, match="positive integer"):
-        write_task_dir(data_dir, tmp_path / "bad", max_gen_toks={"code": 0})
+    with pytest.raises(InputError, match="max_gen_toks must be a positive integer, got 0"):
+        task_specs(_targets(["gs_code"], 0, gs_code={"max_gen_toks": 0}))
 
 
 def test_likelihood_tasks_score_reference_answers_through_the_model(task_manager, tiny_model_dir, data_dir):
@@ -477,7 +505,7 @@ def test_likelihood_tasks_score_reference_answers_through_the_model(task_manager
     with pytest.raises(NotImplementedError, match="loglikelihood"):
         lm.loglikelihood_rolling([])
     results = lm_eval.simple_evaluate(
-        model=lm, tasks=["gs_likelihood"], task_manager=task_manager, log_samples=True, random_seed=0
+        model=lm, tasks=LIKELIHOOD, task_manager=task_manager, log_samples=True, random_seed=0
     )
     reference = RoutedLM(tiny_model_dir, mode="base", device="cpu")
     for domain in ("math", "code", "finance", "writing"):
@@ -593,7 +621,7 @@ def test_loglikelihood_groups_by_task_and_passes_domains(monkeypatch):
 def test_generation_settings_and_helpers():
     from gs.evaluation.decoding import cut_at_stop
     from gs.evaluation.lm import generation_settings, split_routing
-    from gs.evaluation.tasks import expand_tasks
+    from gs.evaluation.tasks import task_specs
 
     assert generation_settings({"until": "Q:", "max_new_tokens": 9}, 256) == (["Q:"], 9)
     assert generation_settings({"until": ["", "x"]}, 256) == (["x"], 256)
@@ -601,15 +629,40 @@ def test_generation_settings_and_helpers():
     assert split_routing([{"e": 1}, {"e": 2}], 2) == [{"e": 1}, {"e": 2}]
     assert split_routing({"e": [1, 2], "w": [0.5, 0.5]}, 2) == [{"e": 1, "w": 0.5}, {"e": 2, "w": 0.5}]
     assert split_routing(None, 2) == [None, None]
-    assert expand_tasks(["gs_math", "gs_all"]) == ["gs_math", "gs_code", "gs_finance", "gs_writing"]
-    assert expand_tasks(["gs_likelihood", "gs_code_likelihood"]) == [
-        "gs_math_likelihood",
-        "gs_code_likelihood",
-        "gs_finance_likelihood",
-        "gs_writing_likelihood",
+    specs = task_specs(_targets(["gs_math", "gs_code_likelihood"], 4))
+    assert [(s.target, s.task, s.data, s.max_gen_toks) for s in specs] == [
+        ("math", "gs_math", "math/test.jsonl", 4),
+        ("code", "gs_code_likelihood", "code/reference.jsonl", None),
     ]
-    with pytest.raises(InputError, match="unknown task"):
-        expand_tasks(["gsm8k"])
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        ({"a": {"tasks": []}}, "targets.a: no tasks"),
+        ({"a": {"tasks": [{"task": "gs_math"}]}}, "suite task 'gs_math' needs 'data"),
+        ({"a": {"tasks": [{"task": "mmlu", "data": {"part": "a", "split": "test"}}]}}, "reads its own dataset"),
+        ({"a": {"tasks": [{"task": "mmlu", "shots": 5}]}}, r"unknown key\(s\) \['shots'\]"),
+        ({"a": {"tasks": ["mmlu"]}, "b": {"tasks": ["mmlu"]}}, "task 'mmlu' is named by targets 'a' and 'b'"),
+        ({"a": {"tasks": [{"task": "mmlu", "num_fewshot": -1}]}}, "num_fewshot must be a non-negative integer"),
+    ],
+)
+def test_bad_targets_fail_with_one_line(targets, message):
+    from gs.evaluation.tasks import task_specs
+
+    with pytest.raises(InputError, match=message) as info:
+        task_specs(targets)
+    assert "\n" not in str(info.value)
+
+
+def test_an_lm_eval_task_that_does_not_exist_is_named():
+    from gs.evaluation.tasks import check_known, task_specs
+
+    specs = task_specs({"a": {"tasks": ["mmlu", "no_such_task"]}})
+    with pytest.raises(InputError, match="targets.a: unknown lm-eval task 'no_such_task'"):
+        check_known(specs, ["mmlu"], ["mmlu"])
+    with pytest.raises(InputError, match="'mmlu' is an lm-eval group; dataset_path"):
+        check_known(task_specs({"a": {"tasks": [{"task": "mmlu", "dataset_path": "/x"}]}}), ["mmlu"], ["mmlu"])
 
 
 def test_evaluate_system_checks_its_inputs(data_dir, monkeypatch):
@@ -617,12 +670,15 @@ def test_evaluate_system_checks_its_inputs(data_dir, monkeypatch):
 
     with pytest.raises(InputError, match="run_code_without_bubblewrap must be true or false"):
         evaluate_system(
-            {"name": "x", "model_dir": "nowhere"}, ["gs_code"], data_dir, params={"run_code_without_bubblewrap": 1}
+            {"name": "x", "model_dir": "nowhere"},
+            _targets(["gs_code"]),
+            data_dir,
+            params={"run_code_without_bubblewrap": 1},
         )
-    with pytest.raises(InputError, match="not found"):
-        evaluate_system({"name": "x", "model_dir": "nowhere"}, ["gs_math"], data_dir / "missing")
-    with pytest.raises(InputError, match="reference split of gs_math_likelihood not found"):
-        evaluate_system({"name": "x", "model_dir": "nowhere"}, ["gs_math_likelihood"], data_dir / "missing")
+    with pytest.raises(InputError, match=r"math/test.jsonl: data of task gs_math \(target math\) not found"):
+        evaluate_system({"name": "x", "model_dir": "nowhere"}, _targets(["gs_math"]), data_dir / "missing")
+    with pytest.raises(InputError, match="reference.jsonl: data of task gs_math_likelihood"):
+        evaluate_system({"name": "x", "model_dir": "nowhere"}, _targets(["gs_math_likelihood"]), data_dir / "missing")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -693,7 +749,7 @@ def test_without_bubblewrap_gs_code_is_not_run_unless_the_config_says_so(data_di
     system = {"name": "base", "mode": "base", "model_dir": "unused", "dtype": "float32", "device": "cpu"}
     out = tmp_path / "base.json"
     params = {"run_code_without_bubblewrap": True} if opt_in else {}
-    evaluate_system(system, ["gs_math", "gs_code"], data_dir, limit=1, out_json=out, params=params)
+    evaluate_system(system, _targets(["gs_math", "gs_code"]), data_dir, limit=1, out_json=out, params=params)
     report = json.loads(out.read_text())
     assert report["primary"]["gs_math"] == {"metric": "exact_match", "value": 1.0}
     code, primary = report["tasks"]["gs_code"], report["primary"]["gs_code"]
