@@ -22,6 +22,12 @@ The ``reference`` split holds held-out records with reference outputs, for the l
 (how probable each system finds the reference answer). It is the test split when every test record
 has an output; a domain whose test set has none (the Tree-of-Thoughts writing prompts) names its
 own ``reference`` split in the config.
+
+A DERIVED split (``{from: <split>, choices: <int>, n: <int>, max_chars: <int>}``, any other name) is
+built after the drawn splits from the first ``n`` records (default all) of split ``<from>``: the
+multiple-choice records of :func:`gs.data.choices.build_choices`, whose distractors are the other
+records of that split. Nothing is drawn from a source for it, so it overlaps no split that
+``<from>`` does not overlap; its records keep their ``<from>`` records' ids.
 """
 
 from __future__ import annotations
@@ -34,14 +40,17 @@ from typing import Any
 
 import pandas as pd
 
+from gs.data.choices import build_choices
 from gs.data.sources import LICENSES, load_source
 from gs.io import InputError, atomic_path, parse_params, read_jsonl, run_cli, write_jsonl
 
 DOMAINS = ("math", "code", "finance", "writing")
 SPLITS = ("train", "validation", "test")
 REFERENCE_SPLIT = "reference"
-#: Every file a domain folder holds: the three splits and the reference records.
+#: The files every domain folder holds: the three splits and the reference records (derived splits add theirs).
 DOMAIN_FILES = (*SPLITS, REFERENCE_SPLIT)
+#: The keys of a derived (multiple-choice) split's spec.
+DERIVED_KEYS = ("from", "choices", "n", "max_chars")
 TEXT_FIELDS = ("instruction", "input", "output")
 
 
@@ -97,14 +106,24 @@ def build_domain(domain: str, spec: dict[str, Any], seed: int) -> dict[str, list
     """The splits of one domain from its config ``spec`` (``{split: {source, n, ...}}``).
 
     ``spec`` needs ``train``, ``validation`` and ``test``; ``reference`` is optional (see the module
-    docstring). Returns ``{split: records}`` for :data:`DOMAIN_FILES`. Raises :class:`InputError`
+    docstring); a split whose spec has ``from`` is derived (:func:`derive_split`). Returns
+    ``{split: records}`` for :data:`DOMAIN_FILES` and the derived splits. Raises :class:`InputError`
     for an unknown domain or source, an empty split, a source with too few distinct items, a
-    malformed row, a split overlap, or test records without outputs and no ``reference`` split.
+    malformed row, a split overlap, test records without outputs and no ``reference`` split, or a
+    bad derived split.
     """
     check_domain(domain)
     for split in SPLITS:
         if split not in spec:
             raise InputError(f"domain {domain!r}: split {split!r} missing from the config")
+    derived = {s: v for s, v in spec.items() if isinstance(v, dict) and "from" in v}
+    spec = {s: v for s, v in spec.items() if s not in derived}
+    for split in derived:
+        if split in DOMAIN_FILES:
+            raise InputError(
+                f"domain {domain!r}: split {split!r} is drawn from a source and cannot be derived with 'from'; "
+                "name the derived split otherwise"
+            )
     unknown = sorted(set(spec) - set(DOMAIN_FILES))
     if unknown:
         raise InputError(f"domain {domain!r}: unknown split(s) {unknown}; expected {', '.join(DOMAIN_FILES)}")
@@ -181,13 +200,56 @@ def build_domain(domain: str, spec: dict[str, Any], seed: int) -> dict[str, list
                 f"give the domain a {REFERENCE_SPLIT!r} split"
             )
         out[REFERENCE_SPLIT] = out["test"]
+    base = dict(out)  # a derived split is built from a drawn split (or the reference), never another derived one
+    for split, d in derived.items():
+        out[split] = derive_split(domain, split, d, base, seed)
     return out
 
 
+def derive_split(
+    domain: str, split: str, spec: dict[str, Any], built: dict[str, list[dict[str, Any]]], seed: int
+) -> list[dict[str, Any]]:
+    """The multiple-choice records of derived split ``split`` (``{from, choices, n, max_chars}``).
+
+    The first ``n`` records (default all) of the built split ``from`` become multiple-choice records
+    (:func:`gs.data.choices.build_choices`, distractors by the records' source kind, ``meta.source``).
+    Raises :class:`InputError` (one line naming the domain and split) for unknown keys, a missing
+    ``from`` split, ``choices`` below 2, a bad ``n`` or whatever :func:`build_choices` rejects.
+    """
+    where = f"domain {domain!r}: derived split {split!r}"
+    unknown = sorted(set(spec) - set(DERIVED_KEYS))
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {unknown}; expected {', '.join(DERIVED_KEYS)}")
+    source = spec["from"]
+    if source not in built:
+        raise InputError(
+            f"{where}: 'from' names split {source!r}, which is not drawn; expected one of {', '.join(built)}"
+        )
+    choices = spec.get("choices")
+    if isinstance(choices, bool) or not isinstance(choices, int) or choices < 2:
+        raise InputError(f"{where}: 'choices' must be an integer of at least 2, got {choices!r}")
+    records = built[source]
+    n = spec.get("n", len(records))
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(records):
+        raise InputError(f"{where}: 'n' must be an integer from 1 to {len(records)} (split {source!r}), got {n!r}")
+    records = records[:n]
+    kinds = sorted({str((r.get("meta") or {}).get("source")) for r in records})
+    if len(kinds) != 1:
+        raise InputError(f"{where}: split {source!r} mixes source kinds {kinds}; one kind is needed")
+    try:
+        return build_choices(records, kinds[0], choices, seed, max_chars=spec.get("max_chars"))
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from None
+
+
 def write_domain(splits: dict[str, list[dict[str, Any]]], out_dir: str | Path) -> None:
-    """Write ``out_dir/{split}.jsonl`` for every file of :data:`DOMAIN_FILES` (each atomically)."""
-    for split in DOMAIN_FILES:
-        write_jsonl(Path(out_dir) / f"{split}.jsonl", splits[split])
+    """Write ``out_dir/{split}.jsonl`` for every split built: :data:`DOMAIN_FILES` and the derived
+    splits (each atomically). Raises :class:`InputError` if a file of :data:`DOMAIN_FILES` is missing."""
+    missing = [s for s in DOMAIN_FILES if s not in splits]
+    if missing:
+        raise InputError(f"{out_dir}: split(s) {missing} missing; every domain writes {', '.join(DOMAIN_FILES)}")
+    for split, rows in splits.items():
+        write_jsonl(Path(out_dir) / f"{split}.jsonl", rows)
 
 
 def load_records(path: str | Path, *, require_output: bool = True) -> list[dict[str, Any]]:
@@ -239,14 +301,17 @@ def pool_splits(
 
 
 def summary_table(domain_dirs: list[str | Path], spec: dict[str, Any]) -> pd.DataFrame:
-    """Counts per domain and split with each split's source and license."""
+    """Counts per domain and split with each split's source and license (a derived split: its
+    ``from`` split's source)."""
     rows = []
     for d in domain_dirs:
         domain = Path(d).name
-        for split in DOMAIN_FILES:
+        derived = [s for s, v in spec[domain].items() if isinstance(v, dict) and "from" in v]
+        for split in (*DOMAIN_FILES, *derived):
             n = len(read_jsonl(Path(d) / f"{split}.jsonl"))
+            drawn = spec[domain].get(split, {}).get("from", split)
             # A reference split the config does not name is the test split.
-            source = spec[domain].get(split, spec[domain]["test"])["source"]
+            source = spec[domain].get(drawn, spec[domain]["test"])["source"]
             rows.append(
                 {
                     "domain": domain,
