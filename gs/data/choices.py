@@ -122,7 +122,7 @@ def _number(record: dict[str, Any]) -> tuple[str, Decimal]:
 
 
 def number_choices(
-    records: Sequence[dict[str, Any]], kind: str, n_choices: int, seed: int, max_chars: int | None
+    records: Sequence[dict[str, Any]], kind: str, n_choices: int, seed: int, max_chars: int | None, n: int
 ) -> list[dict[str, Any]]:
     """Numeric answers: the gold ``meta.answer`` and other records' answers, ``The answer is <n>.``
 
@@ -131,7 +131,7 @@ def number_choices(
     """
     numbers = [_number(r) for r in records]
     out = []
-    for i, record in enumerate(records):
+    for i, record in enumerate(records[:n]):
         text, gold = numbers[i]
         places = _decimals(text)
         step = Decimal(1).scaleb(-places)
@@ -177,14 +177,15 @@ def _text_choices(
     n_choices: int,
     seed: int,
     max_chars: int | None,
+    n: int,
     gold_of: Callable[[dict[str, Any]], str],
     pool_of: Callable[[dict[str, Any]], list[str]],
     prompt_of: Callable[[dict[str, Any]], tuple[str | None, str | None]],
 ) -> list[dict[str, Any]]:
-    """Text answers: the record's gold text and texts of the other records (``pool_of``), the
-    candidates nearest the gold's length first, every text cut by :func:`cut_text`."""
+    """Text answers: for each of the first ``n`` records, its gold text and texts of the other records
+    (``pool_of``), the candidates nearest the gold's length first, every text cut by :func:`cut_text`."""
     out = []
-    for i, record in enumerate(records):
+    for i, record in enumerate(records[:n]):
         gold = cut_text(gold_of(record), max_chars)
         if not gold:
             raise InputError(f"record {record['id']!r} ({kind}): no answer text to offer as the gold choice")
@@ -209,7 +210,7 @@ def _text_choices(
 
 
 def program_choices(
-    records: Sequence[dict[str, Any]], kind: str, n_choices: int, seed: int, max_chars: int | None
+    records: Sequence[dict[str, Any]], kind: str, n_choices: int, seed: int, max_chars: int | None, n: int
 ) -> list[dict[str, Any]]:
     """Programs: the record's own solution against the other problems' solutions.
 
@@ -222,7 +223,15 @@ def program_choices(
         return (BODY_INSTRUCTION, prompt) if prompt else (None, None)
 
     return _text_choices(
-        records, kind, n_choices, seed, max_chars, _program, lambda r: [_program(r)] if _program(r) else [], prompt_of
+        records,
+        kind,
+        n_choices,
+        seed,
+        max_chars,
+        n,
+        _program,
+        lambda r: [_program(r)] if _program(r) else [],
+        prompt_of,
     )
 
 
@@ -231,14 +240,14 @@ def _paragraphs(record: dict[str, Any]) -> list[str]:
 
 
 def passage_choices(
-    records: Sequence[dict[str, Any]], kind: str, n_choices: int, seed: int, max_chars: int | None
+    records: Sequence[dict[str, Any]], kind: str, n_choices: int, seed: int, max_chars: int | None, n: int
 ) -> list[dict[str, Any]]:
     """Passages: the first paragraph is the prompt (:data:`NEXT_PARAGRAPH_INSTRUCTION`), the real second
     paragraph the gold choice, paragraphs of the other passages (none of this one's) the distractors.
 
     The prompt paragraph is cut by the same :func:`cut_text` rule as the choices.
     """
-    for record in records:
+    for record in records[:n]:
         if len(_paragraphs(record)) < 2:
             raise InputError(f"record {record['id']!r} ({kind}): a passage of at least two paragraphs is needed")
     return _text_choices(
@@ -247,13 +256,15 @@ def passage_choices(
         n_choices,
         seed,
         max_chars,
+        n,
         lambda r: _paragraphs(r)[1],
         _paragraphs,
         lambda r: (NEXT_PARAGRAPH_INSTRUCTION, cut_text(_paragraphs(r)[0], max_chars)),
     )
 
 
-ChoiceBuilder = Callable[[Sequence[dict[str, Any]], str, int, int, "int | None"], list[dict[str, Any]]]
+#: ``(records, kind, n_choices, seed, max_chars, n) -> the choice records of the first n records``.
+ChoiceBuilder = Callable[[Sequence[dict[str, Any]], str, int, int, "int | None", int], list[dict[str, Any]]]
 
 #: Source kind -> how its records' distractors are drawn (by the records' kind, never a part's name).
 DISTRACTORS: dict[str, ChoiceBuilder] = {
@@ -266,17 +277,25 @@ DISTRACTORS: dict[str, ChoiceBuilder] = {
 
 
 def build_choices(
-    records: list[dict[str, Any]], kind: str, n_choices: int, seed: int, *, max_chars: int | None = None
+    records: list[dict[str, Any]],
+    kind: str,
+    n_choices: int,
+    seed: int,
+    *,
+    n: int | None = None,
+    max_chars: int | None = None,
 ) -> list[dict[str, Any]]:
-    """One multiple-choice record per record of ``records`` (a split of source kind ``kind``).
+    """One multiple-choice record per record of ``records`` (a split of source kind ``kind``), or
+    per record of its first ``n`` only: the questions; distractors come from all of ``records``.
 
     Each keeps the record's ``id``, has ``n_choices`` choices in ``meta.choices`` (shuffled with
     ``seed`` and the id: deterministic) and the gold index in ``meta.gold``; distractors come from the
     other records (:data:`DISTRACTORS`). ``max_chars`` cuts every text choice by one rule.
 
     Raises:
-        InputError: an unknown kind (naming the kinds with distractors), ``n_choices`` below 2, fewer
-            records than ``n_choices``, a record of another kind, or too few distinct distractors.
+        InputError: an unknown kind (naming the kinds with distractors), ``n_choices`` below 2, ``n``
+            not from 1 to the number of records, fewer records than ``n_choices``, a record of another
+            kind, or too few distinct distractors.
     """
     if kind not in DISTRACTORS:
         raise InputError(
@@ -286,6 +305,9 @@ def build_choices(
         raise InputError(f"choices must be an integer of at least 2, got {n_choices!r}")
     if max_chars is not None and (isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1):
         raise InputError(f"max_chars must be a positive integer, got {max_chars!r}")
+    n = len(records) if n is None else n
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(records):
+        raise InputError(f"n must be an integer from 1 to {len(records)} (the records), got {n!r}")
     if len(records) < n_choices:
         raise InputError(
             f"{len(records)} {kind} records for {n_choices} choices: distractors come from the other records, "
@@ -295,4 +317,4 @@ def build_choices(
         other = (record.get("meta") or {}).get("source")
         if other is not None and other != kind:
             raise InputError(f"record {record['id']!r} is of source kind {other!r}, not {kind!r}")
-    return DISTRACTORS[kind](records, kind, n_choices, seed, max_chars)
+    return DISTRACTORS[kind](records, kind, n_choices, seed, max_chars, n)

@@ -26,8 +26,9 @@ own ``reference`` split in the config.
 A DERIVED split (``{from: <split>, choices: <int>, n: <int>, max_chars: <int>}``, any other name) is
 built after the drawn splits from the first ``n`` records (default all) of split ``<from>``: the
 multiple-choice records of :func:`gs.data.choices.build_choices`, whose distractors are the other
-records of that split. Nothing is drawn from a source for it, so it overlaps no split that
-``<from>`` does not overlap; its records keep their ``<from>`` records' ids.
+records of that split (all of them, not only the first ``n``). Nothing is drawn from a source for
+it, so it overlaps no split that ``<from>`` does not overlap; its records keep their ``<from>``
+records' ids.
 """
 
 from __future__ import annotations
@@ -212,7 +213,8 @@ def derive_split(
     """The multiple-choice records of derived split ``split`` (``{from, choices, n, max_chars}``).
 
     The first ``n`` records (default all) of the built split ``from`` become multiple-choice records
-    (:func:`gs.data.choices.build_choices`, distractors by the records' source kind, ``meta.source``).
+    (:func:`gs.data.choices.build_choices`, distractors by the records' source kind, ``meta.source``,
+    drawn from all the records of ``from``).
     Raises :class:`InputError` (one line naming the domain and split) for unknown keys, a missing
     ``from`` split, ``choices`` below 2, a bad ``n`` or whatever :func:`build_choices` rejects.
     """
@@ -232,12 +234,11 @@ def derive_split(
     n = spec.get("n", len(records))
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(records):
         raise InputError(f"{where}: 'n' must be an integer from 1 to {len(records)} (split {source!r}), got {n!r}")
-    records = records[:n]
     kinds = sorted({str((r.get("meta") or {}).get("source")) for r in records})
     if len(kinds) != 1:
         raise InputError(f"{where}: split {source!r} mixes source kinds {kinds}; one kind is needed")
     try:
-        return build_choices(records, kinds[0], choices, seed, max_chars=spec.get("max_chars"))
+        return build_choices(records, kinds[0], choices, seed, n=n, max_chars=spec.get("max_chars"))
     except InputError as e:
         raise InputError(f"{where}: {e}") from None
 

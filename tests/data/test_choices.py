@@ -65,6 +65,15 @@ def test_numeric_gold_is_the_own_answer_and_distractors_the_nearest_other_answer
     assert sorted(_number(c) for c in out[4]["meta"]["choices"]) == ["100", "1000", "5000"]
 
 
+def test_only_the_first_n_records_are_asked_but_distractors_come_from_all():
+    records = _numeric(["12", "5000", "13", "14"])
+    out = build_choices(records, "gsm_symbolic", 3, seed=0, n=2)
+    assert [r["id"] for r in out] == ["q0", "q1"]
+    assert sorted(_number(c) for c in out[0]["meta"]["choices"]) == ["12", "13", "14"]
+    with pytest.raises(InputError, match="n must be an integer from 1 to 4"):
+        build_choices(records, "gsm_symbolic", 3, seed=0, n=5)
+
+
 def test_numeric_choices_are_written_like_the_gold_answer():
     # Gold "79" (no decimals): the one other integer first (2579), then the nearest in magnitude of
     # the decimals, written without decimals: 40.02 -> "40" (|log10 41.02 - log10 80| = 0.29, against
