@@ -111,48 +111,62 @@ def test_env_files_parse_and_pin_every_package():
             assert "==" in pkg, f"{env.name}: pip package {pkg} is not pinned"
 
 
-DOMAINS = ["math", "code", "finance", "writing"]
-
-
 def _jsonl_ids(path: Path) -> list[str]:
     return [json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()]
 
 
+def _config_tasks(config: dict) -> list[str]:
+    """Every task of every target, in the config's order (the tables' column order)."""
+    return [t["task"] if isinstance(t, dict) else t for spec in config["targets"].values() for t in spec["tasks"]]
+
+
 def _check_evaluations(res: Path, config: dict) -> None:
     """Each evaluation JSON against its own per-sample results, and main.csv / likelihood.csv against
-    the JSONs (values, row means, example counts)."""
+    the JSONs (values, row means, example counts). A task is a likelihood column when its primary
+    metric is bits per byte, else an accuracy column."""
     limit = config["evaluation"]["limit"]
     main = pd.read_csv(res / "tables" / "main.csv").set_index("system")
     likelihood = pd.read_csv(res / "tables" / "likelihood.csv").set_index("system")
+    tasks = _config_tasks(config)
+    first = json.loads((res / "eval" / f"{main.index[0]}.json").read_text())
+    assert first["targets"] == {t: [x["task"] for x in spec["tasks"]] for t, spec in config["targets"].items()}
+    bpb_tasks = [t for t in tasks if first["primary"][t]["metric"] == "bits_per_byte"]
+    acc_tasks = [t for t in tasks if t not in bpb_tasks]
     intervals = ("_stderr", "_ci_low", "_ci_high")
-    assert [c for c in main.columns if not c.endswith(intervals)] == [*DOMAINS, "average", "n_examples"]
-    assert {f"{d}{x}" for d in [*DOMAINS, "average"] for x in intervals} <= set(main.columns)
+    assert [c for c in main.columns if not c.endswith(intervals)] == [*acc_tasks, "average", "n_examples"]
+    assert {f"{d}{x}" for d in [*acc_tasks, "average"] for x in intervals} <= set(main.columns)
+    assert [c for c in likelihood.columns if not c.endswith(intervals)] == [*bpb_tasks, "average", "n_examples"]
     assert set(likelihood.index) == set(main.index)
     for system in main.index:
         report = json.loads((res / "eval" / f"{system}.json").read_text())
-        for d in DOMAINS:
-            entry, primary = report["tasks"][f"gs_{d}"], report["primary"][f"gs_{d}"]
+        for task in acc_tasks:
+            entry, primary = report["tasks"][task], report["primary"][task]
             samples = entry["samples"]
-            assert entry["n_examples"] == len(samples) == limit, (system, d)
+            assert entry["n_examples"] == len(samples) == limit, (system, task)
             # The task's metric is the mean of the per-sample scores; the table shows that number.
             per_sample = [s["scores"][primary["metric"]] for s in samples]
-            assert primary["value"] == pytest.approx(float(np.mean(per_sample)), abs=1e-12), (system, d)
-            assert main.loc[system, d] == pytest.approx(primary["value"], abs=1e-12), (system, d)
+            assert primary["value"] == pytest.approx(float(np.mean(per_sample)), abs=1e-12), (system, task)
+            assert main.loc[system, task] == pytest.approx(primary["value"], abs=1e-12), (system, task)
+        for task in bpb_tasks:
             # Bits per byte: -sum log p(answer) / (sum of the answers' UTF-8 bytes * ln 2), from the samples.
-            lik = report["tasks"][f"gs_{d}_likelihood"]["samples"]
+            lik = report["tasks"][task]["samples"]
             n_bytes = sum(len(s["target"].encode("utf-8")) for s in lik)
             bpb = -sum(s["loglikelihood"] for s in lik) / (n_bytes * math.log(2))
-            assert report["primary"][f"gs_{d}_likelihood"]["value"] == pytest.approx(bpb, rel=1e-9), (system, d)
-            assert likelihood.loc[system, d] == pytest.approx(bpb, rel=1e-9), (system, d)
-        assert main.loc[system, "average"] == pytest.approx(float(np.mean([main.loc[system, d] for d in DOMAINS])))
+            assert report["primary"][task]["value"] == pytest.approx(bpb, rel=1e-9), (system, task)
+            assert likelihood.loc[system, task] == pytest.approx(bpb, rel=1e-9), (system, task)
+        assert main.loc[system, "average"] == pytest.approx(float(np.mean([main.loc[system, d] for d in acc_tasks])))
         assert likelihood.loc[system, "average"] == pytest.approx(
-            float(np.mean([likelihood.loc[system, d] for d in DOMAINS]))
+            float(np.mean([likelihood.loc[system, d] for d in bpb_tasks]))
         )
-        assert main.loc[system, "n_examples"] == "/".join([str(limit)] * len(DOMAINS))
-        writing = report["tasks"]["gs_writing"]
-        ppl = [s["scores"]["perplexity"] for s in writing["samples"] if s["scores"]["perplexity"] is not None]
-        if ppl:  # exp(total NLL / total tokens) over one passage is that passage's perplexity
-            assert len(ppl) == 1 and writing["metrics"]["fluency_perplexity"] == pytest.approx(ppl[0])
+        assert main.loc[system, "n_examples"] == "/".join([str(limit)] * len(acc_tasks))
+        for spec in config["targets"].values():
+            for task in spec["tasks"]:
+                if not task.get("fluency"):
+                    continue
+                entry = report["tasks"][task["task"]]
+                ppl = [s["scores"]["perplexity"] for s in entry["samples"] if s["scores"]["perplexity"] is not None]
+                if ppl:  # exp(total NLL / total tokens) over one passage is that passage's perplexity
+                    assert len(ppl) == 1 and entry["metrics"]["fluency_perplexity"] == pytest.approx(ppl[0])
 
 
 def _check_clustering_and_routers(res: Path, config: dict) -> None:
@@ -238,9 +252,12 @@ def _check_selection(res: Path, config: dict) -> None:
             assert _jsonl_ids(res / "selection" / target / f"{name}.jsonl") == methods[name]["selected_ids"], name
             if target in cfg.get("finetune_targets", cfg["targets"]):
                 report = json.loads((res / "eval" / f"select-{target}-{name}.json").read_text())
-                row = table[(table["target"] == target) & (table["method"] == name)].iloc[0]
-                assert row["accuracy"] == pytest.approx(report["primary"][f"gs_{target}"]["value"])
-                assert row["bits_per_byte"] == pytest.approx(report["primary"][f"gs_{target}_likelihood"]["value"])
+                own = [t["task"] for t in config["targets"][target]["tasks"]]
+                assert report["targets"] == {target: own}  # scored on its own target's tasks only
+                rows = table[(table["target"] == target) & (table["method"] == name)].set_index("task")
+                assert rows.index.tolist() == own
+                for task in own:
+                    assert rows.loc[task, "value"] == pytest.approx(report["primary"][task]["value"]), task
 
 
 def check_run(work: Path, config: dict) -> None:
@@ -276,12 +293,13 @@ def test_end_to_end_on_the_tiny_config(tmp_path):
         "gradientspace-oracle",
         "semantic-single",
     } == set(main["system"])
-    assert {"math", "code", "finance", "writing", "average"} <= set(main.columns)
-    assert main[["math", "code", "finance", "writing"]].apply(lambda c: c.between(0, 1)).all().all()
+    accuracy = ["gs_math", "gs_math_choice", "gs_code", "gs_finance", "gs_writing"]
+    assert [*accuracy, "average"] == [c for c in main.columns if c in [*accuracy, "average"]]
+    assert main[accuracy].apply(lambda c: c.between(0, 1)).all().all()
     assert "reference" in set(summary["split"])
     likelihood = pd.read_csv(res / "tables" / "likelihood.csv")
     assert set(likelihood["system"]) == set(main["system"])
-    bpb = likelihood[["math", "code", "finance", "writing"]].to_numpy(dtype=float)
+    bpb = likelihood[[f"gs_{d}_likelihood" for d in ("math", "code", "finance", "writing")]].to_numpy(dtype=float)
     assert np.isfinite(bpb).all() and (bpb > 0).all()
     # Each system scores the answers under its own weights and routing: they do not all agree.
     assert likelihood["average"].nunique() > 1
