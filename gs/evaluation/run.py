@@ -383,6 +383,29 @@ def _not_run_report(spec: TaskSpec, reason: str, index: dict[str, Any]) -> dict[
     }
 
 
+def chat_template_tasks(include_path: str, include_defaults: bool) -> Any:
+    """An lm-eval ``TaskManager`` whose tasks build their requests as lm-eval builds them with
+    ``apply_chat_template``: a multiple-choice continuation has no target delimiter unless the task
+    has a ``gen_prefix`` that does not end in whitespace (lm-eval ``ConfigurableTask.construct_requests``).
+
+    gs-routed applies the model's chat template itself (it routes on the user message, so lm-eval must
+    hand it the message, not the rendered template), so the runs go without lm-eval's
+    ``apply_chat_template`` and this keeps the continuations what lm-eval's ``hf`` model scores with it.
+    """
+    from lm_eval.tasks import TaskManager
+
+    class ChatTemplateTasks(TaskManager):
+        def load(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            loaded = super().load(*args, **kwargs)
+            for task in loaded["tasks"].values():
+                prefix = task.get_config("gen_prefix")
+                if task.get_config("output_type") == "multiple_choice" and not (prefix and not prefix[-1].isspace()):
+                    task.set_config(key="target_delimiter", value="")
+            return loaded
+
+    return ChatTemplateTasks(include_path=include_path, include_defaults=include_defaults)
+
+
 def _merge(into: dict[str, Any], results: dict[str, Any]) -> None:
     """Add one ``simple_evaluate`` call's per-task entries to ``into`` (calls differ in their shot counts)."""
     for key in (
@@ -496,7 +519,7 @@ def evaluate_system(
             _code_execution(run_code, without_bubblewrap=without_bubblewrap),
         ):
             task_dir = write_task_dir(run_specs, data_dir, tmp, index)
-            manager = TaskManager(include_path=str(task_dir), include_defaults=bool(lm_eval_specs))
+            manager = chat_template_tasks(str(task_dir), bool(lm_eval_specs))
             t0 = time.perf_counter()
             # Built through lm-eval's registry, then handed to simple_evaluate as an LM object (which it
             # accepts) so that the per-request routing it records can be read back afterwards.
