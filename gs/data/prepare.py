@@ -337,7 +337,9 @@ def build_target_validation(target: str, spec: dict[str, Any], seed: int) -> lis
     ``spec``: ``{source, n, options}`` as a part's split; ``n`` absent = every row the source gives. A
     row's ``meta.subtask`` (an MMLU subject, a BBH task, a TydiQA language) groups the examples: the
     target's influence is the max over subtasks of the mean over each one's examples (LESS
-    ``matching.py``). Records are named ``<target>-validation-<index>`` unless the row has an id.
+    ``matching.py``). ``subtasks`` (optional, a list): keep only those subtasks' examples; a subtask named
+    there that the data lacks is an error. Records are named ``<target>-validation-<index>`` unless the row
+    has an id.
     """
     check_name(target, "target")
     kind = spec.get("source")
@@ -359,6 +361,16 @@ def build_target_validation(target: str, spec: dict[str, Any], seed: int) -> lis
             raise InputError(f"{where}: field 'id' {record['id']!r} is also the id of {seen[record['id']]}")
         seen[record["id"]] = where
         records.append(record)
+    wanted = spec.get("subtasks")
+    if wanted is not None:
+        found = {(r["meta"] or {}).get("subtask") for r in records}
+        missing = [name for name in wanted if name not in found]
+        if missing:
+            raise InputError(
+                f"target {target!r}: subtask {missing[0]!r} named in the config has no validation examples in "
+                f"the data (subtasks there: {', '.join(sorted(str(x) for x in found if x is not None)) or 'none'})"
+            )
+        records = [r for r in records if (r["meta"] or {}).get("subtask") in set(wanted)]
     return records
 
 

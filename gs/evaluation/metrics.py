@@ -1,4 +1,5 @@
-"""Scoring rules for the four domains: math, finance, code and creative writing.
+"""Scoring rules of the suite's own generation tasks: numeric answers (exact, or within a tolerance), code (pass@1)
+and constrained writing.
 
 Pure functions (only :func:`code_pass_at_1` runs anything, through :mod:`gs.evaluation.sandbox`), called by the
 lm-eval task YAMLs' ``!function`` metrics. Every function is total on model output: an empty string,

@@ -48,10 +48,28 @@ def load_config(configfile: str | Path, base: str | Path = "config/config.yaml")
             raise InputError(f"{path}: a config is a YAML mapping")
         return data
 
-    config = read(Path(configfile))
+    own = read(Path(configfile))
+    config = own
     if Path(base).is_file() and Path(base).resolve() != Path(configfile).resolve():
-        config = _merge(read(Path(base)), config)
+        config = _merge(read(Path(base)), own)
+        # As the Snakefile does: a config's parts and targets replace the default's, never merge with them.
+        if "parts" in (own.get("data") or {}):
+            config["data"]["parts"] = own["data"]["parts"]
+        if "targets" in own:
+            config["targets"] = own["targets"]
     return config
+
+
+def check_tasks(config: dict[str, Any]) -> None:
+    """Every target's lm-eval task exists (lm-eval's own or a YAML of gs/lm_eval_tasks): one line otherwise."""
+    from gs.evaluation.tasks import check_known, suite_tasks, task_specs
+
+    specs = task_specs(config["targets"])
+    if any(s.task not in suite_tasks() for s in specs):
+        from lm_eval.tasks import TaskManager
+
+        index = TaskManager()
+        check_known(specs, index.all_tasks, index.all_groups)
 
 
 def _markdown(records: list[dict[str, Any]], gpu: devices.Gpu, run_on: str, notes: list[str]) -> str:
@@ -263,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     from snakemake.utils import validate
 
     validate(config, "config/schema.yaml")
+    check_tasks(config)
     settings = {**DEFAULTS, **config.get("plan", {})}
     choice = None
     if settings["run_on"] == "cpu":

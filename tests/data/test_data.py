@@ -269,3 +269,25 @@ def test_source_imports_name_what_a_source_imports_when_it_runs():
             assert module in new, (kind, module, new)
         if not source_imports(kind, options):
             assert "reasoning_gym" not in new and "datasets" not in new, (kind, new)
+
+
+def test_target_validation_keeps_subtasks_and_names_a_missing_one(tmp_path):
+    from gs.data.prepare import build_target_validation
+
+    rows = [
+        {"instruction": f"q{i}", "input": "", "output": f"a{i}", "meta": {"subtask": s}}
+        for i, s in enumerate(["algebra", "algebra", "anatomy", "law"])
+    ]
+    path = _write(tmp_path, rows, "val.jsonl")
+    spec = {"source": "jsonl", "options": {"path": str(path), "shuffle": False}}
+    records = build_target_validation("mmlu", spec, seed=0)
+    assert [r["meta"]["subtask"] for r in records] == ["algebra", "algebra", "anatomy", "law"]
+    assert [r["domain"] for r in records] == ["mmlu"] * 4
+    kept = build_target_validation("mmlu", {**spec, "subtasks": ["law", "anatomy"]}, seed=0)
+    assert [r["instruction"] for r in kept] == ["q2", "q3"]
+    with pytest.raises(InputError, match="subtask 'physics' named in the config has no validation examples") as info:
+        build_target_validation("mmlu", {**spec, "subtasks": ["law", "physics"]}, seed=0)
+    assert "\n" not in str(info.value)
+    bad = _write(tmp_path, [{**rows[0], "meta": {"subtask": 3}}], "bad.jsonl")
+    with pytest.raises(InputError, match="meta.subtask must be a string"):
+        build_target_validation("mmlu", {"source": "jsonl", "options": {"path": str(bad)}}, seed=0)
