@@ -148,6 +148,19 @@ for _target in TARGETS:
 TARGET_VALIDATION = {t: target_validation(t) for t in TARGETS}
 # The targets every system is scored on (selection systems: their own target only).
 EVAL_TARGETS = list(config["evaluation"].get("targets") or TARGET_SPECS)
+for _target in EVAL_TARGETS:
+    if _target not in TARGET_SPECS:
+        raise WorkflowError(f"evaluation.targets: {_target!r} is not a target; expected one of {', '.join(TARGET_SPECS)}")
+# Oracle routing sends a prompt to the expert of its part: every evaluated task must read a part's split.
+_ORACLE = [m for m, modes in config["evaluation"]["modes"].items() if "oracle" in (modes or [])]
+for _target in EVAL_TARGETS if _ORACLE else []:
+    for _task in TARGET_SPECS[_target]["tasks"]:
+        if not (isinstance(_task, dict) and _task.get("data")):
+            _name = _task["task"] if isinstance(_task, dict) else _task
+            raise WorkflowError(
+                f"evaluation.modes: oracle routing ({', '.join(_ORACLE)}) needs each prompt's part, and task "
+                f"{_name!r} of target {_target!r} reads no part's split; drop oracle from the modes"
+            )
 SELECTORS = ["clusterucb", "full", "random"]
 
 # Systems scored by lm-eval (wildcard {system}): the base model, the multitask LoRA, every clustering
