@@ -35,7 +35,8 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(configfile: str | Path, base: str | Path = "config/config.yaml") -> dict[str, Any]:
-    """``base`` (the Snakefile's ``configfile:``) updated by ``configfile``, as ``--configfile`` does."""
+    """``base`` (the Snakefile's ``configfile:``) updated by ``configfile``, as ``--configfile`` does, and
+    ``configfile``'s own ``data.parts`` and ``targets`` in place of the base's (the Snakefile does the same)."""
 
     def read(path: Path) -> dict[str, Any]:
         if not path.is_file():
@@ -48,10 +49,22 @@ def load_config(configfile: str | Path, base: str | Path = "config/config.yaml")
             raise InputError(f"{path}: a config is a YAML mapping")
         return data
 
-    config = read(Path(configfile))
+    own = read(Path(configfile))
+    config = own
     if Path(base).is_file() and Path(base).resolve() != Path(configfile).resolve():
-        config = _merge(read(Path(base)), config)
+        config = _merge(read(Path(base)), own)
+        # The Snakefile: a config's own parts and targets replace the default's instead of merging.
+        if "parts" in (own.get("data") or {}):
+            config["data"]["parts"] = own["data"]["parts"]
+        if "targets" in own:
+            config["targets"] = own["targets"]
     return config
+
+
+def gpu_hours(records: list[dict[str, Any]]) -> float:
+    """GPU-hours of the whole DAG: per row its jobs (``jobs``, space-separated) x its ``gpu_time_h`` (a
+    sharded stage's row is its largest shard, so the sum is an upper bound there)."""
+    return sum(len(str(r.get("jobs") or "").split()) * float(r["gpu_time_h"] or 0) for r in records)
 
 
 def _markdown(records: list[dict[str, Any]], gpu: devices.Gpu, run_on: str, notes: list[str]) -> str:
@@ -62,7 +75,9 @@ def _markdown(records: list[dict[str, Any]], gpu: devices.Gpu, run_on: str, note
         "",
         *markdown_table(cols, (["" if r[c] is None else r[c] for c in cols] for r in records)),
     ]
-    return "\n".join(lines + [""] + notes) + "\n"
+    stage_notes = [f"{r['stage']}: {r['note']}." for r in records if r.get("note")]
+    total = f"gpu_hours total={gpu_hours(records):.2f}"
+    return "\n".join(lines + [""] + stage_notes + notes + ["", total]) + "\n"
 
 
 def plan(
