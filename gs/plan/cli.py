@@ -62,9 +62,14 @@ def load_config(configfile: str | Path, base: str | Path = "config/config.yaml")
 
 
 def gpu_hours(records: list[dict[str, Any]]) -> float:
-    """GPU-hours of the whole DAG: per row its jobs (``jobs``, space-separated) x its ``gpu_time_h`` (a
-    sharded stage's row is its largest shard, so the sum is an upper bound there)."""
-    return sum(len(str(r.get("jobs") or "").split()) * float(r["gpu_time_h"] or 0) for r in records)
+    """GPU-hours of the whole DAG: per row that holds a GPU (a device peak, or a GPU in its resources) its
+    jobs (``jobs``, space-separated) x its ``gpu_time_h`` (a sharded stage's row is its largest shard, so the
+    sum is an upper bound there). Host-only rows (their time is host work) hold no GPU and are left out."""
+    return sum(
+        len(str(r.get("jobs") or "").split()) * float(r["gpu_time_h"] or 0)
+        for r in records
+        if float(r.get("device_peak_gib") or 0) > 0 or float(r.get("gpu") or 0) >= 1
+    )
 
 
 def _markdown(records: list[dict[str, Any]], gpu: devices.Gpu, run_on: str, notes: list[str]) -> str:

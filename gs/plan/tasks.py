@@ -110,11 +110,15 @@ class TaskWork:
 def split_size(config: dict[str, Any], part: str, split: str) -> tuple[int, int]:
     """``(n, choices)`` of ``data.parts.<part>.<split>``: its own ``n``, else (a derived split
     ``{from: <split>, choices: k}``) the n of the split it comes from; ``choices``: the derived split's
-    ``choices`` (1 for a drawn split)."""
+    ``choices`` (1 for a drawn split). A ``reference`` split a part does not name is its test split's
+    (:func:`gs.data.prepare.part_files`)."""
+    from gs.data.prepare import REFERENCE_SPLIT
     from gs.io import InputError
 
     spec = (config["data"]["parts"].get(part) or {}) if "parts" in config.get("data", {}) else {}
     entry = spec.get(split)
+    if entry is None and split == REFERENCE_SPLIT and "test" in spec:
+        entry = spec["test"]  # gs.data.prepare.part_files: a part with a test split and no reference gets one
     if entry is None:
         raise InputError(f"data.parts.{part}: no split {split!r} (a target's task reads it)")
     choices = int(entry.get("choices", 1)) if "from" in entry else 1

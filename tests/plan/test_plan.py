@@ -383,7 +383,10 @@ def test_selection_stage_runs_the_drawn_samples_influence(plan_inputs):
     ckpts = math.ceil(float(config["gradients"]["warmup"]["train"]["epochs"]))
     drawn = math.ceil(float(config["selection"]["budget_fraction"]) * n)
     parts = config["data"]["parts"]
-    val = max(int(parts[config["targets"][t]["validation"]["part"]]["validation"]["n"]) for t in config["selection"]["targets"])
+    val = max(
+        int(parts[config["targets"][t]["validation"]["part"]]["validation"]["n"])
+        for t in config["selection"]["targets"]
+    )
     assert sel.work and sel.work[0].repeats == {"gradient": ckpts * (math.ceil(drawn / gb) + math.ceil(val / gb))}
     assert sel.host_extra["influence scores"] == 8 * (ckpts + 1) * len(config["selection"]["targets"]) * n
     assert "gs.selection.on_demand" in sel.imports
