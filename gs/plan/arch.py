@@ -15,7 +15,8 @@ from gs.io import InputError
 
 # ``config.json`` fields of architectures a plan may meet before the model is fetched, keyed by the
 # config's ``model.repo`` (hub) or ``model.name``. Values as published on the hub:
-# meta-llama/Llama-3.1-8B/config.json and HuggingFaceTB/SmolLM2-135M-Instruct/config.json.
+# meta-llama/Llama-3.1-8B/config.json, meta-llama/Llama-2-7b-hf/config.json and
+# HuggingFaceTB/SmolLM2-135M-Instruct/config.json.
 KNOWN_ARCHITECTURES: dict[str, dict[str, Any]] = {
     "meta-llama/Llama-3.1-8B": {
         "model_type": "llama",
@@ -39,6 +40,21 @@ KNOWN_ARCHITECTURES: dict[str, dict[str, Any]] = {
         "bos_token_id": 128000,
         "eos_token_id": 128001,
     },
+    "meta-llama/Llama-2-7b-hf": {
+        "model_type": "llama",
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "vocab_size": 32000,
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    },
     "HuggingFaceTB/SmolLM2-135M-Instruct": {
         "model_type": "llama",
         "hidden_size": 576,
@@ -58,7 +74,11 @@ KNOWN_ARCHITECTURES: dict[str, dict[str, Any]] = {
     },
 }
 # The suite's model names for the same architectures (config ``model.name``).
-ALIASES = {"llama-3.1-8b": "meta-llama/Llama-3.1-8B", "smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+ALIASES = {
+    "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
+    "llama-2-7b": "meta-llama/Llama-2-7b-hf",
+    "smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
 
 
 def _from_dict(fields: dict[str, Any]) -> Any:

@@ -35,7 +35,8 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(configfile: str | Path, base: str | Path = "config/config.yaml") -> dict[str, Any]:
-    """``base`` (the Snakefile's ``configfile:``) updated by ``configfile``, as ``--configfile`` does."""
+    """``base`` (the Snakefile's ``configfile:``) updated by ``configfile``, as ``--configfile`` does, and
+    ``configfile``'s own ``data.parts`` and ``targets`` in place of the base's (the Snakefile does the same)."""
 
     def read(path: Path) -> dict[str, Any]:
         if not path.is_file():
@@ -72,6 +73,17 @@ def check_tasks(config: dict[str, Any]) -> None:
         check_known(specs, index.all_tasks, index.all_groups)
 
 
+def gpu_hours(records: list[dict[str, Any]]) -> float:
+    """GPU-hours of the whole DAG: per row that holds a GPU (a device peak, or a GPU in its resources) its
+    jobs (``jobs``, space-separated) x its ``gpu_time_h`` (a sharded stage's row is its largest shard, so the
+    sum is an upper bound there). Host-only rows (their time is host work) hold no GPU and are left out."""
+    return sum(
+        len(str(r.get("jobs") or "").split()) * float(r["gpu_time_h"] or 0)
+        for r in records
+        if float(r.get("device_peak_gib") or 0) > 0 or float(r.get("gpu") or 0) >= 1
+    )
+
+
 def _markdown(records: list[dict[str, Any]], gpu: devices.Gpu, run_on: str, notes: list[str]) -> str:
     cols = ["stage", "rule", "device_peak_gib", "host_peak_gib", "gpu_time_h", "cpu_time_h"]
     cols += ["mem_mb", "runtime_min", "gpu", "fits", "problems"]
@@ -80,7 +92,9 @@ def _markdown(records: list[dict[str, Any]], gpu: devices.Gpu, run_on: str, note
         "",
         *markdown_table(cols, (["" if r[c] is None else r[c] for c in cols] for r in records)),
     ]
-    return "\n".join(lines + [""] + notes) + "\n"
+    stage_notes = [f"{r['stage']}: {r['note']}." for r in records if r.get("note")]
+    total = f"gpu_hours total={gpu_hours(records):.2f}"
+    return "\n".join(lines + [""] + stage_notes + notes + ["", total]) + "\n"
 
 
 def plan(

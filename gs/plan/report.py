@@ -27,6 +27,7 @@ class Row:
     cpu_seconds: float
     resources: RuleResources
     problems: list[str]
+    note: str = ""
 
     @property
     def fits(self) -> bool:
@@ -75,6 +76,7 @@ def predict(
         stage.stage, stage.rule, " ".join(stage.jobs), stage.device_bytes, weights, host, gpu_s, cpu_s, resources, []
     )
     row.problems = check(row, run_on, device)
+    row.note = stage.note
     return row
 
 
@@ -123,6 +125,7 @@ def table(rows: list[Row]) -> list[dict[str, Any]]:
                 "fits": "yes" if r.fits else "no",
                 "problems": "; ".join(r.problems),
                 "jobs": r.jobs,
+                "note": r.note,
             }
         )
     return out

@@ -627,21 +627,28 @@ class Planner:
         return {"encoder weights": host.F32 * params, "embeddings": host.F32 * n * h}
 
     def _evaluation(self, k: int) -> list[Stage]:
+        """Rule ``evaluate_system``: per target task (:func:`gs.plan.tasks.target_work`) its requests, as
+        :class:`gs.evaluation.routed_model.RoutedLM` runs them. Generation: ``ceil(n / b)`` batches, each a
+        prefill of its prompt and ``max_gen_toks`` decoding steps (the limit; the until-stops may end a batch
+        sooner); likelihood: ``ceil(requests / b)`` batches of prompt and answer (multiple choice: one request
+        per choice). Each group's steps are traced once at its longest prompt (and generation limit, answer)
+        and a task's batches count its tokens' share of that trace's. One stage per inference mode, scored on
+        every target of ``evaluation.targets`` (absent: all); the selection systems (a multitask LoRA each,
+        scored on their own target's tasks only, rules/common.smk ``system_targets``) get one stage per
+        fine-tuned target."""
+        from gs.plan.tasks import DEFAULT_MAX_GEN_TOKS, target_work
+
         c = self.config
         ev = c["evaluation"]
         modes: set[str] = {"base", "multitask"}
         for method in c["cluster"]["methods"]:
             modes.update(ev["modes"].get(method, ["single"]))
         inf = {"top_m": None, "gradient_batch_size": 4, "gradient_max_length": 512, **ev.get("inference", {})}
-        gen = ev.get("max_gen_toks", 256)
-        max_gen = max(gen.values()) if isinstance(gen, dict) else int(gen)
         lik = ev.get("likelihood", {})
         lb = int(lik.get("batch_size", ev.get("batch_size", 8)))
-        keep = int(lik.get("max_answer_tokens", max_gen))
+        cap = lik.get("max_answer_tokens")
         b = int(ev.get("batch_size", 8))
-        tests, refs = _sizes(c, "test"), _sizes(c, "reference")
-        limit = ev.get("limit")
-        n_test = {d: min(v, int(limit)) if limit else v for d, v in tests.items()}
+        chunk = lik.get("chunk_tokens")
         lora = c["experts"]["lora"]
         dtype = _dtype(ev, c, self.auto_dtype)
         # gs.models.load.load_model reads the prepared folder's safetensors in its own dtype (memory-mapped: the
@@ -652,48 +659,56 @@ class Planner:
         folder_dtype = resolve_dtype(stored_dtype(c["model"]))
         cast = self.run_on == "cpu" and folder_dtype != resolve_dtype(dtype)
         folder_read = self._n_params() * folder_dtype.itemsize if cast else 0
-        # One stage per mode; the selection systems (a multitask LoRA each, scored on their target's
-        # tasks only, rules/common.smk system_tasks) get one stage per fine-tuned target.
-        groups = [(mode, f"evaluation ({mode})", self._systems(mode), n_test, refs) for mode in sorted(modes)]
-        for t in c["selection"].get("finetune_targets", c["selection"]["targets"]):
+        eval_targets = list(ev.get("targets") or c["targets"])
+        finetuned = list(c["selection"].get("finetune_targets", c["selection"]["targets"]))
+        by_target = {t: target_work(c, [t], self.prompt) for t in dict.fromkeys(eval_targets + finetuned)}
+        every = [w for t in eval_targets for w in by_target[t]]
+        groups = [(mode, f"evaluation ({mode})", self._systems(mode), every) for mode in sorted(modes)]
+        for t in finetuned:
             systems = [f"select-{t}-{s}" for s in ("clusterucb", "full", "random")]
-            sizes = ({t: n_test[t]} if t in n_test else {}, {t: refs[t]} if t in refs else {})
-            groups.append(("multitask", f"evaluation (select-{t})", systems, *sizes))
+            groups.append(("multitask", f"evaluation (select-{t})", systems, by_target[t]))
         out = []
-        for mode, name, systems, group_tests, group_refs in groups:
+        for mode, name, systems, tasks in groups:
             streams = {"elrea": int(inf["top_m"] or k), "uniform": k}.get(mode, 1)
             adapters = 0 if mode == "base" else (1 if mode == "multitask" else k + (mode == "elrea"))
             use_lora = lora if adapters else None
-            dec = self.trace(
-                ("decode", b, max_gen, streams),
-                dtype,
-                use_lora,
-                decode_step(b, self.prompt, max_gen, streams),
-                max(adapters, 1),
-            )
-            chunk = lik.get("chunk_tokens")
-            lk = self.trace(
-                ("lik", lb, keep, streams, chunk),
-                dtype,
-                use_lora,
-                likelihood_step(lb, self.prompt, keep, streams, chunk),
-                max(adapters, 1),
-            )
-            steps = sum(
-                _ceil(v, b) * (gen.get(f"gs_{d}", max_gen) if isinstance(gen, dict) else max_gen)
-                for d, v in group_tests.items()
-            )
-            batches = sum(_ceil(group_tests[d] + group_refs.get(d, 0), lb) for d in group_tests)
-            # The traced prefill fills the cache to its last position; a batch's real prefill is the prompt.
-            prefill = sum(_ceil(v, b) for v in group_tests.values()) * self.prompt / (self.prompt + max_gen - 1)
-            work = [
-                Work(dec, {"decode": steps, "prefill": prefill}, dtype),
-                Work(lk, {"likelihood": batches}, dtype),
-            ]
+            work = []
+            gen = [w for w in tasks if w.kind == "generate_until"]
+            if gen:
+                p_max, g_max = max(w.prompt_tokens for w in gen), max(w.max_gen_toks for w in gen)
+                dec = self.trace(
+                    ("decode", b, p_max, g_max, streams),
+                    dtype,
+                    use_lora,
+                    decode_step(b, p_max, g_max, streams),
+                    max(adapters, 1),
+                )
+                steps = sum(_ceil(w.n, b) * w.max_gen_toks for w in gen)
+                # The traced prefill fills the cache to its last position; a batch's real prefill is its prompt.
+                prefill = sum(_ceil(w.n, b) * w.prompt_tokens for w in gen) / (p_max + g_max - 1)
+                work.append(Work(dec, {"decode": steps, "prefill": prefill}, dtype))
+            scored = [w for w in tasks if w.kind != "generate_until"]
+            if scored:
+                # An answer of unknown length (a suite task's reference) is counted at the likelihood cap.
+                keep = {w.task: int(w.answer_tokens or cap or DEFAULT_MAX_GEN_TOKS) for w in scored}
+                p_max, a_max = max(w.prompt_tokens for w in scored), max(keep.values())
+                lk = self.trace(
+                    ("lik", lb, p_max, a_max, streams, chunk),
+                    dtype,
+                    use_lora,
+                    likelihood_step(lb, p_max, a_max, streams, chunk),
+                    max(adapters, 1),
+                )
+                batches = sum(
+                    _ceil(w.requests, lb) * (w.prompt_tokens + keep[w.task]) / (p_max + a_max) for w in scored
+                )
+                work.append(Work(lk, {"likelihood": batches}, dtype))
             st = Stage(name, "evaluate_system", systems, ("gs.evaluation.run",) + MODEL_IMPORTS, work)
+            st.note = "; ".join(w.note for w in tasks if w.note)
             if mode == "elrea":
+                # gs.evaluation.routed_model routes every request's prompt by its warm-up-adapter gradient.
                 gb, gt = int(inf["gradient_batch_size"]), int(inf["gradient_max_length"])
-                prompts = sum(group_tests.values()) + sum(group_refs.values())
+                prompts = sum(w.requests for w in tasks)
                 work.append(self._gradients(c["gradients"]["warmup"]["lora"], gb, gt, dtype, _ceil(prompts, gb)))
                 proj = c["gradients"]["projection"]
                 st.host_extra = {
@@ -706,7 +721,7 @@ class Planner:
                 st.host_extra = self._encoder_bytes(0)
             if folder_read:
                 st.host_extra["prepared folder read for the cast"] = folder_read
-            if "writing" in group_tests and ev.get("fluency", True) and self.run_on == "cpu" and cast:
+            if any(w.fluency for w in tasks) and ev.get("fluency", True) and self.run_on == "cpu" and cast:
                 # gs.evaluation.fluency.fluency_scores loads the base model again after lm-eval; on the CPU, when the
                 # weights are cast, the routed model's freed pages stay with the process (measured on the
                 # default in bfloat16: RSS 1370 -> 2067 MiB during that load), so its weights and its folder

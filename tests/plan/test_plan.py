@@ -313,6 +313,9 @@ def test_every_rule_of_the_workflow_has_a_stage(tiny_stages):
     planned = {s.rule for s in tiny_stages[2]}
     fd, _ = _tiny_planner(gradients={"svd": {"method": "frequent_directions", "rank": 2}, "keep_gradients": False})
     planned |= {s.rule for s in fd.gradient_passes(2, 3, 2) + fd.influence_pass(2)}
+    # A target with its own validation source (not a part's split) adds rule prepare_target.
+    fd.config["targets"]["math"]["validation"] = {"source": "gsm_symbolic", "n": 4}
+    planned |= {s.rule for s in fd._prepare_domains()}
     assert "ablation" in rules and "router_table" in rules
     assert rules - planned == {"plan"}
 
@@ -379,7 +382,11 @@ def test_selection_stage_runs_the_drawn_samples_influence(plan_inputs):
     n, gb = planner.n_pool, int(config["gradients"]["batch_size"])
     ckpts = math.ceil(float(config["gradients"]["warmup"]["train"]["epochs"]))
     drawn = math.ceil(float(config["selection"]["budget_fraction"]) * n)
-    val = max(int(v["validation"]["n"]) for v in config["data"]["domains"].values())
+    parts = config["data"]["parts"]
+    val = max(
+        int(parts[config["targets"][t]["validation"]["part"]]["validation"]["n"])
+        for t in config["selection"]["targets"]
+    )
     assert sel.work and sel.work[0].repeats == {"gradient": ckpts * (math.ceil(drawn / gb) + math.ceil(val / gb))}
     assert sel.host_extra["influence scores"] == 8 * (ckpts + 1) * len(config["selection"]["targets"]) * n
     assert "gs.selection.on_demand" in sel.imports
