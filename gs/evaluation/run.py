@@ -565,7 +565,11 @@ def evaluate_system(
 
     report = {
         "system": {k: system[k] for k in SYSTEM_KEYS if k in system},
-        "targets": {t: [s.task for s in specs if s.target == t] for t in dict.fromkeys(s.target for s in specs)},
+        # A list, not a mapping: the JSON is written with sorted keys, and the tables keep the config's order.
+        "targets": [
+            {"target": t, "tasks": [s.task for s in specs if s.target == t]}
+            for t in dict.fromkeys(s.target for s in specs)
+        ],
         "primary": {
             task: {"metric": r["primary"]["metric"], "value": r["metrics"].get(r["primary"]["metric"])}
             if "not_run" not in r

@@ -30,7 +30,7 @@ import pandas as pd
 from gs.intervals import RESAMPLES, Interval, bootstrap_interval
 from gs.io import InputError, atomic_path, read_json, run_cli
 from gs.report.figures import plot_budget, plot_differences
-from gs.report.scores import LIKELIHOOD_METRIC, task_columns, task_scores
+from gs.report.scores import LIKELIHOOD_METRIC, report_targets, task_columns, task_scores
 from gs.report.tables import (
     NO_DIFFERENCE,
     SMALL_SAMPLE,
@@ -94,7 +94,7 @@ def clusterucb_table(
             scored: list[tuple[str | None, Any]] = [(None, None)]
             if system in reports:  # fine-tuned on this selection and evaluated on its target's tasks
                 path, report = reports[system]
-                tasks = (report.get("targets") or {}).get(t, [])
+                tasks = report_targets(report).get(t, [])
                 scored = [(task, task_scores(report, path, task)) for task in tasks] or scored
             charge = m.get("charge") or {}
             for task, ts in scored:

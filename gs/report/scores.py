@@ -51,6 +51,11 @@ def primary_result(report: dict[str, Any], path: Path, task: str) -> dict[str, A
     return entry
 
 
+def report_targets(report: dict[str, Any]) -> dict[str, list[str]]:
+    """A report's targets and their tasks, in the config's order (``report["targets"]``: ``[{target, tasks}]``)."""
+    return {entry["target"]: list(entry["tasks"]) for entry in report.get("targets") or []}
+
+
 def task_columns(reports: dict[str, tuple[Path, dict[str, Any]]]) -> dict[str, dict[str, str]]:
     """The table columns of the evaluated tasks: ``{"accuracy": {label: task}, "bits_per_byte": {...}}``.
 
@@ -61,7 +66,7 @@ def task_columns(reports: dict[str, tuple[Path, dict[str, Any]]]) -> dict[str, d
     order: dict[str, None] = {}
     metric: dict[str, str | None] = {}
     for _, report in reports.values():
-        for tasks in (report.get("targets") or {}).values():
+        for tasks in report_targets(report).values():
             for task in tasks:
                 order.setdefault(task, None)
                 found = ((report.get("primary") or {}).get(task) or {}).get("metric")

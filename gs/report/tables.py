@@ -26,7 +26,7 @@ import pandas as pd
 
 from gs.intervals import CONFIDENCE, MIN_EXAMPLES, RESAMPLES, Interval, bootstrap_interval, paired_interval
 from gs.io import InputError, read_json
-from gs.report.scores import TaskScores, paired_scores, task_scores
+from gs.report.scores import TaskScores, paired_scores, report_targets, task_scores
 
 NO_DIFFERENCE = "no difference detected at this scale"
 # Fewer paired examples than this in a domain: the reading says so instead of naming a winner (ours). The
@@ -300,7 +300,7 @@ def clusterucb_paired_table(
             reference = f"select-{t}-{other}"
             if system not in reports or reference not in reports:
                 continue
-            own = set((reports[system][1].get("targets") or {}).get(t, []))
+            own = set(report_targets(reports[system][1]).get(t, []))
             for measure, tasks in measures.items():
                 for label, task in tasks.items():
                     if task not in own:

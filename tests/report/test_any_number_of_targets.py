@@ -18,7 +18,7 @@ LN2 = math.log(2)
 
 def _report(targets: list[str], rng: np.random.Generator) -> tuple[dict, dict[str, float], dict[str, float]]:
     """An evaluation JSON with per target ``<t>_acc`` (acc) and ``<t>_bpb`` (bits per byte), and the values put in."""
-    report = {"targets": {}, "primary": {}, "tasks": {}}
+    report = {"targets": [], "primary": {}, "tasks": {}}
     acc_values, bpb_values = {}, {}
     for t in targets:
         n = int(rng.integers(4, 9))
@@ -27,7 +27,7 @@ def _report(targets: list[str], rng: np.random.Generator) -> tuple[dict, dict[st
         n_bytes = rng.integers(10, 60, n)
         acc_values[f"{t}_acc"] = float(acc.mean())
         bpb_values[f"{t}_bpb"] = float(-ll.sum() / (LN2 * n_bytes.sum()))
-        report["targets"][t] = [f"{t}_acc", f"{t}_bpb"]
+        report["targets"].append({"target": t, "tasks": [f"{t}_acc", f"{t}_bpb"]})
         report["primary"][f"{t}_acc"] = {"metric": "acc", "value": acc_values[f"{t}_acc"]}
         report["primary"][f"{t}_bpb"] = {"metric": "bits_per_byte", "value": bpb_values[f"{t}_bpb"]}
         report["tasks"][f"{t}_acc"] = {

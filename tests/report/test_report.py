@@ -73,7 +73,7 @@ def _eval_report(scores: dict, *, reverse: bool = False) -> dict:
         tasks[f"gs_{d}"]["samples"] = gen
         tasks[f"gs_{d}_likelihood"] = {"n_examples": len(acc), "metrics": {"bits_per_byte": bpb}, "samples": lik}
         tasks[f"gs_{d}_likelihood"]["stderr"] = {"bits_per_byte": None}
-    targets = {d: [f"gs_{d}", f"gs_{d}_likelihood"] for d in scores}
+    targets = [{"target": d, "tasks": [f"gs_{d}", f"gs_{d}_likelihood"]} for d in scores]
     return {"targets": targets, "primary": primary, "tasks": tasks}
 
 
@@ -396,7 +396,7 @@ def test_clusterucb_table(tmp_path):
     assert df[df["target"] == "code"]["value"].isna().all()
     # A fine-tuned system whose evaluation lacks its target's task is an error, not an empty cell.
     report = _eval_report({"code": ([1, 0], [(-5.0, 10), (-5.0, 10)])})
-    write_json(evals["select-math-full"], {**report, "targets": {"math": ["gs_math"]}})
+    write_json(evals["select-math-full"], {**report, "targets": [{"target": "math", "tasks": ["gs_math"]}]})
     with pytest.raises(InputError, match=r"select-math-full\.json: no result for gs_math"):
         clusterucb_table(tmp_path / "selection", ["math"], load_reports(evals))
 

@@ -129,7 +129,9 @@ def _check_evaluations(res: Path, config: dict) -> None:
     likelihood = pd.read_csv(res / "tables" / "likelihood.csv").set_index("system")
     tasks = _config_tasks(config)
     first = json.loads((res / "eval" / f"{main.index[0]}.json").read_text())
-    assert first["targets"] == {t: [x["task"] for x in spec["tasks"]] for t, spec in config["targets"].items()}
+    assert first["targets"] == [
+        {"target": t, "tasks": [x["task"] for x in c["tasks"]]} for t, c in config["targets"].items()
+    ]
     bpb_tasks = [t for t in tasks if first["primary"][t]["metric"] == "bits_per_byte"]
     acc_tasks = [t for t in tasks if t not in bpb_tasks]
     intervals = ("_stderr", "_ci_low", "_ci_high")
@@ -253,7 +255,7 @@ def _check_selection(res: Path, config: dict) -> None:
             if target in cfg.get("finetune_targets", cfg["targets"]):
                 report = json.loads((res / "eval" / f"select-{target}-{name}.json").read_text())
                 own = [t["task"] for t in config["targets"][target]["tasks"]]
-                assert report["targets"] == {target: own}  # scored on its own target's tasks only
+                assert report["targets"] == [{"target": target, "tasks": own}]  # its own target's tasks only
                 rows = table[(table["target"] == target) & (table["method"] == name)].set_index("task")
                 assert rows.index.tolist() == own
                 for task in own:
