@@ -59,9 +59,10 @@ def part_outputs(part):
     return [f"results/data/{part}/{split}.jsonl" for split in PART_FILES[part]]
 
 
-def quote_json(section):
-    """A config section as one shell-quoted JSON argument (the gs CLIs take --params JSON)."""
-    return shlex.quote(json.dumps(section, sort_keys=True))
+def quote_json(section, sort_keys=True):
+    """A config section as one shell-quoted JSON argument (the gs CLIs take --params JSON); sort_keys=False
+    where the order is data (the targets: the tables' column order)."""
+    return shlex.quote(json.dumps(section, sort_keys=sort_keys))
 
 
 def json_param(section):

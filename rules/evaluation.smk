@@ -23,7 +23,9 @@ rule evaluate_system:
         runtime=grow(60),
     params:
         system=lambda w: quote_json(system_spec(w.system)),
-        targets=lambda w: quote_json({t: TARGET_SPECS[t] for t in system_targets(w.system)}),
+        targets=lambda w: quote_json(
+            {t: TARGET_SPECS[t] for t in system_targets(w.system)}, sort_keys=False
+        ),
         # What gs.evaluation.run reads (the modes decide which systems exist, not how one is scored).
         cfg=json_param(
             {k: v for k, v in config["evaluation"].items() if k not in ("modes", "targets")}

@@ -283,7 +283,11 @@ def test_hub_readers_are_local_rules():
     blocks = rule_blocks()
     readers = {r for r, (_, t) in blocks.items() if re.search(r"python -m gs\.(models|data)\.prepare ", t)}
     assert readers and readers - {"pool_data"} <= names, readers
-    assert "prepare_model" in names and "prepare_domain" in names
+    assert "prepare_model" in names and "prepare_target" in names
+    # The parts' rules are made in a loop (one per set of split files), each marked local in its body.
+    data = (ROOT / "rules" / "data.smk").read_text()
+    loop = data[data.index("for _i, (_files, _parts)") : data.index("rule prepare_target:")]
+    assert "localrule: True" in loop and "python -m gs.data.prepare part" in loop
 
 
 # -- SLURM submissions, with sbatch and sacct replaced by a recorder that fails every job --------------
