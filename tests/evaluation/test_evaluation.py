@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from gs.data.prompting import user_message
 from gs.io import InputError, write_jsonl
@@ -768,3 +769,25 @@ def test_without_bubblewrap_gs_code_is_not_run_unless_the_config_says_so(data_di
         assert "gs_code" not in report["lm_eval"]["n_samples"]  # left out of the lm-eval run, not just hidden
     # The opt-ins the evaluation gave itself do not outlive it.
     assert ALLOW_ENV_VAR not in os.environ and not without_bubblewrap_allowed()
+
+
+def test_a_local_dataset_path_gets_a_cache_of_the_run_s_own(tmp_path):
+    """``datasets`` would answer a local folder from a cache of any folder of the same name: the per-run
+    YAML of a task pointed at a local folder names a cache inside the run's task folder; a hub id gets none."""
+    from types import SimpleNamespace
+
+    import lm_eval
+
+    from gs.evaluation.tasks import task_specs, write_task_dir
+
+    sciq = Path(lm_eval.__file__).parent / "tasks" / "sciq" / "sciq.yaml"
+    local = tmp_path / "sciq_copy"
+    local.mkdir()
+    targets = {"a": {"tasks": [{"task": "sciq", "dataset_path": str(local)}]}}
+    out = write_task_dir(task_specs(targets), tmp_path, tmp_path / "tasks", {"sciq": SimpleNamespace(yaml_path=sciq)})
+    cfg = yaml.safe_load((out / "sciq.yaml").read_text())
+    assert cfg["dataset_path"] == str(local.resolve())
+    assert cfg["dataset_kwargs"] == {"cache_dir": str((tmp_path / "tasks" / ".datasets_cache").resolve())}
+    hub = {"a": {"tasks": [{"task": "sciq", "dataset_path": "allenai/sciq"}]}}
+    out = write_task_dir(task_specs(hub), tmp_path, tmp_path / "hub_tasks", {"sciq": SimpleNamespace(yaml_path=sciq)})
+    assert "dataset_kwargs" not in yaml.safe_load((out / "sciq.yaml").read_text())
