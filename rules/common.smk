@@ -153,6 +153,20 @@ SELECTORS = ["clusterucb", "full", "random"]
 # Systems scored by lm-eval (wildcard {system}): the base model, the multitask LoRA, every clustering
 # method under every inference mode, and the LoRAs fine-tuned on each selected subset.
 MODES = config["evaluation"]["modes"]
+# The oracle inference mode routes each test record to the expert of its part (its hidden label): every
+# evaluated task must read a part's split. lm-eval's own tasks (mmlu, gsm8k_cot, ...) carry no part.
+_no_part = [
+    t["task"] if isinstance(t, dict) else t
+    for _name in EVAL_TARGETS
+    for t in TARGET_SPECS[_name]["tasks"]
+    if not (isinstance(t, dict) and t.get("data"))
+]
+_oracle = [m for m, _modes in MODES.items() if "oracle" in (_modes or [])]
+if _oracle and _no_part:
+    raise WorkflowError(
+        f"evaluation.modes: 'oracle' (methods {', '.join(_oracle)}) routes each test record by its part, but "
+        f"task(s) {', '.join(_no_part)} read their own datasets (no part); drop 'oracle' from those modes"
+    )
 SYSTEMS = ["base", "multitask"] + [
     f"{m}-{mode}" for m in METHODS for mode in MODES.get(m, ["single"])
 ]

@@ -118,8 +118,6 @@ def _check_influence(res: Path) -> None:
     for t, target in enumerate(targets):
         rows = sub[owner == t]
         np.testing.assert_array_equal(scores[t], rows.max(axis=0), err_msg=target)
-        if len(rows) > 1:  # the max really picks between subtasks somewhere
-            assert len(set(rows.argmax(axis=0).tolist())) >= 1
 
 
 def _check_selection(res: Path, config: dict) -> None:
