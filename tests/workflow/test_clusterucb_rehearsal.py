@@ -63,6 +63,20 @@ def test_the_paper_config_plans_eight_parts_and_five_targets_per_selector():
     assert counts["select_data"] == str(len(TARGETS))
 
 
+def test_oracle_routing_is_refused_for_benchmarks_that_are_not_parts(tmp_path):
+    """The oracle inference mode routes a test record by its part; lm-eval's own tasks have none: the
+    workflow stops at parse time with one line naming the tasks, before any job runs."""
+    config = yaml.safe_load((ROOT / "config" / "clusterucb_rehearsal.yaml").read_text())
+    config["evaluation"]["modes"]["gradientspace"] = ["single", "oracle"]
+    path = tmp_path / "oracle.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = run_snakemake("-n", "--nolock", "--cores", "1", "--configfile", str(path))
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "evaluation.modes: 'oracle' (methods gradientspace) routes each test record by its part" in out
+    assert "mmlu_abstract_algebra" in out and "drop 'oracle' from those modes" in out
+
+
 def _check_data(res: Path, work: Path, config: dict) -> None:
     """The pool: the eight parts, each file's rows in file order with their conversations; the targets'
     validation files with their subtasks."""
