@@ -23,7 +23,10 @@ rule evaluate_system:
         runtime=grow(60),
     params:
         system=lambda w: quote_json(system_spec(w.system)),
-        targets=lambda w: quote_json({t: TARGET_SPECS[t] for t in system_targets(w.system)}),
+        # In the config's order (not quote_json's sorted keys): the tables' columns follow it.
+        targets=lambda w: shlex.quote(
+            json.dumps({t: TARGET_SPECS[t] for t in system_targets(w.system)})
+        ),
         # What gs.evaluation.run reads (the modes decide which systems exist, not how one is scored).
         cfg=json_param(
             {k: v for k, v in config["evaluation"].items() if k not in ("modes", "targets")}
