@@ -28,7 +28,11 @@ rule evaluate_system:
         ),
         # What gs.evaluation.run reads (the modes decide which systems exist, not how one is scored).
         cfg=json_param(
-            {k: v for k, v in config["evaluation"].items() if k not in ("modes", "targets")}
+            {
+                k: v
+                for k, v in config["evaluation"].items()
+                if k not in ("modes", "targets", "limit")
+            }
         ),
         limit=(
             f"--limit {config['evaluation']['limit']}"

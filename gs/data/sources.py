@@ -31,6 +31,7 @@ import json
 import random
 import re
 import string
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -367,11 +368,17 @@ CLEANERS: dict[str, Callable[[str], str]] = {"writingprompts": clean_writingprom
 def _load_hf(path: str, name: str | None, split: str) -> Any:
     """``datasets.load_dataset(path, name, split=split)``: a hub id or a local dataset folder.
 
+    A local folder is read into memory through a cache of its own: ``datasets`` (5.x) keys a local
+    hub-layout folder's cache by the folder's name, config and file patterns, not by its contents or
+    location, so a folder read once would otherwise shadow any later folder of the same name.
     A dataset, config or split that cannot be loaded is a one-line :class:`InputError`.
     """
     from datasets import load_dataset
 
     try:
+        if Path(path).is_dir():
+            with tempfile.TemporaryDirectory(prefix="gs_hf_cache.") as cache:
+                return load_dataset(path, name, split=split, cache_dir=cache, keep_in_memory=True)
         return load_dataset(path, name, split=split)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -41,7 +41,15 @@ from lm_eval.api.registry import get_model
 
 from gs.evaluation.fluency import fluency_scores, free_memory
 from gs.evaluation.lm import DEFAULT_BATCH_SIZE, MODEL_NAME, ROUTED_PATH_ARGS, GSRoutedLM, jsonable, parse_json_arg
-from gs.evaluation.tasks import TaskSpec, check_known, suite_tasks, task_config, task_specs, write_task_dir
+from gs.evaluation.tasks import (
+    TaskSpec,
+    check_known,
+    suite_tasks,
+    task_config,
+    task_specs,
+    task_yaml_path,
+    write_task_dir,
+)
 from gs.io import InputError, run_cli, write_json
 
 log = logging.getLogger(__name__)
@@ -368,11 +376,29 @@ def _code_execution(run_code: bool, *, without_bubblewrap: bool) -> Iterator[Non
             os.environ[ALLOW_ENV_VAR] = previous_env
 
 
+def _hooks_unavailable(spec: TaskSpec, index: dict[str, Any]) -> str | None:
+    """Why an lm-eval task's ``!function`` hooks cannot be imported here, or ``None`` when they can.
+
+    lm-eval's ``humaneval`` imports a module that calls ``evaluate.load("code_eval")``, a metric script
+    fetched from the hub: offline, with no cached copy, loading the task fails, and with it every task
+    of the run. Such a task is left out (reported ``not_run``) instead.
+    """
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    try:
+        load_yaml(str(task_yaml_path(spec, index)), resolve_func=True)
+    except Exception as e:  # noqa: BLE001 - any import failure of a task's hooks (network, missing module)
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return f"lm-eval cannot load the task's hooks here ({type(e).__name__}: {reason})"
+    return None
+
+
 def _not_run_report(spec: TaskSpec, reason: str, index: dict[str, Any]) -> dict[str, Any]:
     """A task's entry when it was left out of the lm-eval run: why, the metric it would be ranked by (the
     spec's, else its YAML's first), and no value, example or sample."""
     listed = [m.get("metric") for m in task_config(spec, index).get("metric_list") or [] if isinstance(m, dict)]
-    metric = spec.metric or next((str(m) for m in listed if m), None)
+    # A metric given as a hook (``!function utils.pass_at_k``) is named by its function, as lm-eval names it.
+    metric = spec.metric or next((str(m).removeprefix("!function ").rsplit(".", 1)[-1] for m in listed if m), None)
     return {
         "target": spec.target,
         "not_run": reason,
@@ -504,6 +530,15 @@ def evaluate_system(
             for spec in unsafe:
                 not_run[spec.task] = how
                 log.warning("%s: not run: %s", spec.task, how)
+        else:
+            for spec in unsafe:
+                broken = None if spec.suite else _hooks_unavailable(spec, index)
+                if broken:
+                    not_run[spec.task] = broken
+                    log.warning("%s: not run: %s", spec.task, broken)
+            if len(not_run) == len(unsafe):
+                run_code = False
+                code_sandbox = "not run: " + "; ".join(f"{t}: {why}" for t, why in not_run.items())
     run_specs = [s for s in specs if s.task not in not_run]
 
     t_start = time.perf_counter()

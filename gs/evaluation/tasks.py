@@ -229,7 +229,9 @@ def write_task_dir(
     """Write per-run task YAMLs into ``out_dir`` (an lm-eval ``include_path``); return it.
 
     A suite task gets ``dataset_kwargs.data_files.test`` = the absolute path of ``<data_dir>/<spec.data>``;
-    a task with ``dataset_path`` gets that (absolute); ``max_gen_toks`` overrides the whole
+    a task with ``dataset_path`` gets that (absolute), and for a local folder ``dataset_kwargs.cache_dir`` =
+    ``<out_dir>/.datasets_cache`` (``datasets`` would otherwise answer from a cache of any folder of the
+    same name); ``max_gen_toks`` overrides the whole
     ``generation_kwargs`` dict (lm-eval merges includes shallowly). ``index``: lm-eval's task index, for
     the YAML of an lm-eval task that is overridden. An lm-eval task with nothing to override gets no file
     (lm-eval's index has it); a suite task always gets one (the index of a run is this folder and lm-eval's).
@@ -246,6 +248,14 @@ def write_task_dir(
             overrides.setdefault("dataset_kwargs", {})["data_files"] = {"test": str(data / spec.data)}
         if spec.dataset_path is not None:
             overrides["dataset_path"] = str(Path(spec.dataset_path).resolve())
+            if Path(spec.dataset_path).is_dir():
+                # datasets (5.x) caches a local hub-layout folder under its name, config and file patterns,
+                # not its contents or location: a cache of this run's own keeps another folder of the same
+                # name (or this one before an edit) from answering for it.
+                kwargs = overrides.setdefault(
+                    "dataset_kwargs", dict(task_config(spec, index).get("dataset_kwargs") or {})
+                )
+                kwargs.setdefault("cache_dir", str((out / ".datasets_cache").resolve()))
         if spec.max_gen_toks is not None:
             generation = task_config(spec, index).get("generation_kwargs") or {}
             overrides["generation_kwargs"] = {**generation, "max_gen_toks": spec.max_gen_toks}

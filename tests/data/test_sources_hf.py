@@ -209,3 +209,20 @@ def test_rehearsal_datasets_load_like_the_hub(tmp_path):
     assert all(p.startswith("[ WP ] ") for p in stories["prompt"])
     assert len(set(stories["prompt"])) < len(stories["prompt"]), "several stories per prompt"
     assert any(" <newline> " in s for s in stories["story"])
+
+
+def test_a_local_folder_is_read_afresh_not_from_a_cache_of_its_name(tmp_path):
+    """``datasets`` keys a local folder's cache by its name, config and file patterns: two folders both named
+    gsm8k (or one folder edited) must each give their own rows, and nothing lands in the shared cache."""
+    import datasets
+
+    first = write_hub_dataset(tmp_path / "a" / "gsm8k", {"train": GSM_TRAIN, "test": GSM_TEST}, config="main")
+    other_test = {"question": ["T9: 1 + 1?"], "answer": ["1 + 1 = 2\n#### 2"]}
+    second = write_hub_dataset(tmp_path / "b" / "gsm8k", {"train": GSM_TRAIN, "test": other_test}, config="main")
+    options = {**GSM_OPTIONS, "split": "test"}
+    assert [t["instruction"] for t in hf(1, 0, {**options, "path": str(first)})] == ["T0: 5 + 5?"]
+    assert [t["instruction"] for t in hf(1, 0, {**options, "path": str(second)})] == ["T9: 1 + 1?"]
+    write_hub_dataset(first, {"train": GSM_TRAIN, "test": other_test}, config="main")  # the folder edited
+    assert [t["instruction"] for t in hf(1, 0, {**options, "path": str(first)})] == ["T9: 1 + 1?"]
+    cache = Path(datasets.config.HF_DATASETS_CACHE)
+    assert not cache.exists() or not any(p.suffix == ".arrow" for p in cache.rglob("*"))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from gs.data.prompting import user_message
 from gs.io import InputError, write_jsonl
@@ -768,3 +769,49 @@ def test_without_bubblewrap_gs_code_is_not_run_unless_the_config_says_so(data_di
         assert "gs_code" not in report["lm_eval"]["n_samples"]  # left out of the lm-eval run, not just hidden
     # The opt-ins the evaluation gave itself do not outlive it.
     assert ALLOW_ENV_VAR not in os.environ and not without_bubblewrap_allowed()
+
+
+def test_a_local_dataset_path_gets_a_cache_of_the_run_s_own(tmp_path):
+    """``datasets`` would answer a local folder from a cache of any folder of the same name: the per-run
+    YAML of a task pointed at a local folder names a cache inside the run's task folder; a hub id gets none."""
+    from types import SimpleNamespace
+
+    import lm_eval
+
+    from gs.evaluation.tasks import task_specs, write_task_dir
+
+    sciq = Path(lm_eval.__file__).parent / "tasks" / "sciq" / "sciq.yaml"
+    local = tmp_path / "sciq_copy"
+    local.mkdir()
+    targets = {"a": {"tasks": [{"task": "sciq", "dataset_path": str(local)}]}}
+    out = write_task_dir(task_specs(targets), tmp_path, tmp_path / "tasks", {"sciq": SimpleNamespace(yaml_path=sciq)})
+    cfg = yaml.safe_load((out / "sciq.yaml").read_text())
+    assert cfg["dataset_path"] == str(local.resolve())
+    assert cfg["dataset_kwargs"] == {"cache_dir": str((tmp_path / "tasks" / ".datasets_cache").resolve())}
+    hub = {"a": {"tasks": [{"task": "sciq", "dataset_path": "allenai/sciq"}]}}
+    out = write_task_dir(task_specs(hub), tmp_path, tmp_path / "hub_tasks", {"sciq": SimpleNamespace(yaml_path=sciq)})
+    assert "dataset_kwargs" not in yaml.safe_load((out / "sciq.yaml").read_text())
+
+
+def test_an_lm_eval_task_whose_hooks_cannot_load_is_left_out_with_its_reason(tmp_path):
+    """lm-eval's humaneval imports a module that fetches evaluate's code_eval from the hub; offline that
+    import fails. Such a task is reported not run (its metric named by its function), not a failed run."""
+    from types import SimpleNamespace
+
+    from gs.evaluation.run import _hooks_unavailable, _not_run_report
+    from gs.evaluation.tasks import task_specs
+
+    (tmp_path / "broken_hooks.py").write_text("raise FileNotFoundError('no code_eval offline')\n", encoding="utf-8")
+    (tmp_path / "fine_hooks.py").write_text("def pass_at_k(references, predictions, k=None):\n    return 0.0\n")
+    for name in ("broken", "fine"):
+        (tmp_path / f"{name}.yaml").write_text(
+            f"task: {name}\nunsafe_code: true\nmetric_list:\n  - metric: !function {name}_hooks.pass_at_k\n",
+            encoding="utf-8",
+        )
+    index = {n: SimpleNamespace(yaml_path=str(tmp_path / f"{n}.yaml")) for n in ("broken", "fine")}
+    broken, fine = task_specs({"code": {"tasks": ["broken", "fine"]}})
+    reason = _hooks_unavailable(broken, index)
+    assert reason == "lm-eval cannot load the task's hooks here (FileNotFoundError: no code_eval offline)"
+    assert _hooks_unavailable(fine, index) is None
+    entry = _not_run_report(broken, reason, index)
+    assert (entry["not_run"], entry["primary_metric"], entry["n_examples"]) == (reason, "pass_at_k", 0)
