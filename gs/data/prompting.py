@@ -74,6 +74,16 @@ def render(tokenizer: Any, messages: Sequence[dict[str, str]], add_generation_pr
     return fallback_render(messages, add_generation_prompt)
 
 
+def chat_prompt(tokenizer: Any, user: str) -> str:
+    """The generation prompt of one user message taken verbatim (the model's chat template, else
+    :data:`FALLBACK_TEMPLATE`). lm-eval's contexts keep their whitespace (sciq's starts with a newline);
+    its ``hf`` model with ``apply_chat_template`` renders them so, and so does gs-routed."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": user}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return FALLBACK_TEMPLATE.format(user=user)
+
+
 def format_prompt(tokenizer: Any, record: dict[str, Any]) -> str:
     """The prompt text up to where the assistant's answer starts (the generation prompt).
 
@@ -81,10 +91,7 @@ def format_prompt(tokenizer: Any, record: dict[str, Any]) -> str:
     turn, so generation and routing see the real context.
     """
     if not record.get("messages"):
-        messages = [{"role": "user", "content": user_message(record)}]
-        if getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return FALLBACK_TEMPLATE.format(user=user_message(record))
+        return chat_prompt(tokenizer, user_message(record))
     return render(tokenizer, prompt_messages(record), add_generation_prompt=True)
 
 

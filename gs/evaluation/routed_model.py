@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gs.data.prompting import format_prompt
+from gs.data.prompting import chat_prompt
 from gs.evaluation.decoding import cut_at_stop, greedy_decode, make_streams
 from gs.evaluation.routing import (
     ENSEMBLE_MODES,
@@ -339,7 +339,9 @@ class RoutedLM:
     def _encode(self, prompts: list[str]) -> list[list[int]]:
         if not prompts:
             return []
-        texts = [format_prompt(self.tokenizer, {"instruction": p}) for p in prompts]
+        # The prompt verbatim: the suite's tasks give the stripped user message (as training formats it),
+        # lm-eval's own tasks their context as lm-eval's hf model renders it.
+        texts = [chat_prompt(self.tokenizer, p) for p in prompts]
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         limit = self.params["max_prompt_tokens"]
         # Keep the end: the generation header must stay for the model to answer.

@@ -265,3 +265,22 @@ def test_single_exchange_with_a_system_turn(tokenizer, plain_tokenizer, template
     assert format_prompt(tok, record) == prompt
     p, a = _ids(tok, prompt), _ids(tok, "It is 4.") + [tok.eos_token_id]
     assert encode_example(tok, record, 512, "response") == {"input_ids": p + a, "labels": [IGNORE_INDEX] * len(p) + a}
+
+
+def test_chat_prompt_keeps_the_message_verbatim_and_format_prompt_strips_it(tokenizer):
+    """lm-eval's contexts keep their whitespace (sciq's starts with a newline): gs-routed renders them verbatim,
+    while a record's user message is stripped as training formats it."""
+    from gs.data.prompting import FALLBACK_TEMPLATE, chat_prompt, format_prompt
+
+    text = "\nQuestion: What is H2O?\nAnswer:"
+    expected = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
+    assert chat_prompt(tokenizer, text) == expected
+    assert "user\n\nQuestion" in expected
+    assert format_prompt(tokenizer, {"instruction": text}) == chat_prompt(tokenizer, text.strip())
+
+    class Plain:
+        chat_template = None
+
+    assert chat_prompt(Plain(), text) == FALLBACK_TEMPLATE.format(user=text)
