@@ -9,17 +9,14 @@ configfile: "config/config.yaml"
 
 
 # Snakemake merges a --configfile into config/config.yaml key by key. The pool's parts and the targets
-# are a config's own: a config that names them replaces the default's (a ClusterUCB pool is not the
-# default's four parts plus eight more).
+# are a config's own: a config that names them replaces the default's (gs.io.take_own_sections).
 import yaml as _yaml
+
+from gs.io import take_own_sections
 
 for _path in workflow.overwrite_configfiles or []:
     with open(_path, encoding="utf-8") as _f:
-        _own = _yaml.safe_load(_f) or {}
-    if "parts" in (_own.get("data") or {}):
-        config["data"]["parts"] = _own["data"]["parts"]
-    if "targets" in _own:
-        config["targets"] = _own["targets"]
+        take_own_sections(config, _yaml.safe_load(_f) or {})
 
 
 validate(config, "config/schema.yaml")

@@ -220,3 +220,14 @@ def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], align:
     lines = ["| " + " | ".join(columns) + " |", "|" + "".join("---:|" if a == "r" else "---|" for a in align)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines
+
+
+def take_own_sections(config: dict[str, Any], own: dict[str, Any]) -> None:
+    """In ``config`` (the default merged with a config file ``own``, key by key, as ``--configfile`` does),
+    replace the pool's parts and the targets with ``own``'s where it names them: they are a config's own
+    (a ClusterUCB pool is not the default's four parts plus eight more). The Snakefile and the planner
+    both load a config through this."""
+    if "parts" in (own.get("data") or {}):
+        config["data"]["parts"] = own["data"]["parts"]
+    if "targets" in own:
+        config["targets"] = own["targets"]

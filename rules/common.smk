@@ -26,18 +26,18 @@ PART_FILES = {name: checked(part_files, spec) for name, spec in PARTS.items()}
 TARGET_SPECS = config["targets"]
 for _target in TARGET_SPECS:
     checked(check_name, _target, "target")
-checked(task_specs, TARGET_SPECS)
-for _target, _spec in TARGET_SPECS.items():
-    for _task in _spec["tasks"]:
-        _data = _task.get("data") if isinstance(_task, dict) else None
-        if _data and (_data.get("part") not in PARTS or _data.get("split") not in PART_FILES[_data["part"]]):
-            raise WorkflowError(
-                f"targets.{_target}: task {_task['task']!r} reads split {_data.get('split')!r} of part "
-                f"{_data.get('part')!r}, which data.parts does not make"
-            )
-    for _task in _spec["tasks"]:
-        if isinstance(_task, dict) and _task.get("task") in PARTS:
-            raise WorkflowError(f"part {_task['task']!r} has the name of a task of target {_target!r}; rename the part")
+# Every target's tasks, parsed and checked once (gs.evaluation.tasks.TaskSpec).
+TASKS = checked(task_specs, TARGET_SPECS)
+for _spec in TASKS:
+    if _spec.part is not None and (_spec.part not in PARTS or _spec.split not in PART_FILES[_spec.part]):
+        raise WorkflowError(
+            f"targets.{_spec.target}: task {_spec.task!r} reads split {_spec.split!r} of part "
+            f"{_spec.part!r}, which data.parts does not make"
+        )
+    if _spec.task in PARTS:
+        raise WorkflowError(
+            f"part {_spec.task!r} has the name of a task of target {_spec.target!r}; rename the part"
+        )
 
 
 def target_validation(target):
@@ -154,14 +154,12 @@ for _target in EVAL_TARGETS:
         raise WorkflowError(f"evaluation.targets: {_target!r} is not a target; expected one of {', '.join(TARGET_SPECS)}")
 # Oracle routing sends a prompt to the expert of its part: every evaluated task must read a part's split.
 _ORACLE = [m for m, modes in config["evaluation"]["modes"].items() if "oracle" in (modes or [])]
-for _target in EVAL_TARGETS if _ORACLE else []:
-    for _task in TARGET_SPECS[_target]["tasks"]:
-        if not (isinstance(_task, dict) and _task.get("data")):
-            _name = _task["task"] if isinstance(_task, dict) else _task
-            raise WorkflowError(
-                f"evaluation.modes: oracle routing ({', '.join(_ORACLE)}) needs each prompt's part, and task "
-                f"{_name!r} of target {_target!r} reads no part's split; drop oracle from the modes"
-            )
+for _spec in TASKS if _ORACLE else []:
+    if _spec.target in EVAL_TARGETS and _spec.part is None:
+        raise WorkflowError(
+            f"evaluation.modes: oracle routing ({', '.join(_ORACLE)}) needs each prompt's part, and task "
+            f"{_spec.task!r} of target {_spec.target!r} reads no part's split; drop oracle from the modes"
+        )
 SELECTORS = ["clusterucb", "full", "random"]
 
 # Systems scored by lm-eval (wildcard {system}): the base model, the multitask LoRA, every clustering
@@ -222,12 +220,7 @@ def system_targets(name):
 
 def target_data(targets):
     """The prepared files the targets' suite tasks read."""
-    files = []
-    for t in targets:
-        for task in TARGET_SPECS[t]["tasks"]:
-            if isinstance(task, dict) and task.get("data"):
-                files.append(f"results/data/{task['data']['part']}/{task['data']['split']}.jsonl")
-    return files
+    return [f"results/data/{s.data}" for s in TASKS if s.target in targets and s.data is not None]
 
 
 # Gradient passes (rules/gradients.smk, rules/cluster.smk, rules/selection.smk).

@@ -22,6 +22,7 @@ per-run YAML replaces lm-eval's task of the same name and results keep the task'
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -44,18 +45,24 @@ TARGET_KEYS = ("tasks", "validation", "description")
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task a target is scored on (see the module docstring). ``data`` is ``"<part>/<split>.jsonl"``
-    relative to the data folder, or ``None`` for a task that reads its own dataset."""
+    """One task a target is scored on (see the module docstring). ``part`` and ``split`` name the prepared
+    file a suite task reads (:attr:`data`), both ``None`` for a task that reads its own dataset."""
 
     target: str
     task: str
-    data: str | None = None
+    part: str | None = None
+    split: str | None = None
     dataset_path: str | None = None
     dataset_kwargs: tuple[tuple[str, Any], ...] = ()
     num_fewshot: int | None = None
     max_gen_toks: int | None = None
     metric: str | None = None
     fluency: bool = False
+
+    @property
+    def data(self) -> str | None:
+        """The prepared file, ``"<part>/<split>.jsonl"`` relative to the data folder, or ``None``."""
+        return None if self.part is None else f"{self.part}/{self.split}.jsonl"
 
     @property
     def suite(self) -> bool:
@@ -77,9 +84,15 @@ def _load_yaml(path: Path) -> dict[str, Any]:
 
 
 def suite_tasks() -> dict[str, Path]:
-    """The suite's task YAMLs: ``{task name: path}`` for every YAML in ``gs/lm_eval_tasks/`` with a ``task:``."""
+    """The suite's task YAMLs: ``{task name: path}`` for every YAML in ``gs/lm_eval_tasks/`` with a ``task:``
+    (read once a process per folder: every spec check asks; do not modify the mapping)."""
+    return _task_index(TASKS_DIR)
+
+
+@functools.cache
+def _task_index(folder: Path) -> dict[str, Path]:
     tasks = {}
-    for path in sorted(TASKS_DIR.glob("*.yaml")):
+    for path in sorted(folder.glob("*.yaml")):
         name = _load_yaml(path).get("task")
         if isinstance(name, str):
             tasks[name] = path
@@ -124,7 +137,6 @@ def _task_spec(target: str, entry: Any) -> TaskSpec:
             raise InputError(
                 f"{where}: task {entry['task']!r}: data must be {{part: <part>, split: <split>}}, got {data!r}"
             )
-        data = f"{data['part']}/{data['split']}.jsonl"
     kwargs = entry.get("dataset_kwargs") or {}
     if not isinstance(kwargs, Mapping):
         raise InputError(f"{where}: task {entry['task']!r}: dataset_kwargs must be a mapping, got {kwargs!r}")
@@ -134,7 +146,8 @@ def _task_spec(target: str, entry: Any) -> TaskSpec:
     return TaskSpec(
         target=target,
         task=entry["task"],
-        data=data,
+        part=None if data is None else str(data["part"]),
+        split=None if data is None else str(data["split"]),
         dataset_path=None if entry.get("dataset_path") is None else str(entry["dataset_path"]),
         dataset_kwargs=tuple(sorted(kwargs.items())),
         num_fewshot=_positive(entry.get("num_fewshot"), "num_fewshot"),

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from gs.io import InputError, atomic_path, markdown_table
+from gs.io import InputError, atomic_path, markdown_table, take_own_sections
 from gs.models.dtype import CpuDtypeChoice, write_choice
 from gs.models.dtype import choose as choose_cpu_dtype
 from gs.plan import devices
@@ -53,11 +53,7 @@ def load_config(configfile: str | Path, base: str | Path = "config/config.yaml")
     config = own
     if Path(base).is_file() and Path(base).resolve() != Path(configfile).resolve():
         config = _merge(read(Path(base)), own)
-        # As the Snakefile does: a config's parts and targets replace the default's, never merge with them.
-        if "parts" in (own.get("data") or {}):
-            config["data"]["parts"] = own["data"]["parts"]
-        if "targets" in own:
-            config["targets"] = own["targets"]
+        take_own_sections(config, own)  # as the Snakefile does
     return config
 
 

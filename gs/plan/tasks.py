@@ -140,9 +140,8 @@ def task_work(config: dict[str, Any], spec: Any, prompt_tokens: int, limit: int 
     suite = suite_tasks()
     yaml_cfg = read_task_yaml(suite[spec.task]) if spec.task in suite else {}
     note = ""
-    if spec.data is not None:
-        part, split = spec.data.removesuffix(".jsonl").split("/", 1)
-        n, choices = split_size(config, part, split)
+    if spec.part is not None:
+        n, choices = split_size(config, spec.part, spec.split)
         kind = str(yaml_cfg.get("output_type", "generate_until"))
         if kind == "multiple_choice" and choices == 1:
             choices = 4  # gs.data.choices' default: the answer and 3 distractors
