@@ -164,7 +164,7 @@ def _check_selection(res: Path, config: dict) -> None:
                 "selected_ids"
             ]
             report = json.loads((res / "eval" / f"select-{target}-{name}.json").read_text())
-            assert report["targets"] == {target: own}  # scored on its own target's tasks only
+            assert report["targets"] == [{"target": target, "tasks": own}]  # scored on its own target's tasks only
             rows = table[(table["target"] == target) & (table["method"] == name)].set_index("task")
             assert rows.index.tolist() == own, (target, name)
             for task in own:

@@ -88,6 +88,7 @@ def write_own_data(work: Path) -> None:
 def _lm_eval_hf(work: Path, model_dir: Path, tmp_path: Path) -> dict:
     """lm-eval's own ``hf`` model on sciq over the same local data, with the model's chat template."""
     import lm_eval
+    from lm_eval.models.huggingface import HFLM  # by its module: the registry fills lazily on import
     from lm_eval.tasks import TaskManager
 
     index = TaskManager()._index
@@ -96,13 +97,11 @@ def _lm_eval_hf(work: Path, model_dir: Path, tmp_path: Path) -> dict:
     override = {"include": str(index["sciq"].yaml_path), "task": "sciq", "dataset_path": str(work / "data/own/sciq")}
     (tasks / "sciq.yaml").write_text(yaml.safe_dump(override), encoding="utf-8")
     return lm_eval.simple_evaluate(
-        model="hf",
-        model_args=f"pretrained={model_dir},dtype=float32,device=cpu",
+        model=HFLM(pretrained=str(model_dir), dtype="float32", device="cpu", batch_size=1),
         tasks=["sciq"],
         task_manager=TaskManager(include_path=str(tasks)),
         apply_chat_template=True,
         log_samples=True,
-        batch_size=1,
     )
 
 

@@ -117,7 +117,7 @@ def test_rehearsal_runs_the_paper_path_and_resumes_a_killed_extraction(tmp_path)
         "oracle-single",
     } <= set(main["system"])
     likelihood = pd.read_csv(res / "tables" / "likelihood.csv")
-    bpb = likelihood[["math", "code", "finance", "writing"]].to_numpy(dtype=float)
+    bpb = likelihood[[f"gs_{part}_likelihood" for part in ("math", "code", "finance", "writing")]].to_numpy(dtype=float)
     assert np.isfinite(bpb).all() and (bpb > 0).all()
     base = json.loads((res / "eval" / "base.json").read_text())
     assert "chunk" in json.dumps(base) or "likelihood" in json.dumps(base)
