@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gs.data.prompting import collate, encode_example
+from gs.data.prompting import IGNORE_INDEX, collate, encode_example
 from gs.io import InputError, atomic_path, write_json
 
 ADAPTER_NAME = "default"
@@ -60,11 +60,14 @@ class LoraSpec:
 @dataclass
 class TrainSpec:
     """Optimisation settings. ``max_steps`` (if set) caps the steps, for smoke tests;
-    ``gradient_checkpointing`` trades a second forward pass for activation memory."""
+    ``gradient_checkpointing`` trades a second forward pass for activation memory. As in transformers'
+    ``TrainingArguments``, an optimiser step takes ``batch_size x gradient_accumulation_steps`` samples,
+    ``batch_size`` of them per forward and backward pass."""
 
     epochs: float = 1.0
     learning_rate: float = 2e-4
     batch_size: int = 8
+    gradient_accumulation_steps: int = 1
     max_length: int = 256
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
@@ -181,6 +184,27 @@ def _save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, ckpt: Path, m
     write_json(ckpt / "checkpoint.json", {**meta, "mean_lr": float(np.mean(lrs))})
 
 
+def _accumulate_gradients(model: Any, examples: list[dict[str, list[int]]], micro_batch: int, tokenizer: Any) -> float:
+    """Forward and backward over ``examples`` in slices of ``micro_batch``, leaving in ``.grad`` the
+    gradient of the loss over all of them at once: the mean over every labelled token (each slice's mean
+    loss weighted by its share of the tokens, as transformers' Trainer does with ``num_items_in_batch``).
+    Returns that loss."""
+    device = next(model.parameters()).device
+    slices = [examples[i : i + micro_batch] for i in range(0, len(examples), micro_batch)]
+    # Labelled tokens after the causal shift (the first position predicts nothing).
+    counts = [sum(sum(label != IGNORE_INDEX for label in e["labels"][1:]) for e in part) for part in slices]
+    total_tokens = max(1, sum(counts))
+    loss_sum = 0.0
+    for part, count in zip(slices, counts, strict=True):
+        batch = {k: v.to(device) for k, v in collate(part, tokenizer.pad_token_id).items()}
+        loss = model(**batch, use_cache=False).loss
+        if len(slices) > 1:  # one slice: the loss as it is, bit for bit
+            loss = loss * (count / total_tokens)
+        loss.backward()
+        loss_sum += float(loss.item())
+    return loss_sum
+
+
 def train_lora(
     model: Any,
     tokenizer: Any,
@@ -211,7 +235,8 @@ def train_lora(
     params = [p for _, p in trainable_parameters(peft_model)]
     # float32 LoRA weights (attach_lora), so float32 gradients and AdamW moments.
     optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay)
-    steps_per_epoch = math.ceil(len(encoded) / train.batch_size)
+    step_samples = train.batch_size * train.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(len(encoded) / step_samples)
     total = max(1, math.ceil(steps_per_epoch * train.epochs))
     if train.max_steps:
         total = min(total, train.max_steps)
@@ -221,7 +246,6 @@ def train_lora(
         lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)),
     )
     generator = torch.Generator().manual_seed(seed)
-    device = next(peft_model.parameters()).device
     peft_model.train()
     losses: list[float] = []
     epoch_lrs: list[float] = []
@@ -232,21 +256,20 @@ def train_lora(
         epoch = 0
         while step < total:
             order = torch.randperm(len(encoded), generator=generator).tolist()
-            for start in range(0, len(order), train.batch_size):
+            for start in range(0, len(order), step_samples):
                 if step >= total:
                     break
-                batch = collate([encoded[i] for i in order[start : start + train.batch_size]], tokenizer.pad_token_id)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                loss = peft_model(**batch, use_cache=False).loss
-                if not torch.isfinite(loss):
-                    raise InputError(f"{out_dir}: training loss became {loss.item()} at step {step}")
-                loss.backward()
+                loss = _accumulate_gradients(
+                    peft_model, [encoded[i] for i in order[start : start + step_samples]], train.batch_size, tokenizer
+                )
+                if not math.isfinite(loss):
+                    raise InputError(f"{out_dir}: training loss became {loss} at step {step}")
                 epoch_lrs.append(scheduler.get_last_lr()[0])
                 all_lrs.append(epoch_lrs[-1])
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                losses.append(float(loss.item()))
+                losses.append(loss)
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")

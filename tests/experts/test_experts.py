@@ -348,3 +348,44 @@ def test_bf16_base_keeps_bf16_weights_and_trains_float32_lora(tiny_model_dir, to
     for name, p in model.named_parameters():
         assert p.dtype == torch.bfloat16
         assert torch.equal(p, before[name]), name
+
+
+def test_gradient_accumulation_gives_the_full_batch_gradient(tiny_model_dir, tokenizer):
+    """Four samples of unequal answer lengths, one pass each: the accumulated gradient and loss equal one
+    plain peft forward and backward over the four padded together (the mean over all answer tokens)."""
+    from gs.data.prompting import collate, encode_example
+    from gs.models.load import load_model
+    from gs.models.lora import LoraSpec, _accumulate_gradients, attach_lora, trainable_parameters
+
+    records = [make_records()[i] for i in (0, 1, 6, 7)]  # two short answers, two poems
+    encoded = [encode_example(tokenizer, r, 48, "response") for r in records]
+    assert len({sum(x != -100 for x in e["labels"]) for e in encoded}) > 1
+    model = attach_lora(load_model(tiny_model_dir, device="cpu"), LoraSpec.from_config(PARAMS["lora"]), seed=0)
+    params = dict(trainable_parameters(model))
+    with torch.no_grad():  # lora_B starts at zero: move it so that lora_A's gradient is not zero too
+        for p in params.values():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    full = model(**collate(encoded, tokenizer.pad_token_id), use_cache=False).loss
+    full.backward()
+    expected = {n: p.grad.clone() for n, p in params.items()}
+    model.zero_grad(set_to_none=True)
+    loss = _accumulate_gradients(model, encoded, 1, tokenizer)
+    assert loss == pytest.approx(full.item(), rel=1e-5)
+    for name, g in expected.items():
+        assert g.abs().sum() > 0, name
+        torch.testing.assert_close(params[name].grad, g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_accumulation_counts_optimiser_steps_of_the_whole_batch(tiny_model_dir, tokenizer, tmp_path):
+    """12 samples, 2 a pass x 3 passes a step, one epoch: ceil(12 / 6) = 2 optimiser steps."""
+    from gs.models.load import load_model
+    from gs.models.lora import LoraSpec, TrainSpec, train_lora
+
+    train = TrainSpec.from_config(
+        {**PARAMS["train"], "batch_size": 2, "gradient_accumulation_steps": 3, "max_steps": None}
+    )
+    model = load_model(tiny_model_dir, device="cpu")
+    summary = train_lora(
+        model, tokenizer, make_records(), LoraSpec.from_config(PARAMS["lora"]), train, tmp_path / "a", seed=0
+    )
+    assert len(make_records()) == 12 and summary["steps"] == 2
