@@ -43,4 +43,3 @@ rule all:
         OTHER_PRODUCTS,
         "results/tables/main.md",
         "results/tables/clusterucb.md",
-        "results/figures/latency.png",

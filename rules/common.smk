@@ -112,18 +112,26 @@ def evaluation_priority(wildcards):
     return CHAIN_PRIORITY + 1 if mode in ("elrea", "uniform") else CHAIN_PRIORITY
 
 
-# What rule all asks for besides the report's tables and the latency figure (rules/report.smk waits
-# for these too).
-OTHER_PRODUCTS = [
-    "results/plan/plan.csv",
-    "results/data/summary.csv",
-    "results/clusters/quality.csv",
-    "results/tables/cluster_quality.md",
-    "results/figures/clusters.png",
-    "results/tables/router.md",
-    "results/tables/ablation.md",
-    "results/figures/ablation.png",
-]
+# The papers' studies this config runs (schema: studies): GradientSpace's clusters, experts and routed
+# systems, and ClusterUCB's selections.
+STUDIES = list(config.get("studies") or ["gradientspace", "clusterucb"])
+GRADIENTSPACE = "gradientspace" in STUDIES
+CLUSTERUCB = "clusterucb" in STUDIES
+
+# What rule all asks for besides the report's tables (rules/report.smk waits for these too).
+OTHER_PRODUCTS = ["results/plan/plan.csv", "results/data/summary.csv"] + (
+    [
+        "results/clusters/quality.csv",
+        "results/tables/cluster_quality.md",
+        "results/figures/clusters.png",
+        "results/tables/router.md",
+        "results/tables/ablation.md",
+        "results/figures/ablation.png",
+        "results/figures/latency.png",
+    ]
+    if GRADIENTSPACE
+    else []
+)
 
 
 # The resource plan (rules/plan.smk): every rule that runs the model directly, rather than through
@@ -142,7 +150,7 @@ ABLATION_METHODS = [f"rp{p}" for p in config["cluster"].get("ablation_dims", [])
 QUALITY_METHODS = METHODS + ABLATION_METHODS
 
 # ClusterUCB: the selection targets and the selection methods compared at the same selected size.
-TARGETS = list(config["selection"]["targets"])
+TARGETS = list(config["selection"]["targets"]) if CLUSTERUCB else []
 for _target in TARGETS:
     if _target not in TARGET_SPECS:
         raise WorkflowError(f"selection.targets: {_target!r} is not a target; expected one of {', '.join(TARGET_SPECS)}")
@@ -153,7 +161,11 @@ for _target in EVAL_TARGETS:
     if _target not in TARGET_SPECS:
         raise WorkflowError(f"evaluation.targets: {_target!r} is not a target; expected one of {', '.join(TARGET_SPECS)}")
 # Oracle routing sends a prompt to the expert of its part: every evaluated task must read a part's split.
-_ORACLE = [m for m, modes in config["evaluation"]["modes"].items() if "oracle" in (modes or [])]
+_ORACLE = [
+    m
+    for m, modes in config["evaluation"]["modes"].items()
+    if GRADIENTSPACE and "oracle" in (modes or [])
+]
 for _spec in TASKS if _ORACLE else []:
     if _spec.target in EVAL_TARGETS and _spec.part is None:
         raise WorkflowError(
@@ -165,10 +177,14 @@ SELECTORS = ["clusterucb", "full", "random"]
 # Systems scored by lm-eval (wildcard {system}): the base model, the multitask LoRA, every clustering
 # method under every inference mode, and the LoRAs fine-tuned on each selected subset.
 MODES = config["evaluation"]["modes"]
-SYSTEMS = ["base", "multitask"] + [
-    f"{m}-{mode}" for m in METHODS for mode in MODES.get(m, ["single"])
-]
-FINETUNE_TARGETS = list(config["selection"].get("finetune_targets", TARGETS))
+SYSTEMS = ["base"] + (
+    ["multitask"] + [f"{m}-{mode}" for m in METHODS for mode in MODES.get(m, ["single"])]
+    if GRADIENTSPACE
+    else []
+)
+FINETUNE_TARGETS = (
+    list(config["selection"].get("finetune_targets", TARGETS)) if CLUSTERUCB else []
+)
 SELECTION_SYSTEMS = [f"select-{t}-{s}" for t in FINETUNE_TARGETS for s in SELECTORS]
 ELREA_DIM = config["gradients"]["projection"]["elrea_dim"]
 

@@ -4,7 +4,7 @@
 # (rules/cluster.smk) and LESS influence (less_influence, rules/selection.smk; its shards below) split the same way.
 # gradients.keep_gradients: the single extraction also writes the (n, d) rows it streamed (gradients.npy), read by
 # the projection ablation and the cluster-quality coherence of every seed (rules/cluster.smk). Only without shards.
-KEEP_GRADIENTS = bool(config["gradients"].get("keep_gradients", False))
+KEEP_GRADIENTS = GRADIENTSPACE and bool(config["gradients"].get("keep_gradients", False))
 KEPT_GRADIENTS = "results/gradients/gradients.npy"
 if KEEP_GRADIENTS and SHARDS > 1:
     raise WorkflowError(

@@ -3,7 +3,7 @@ rule tables_and_figures:
         evals=expand("results/eval/{system}.json", system=SYSTEMS),
         selection_evals=expand("results/eval/{system}.json", system=SELECTION_SYSTEMS),
         selections=expand("results/selection/{target}/selection.json", target=TARGETS),
-        latency="results/latency/latency.csv",
+        latency="results/latency/latency.csv" if GRADIENTSPACE else [],
         cpu_dtype="results/plan/cpu_dtype.json",
         # Not read: the compute table lists every job's benchmark, so every other product of `all` ends
         # first (with the longest path scheduled first, cluster quality could otherwise end after it).
@@ -73,7 +73,8 @@ rule tables_and_figures:
         ),
         targets=" ".join(TARGETS),
         seed=config["seed"],
+        latency="results/latency/latency.csv" if GRADIENTSPACE else "none",
     shell:
         "python -m gs.report.build --eval {params.evals} --selection-eval {params.selection_evals}"
         " --targets {params.targets} --seed {params.seed}"
-        " --cpu-dtype {input.cpu_dtype} > {log} 2>&1"
+        " --cpu-dtype {input.cpu_dtype} --latency {params.latency} > {log} 2>&1"

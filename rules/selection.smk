@@ -63,6 +63,11 @@ UCB_ARMS = config["selection"]["clusters"]
 COMPARE_ARMS = [
     m for m in config["selection"].get("compare_clusters", []) if m != UCB_ARMS
 ]
+if CLUSTERUCB and not GRADIENTSPACE and (UCB_ARMS != "clusterucb" or COMPARE_ARMS):
+    raise WorkflowError(
+        "selection.clusters and compare_clusters: without the gradientspace study only ClusterUCB's own arms "
+        f"(clusterucb) exist; got clusters {UCB_ARMS!r}, compare_clusters {COMPARE_ARMS}"
+    )
 
 
 rule select_data:

@@ -123,6 +123,12 @@ def subtasks_per_target(config: dict[str, Any], targets: list[str]) -> list[int]
     return out
 
 
+def studies(config: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether the config runs GradientSpace's study and ClusterUCB's (schema ``studies``; absent: both)."""
+    names = config.get("studies") or ["gradientspace", "clusterucb"]
+    return "gradientspace" in names, "clusterucb" in names
+
+
 def experts_per_method(config: dict[str, Any]) -> int:
     """Experts per method: ``cluster.k``, or for ``auto`` the largest k the search may choose."""
     k = config["cluster"]["k"]
@@ -378,20 +384,33 @@ class Planner:
         shards = int(c["gradients"].get("shards", 1))
         passes = self.gradient_passes(shards, n_methods, experts_per_method(c))
         d = passes[0].work[0].trace.lora_dim
-        out.extend(passes)
-        out.extend(self.influence_pass(shards))
-        out.extend(self._selection(d))
+        gradientspace, clusterucb = studies(c)
+        if gradientspace:
+            out.extend(passes)
+        if clusterucb:
+            out.extend(self.influence_pass(shards))
+            out.extend(self._selection(d))
         out.extend(self._prepare_domains())
         for stage, rule, jobs, module in (
             ("data pool", "pool_data", ["pool_data"], "gs.data.prepare"),
             ("tables and figures", "tables_and_figures", ["report"], "gs.report.build"),
         ):
             out.append(Stage(stage, rule, jobs, (module,)))
-        out.extend(self._clustering(d))
+        if gradientspace:
+            out.extend(self._clustering(d))
         out.extend(self._training_stages())
         out.extend(self._evaluation(experts_per_method(c)))
-        out.append(self._latency())
+        if gradientspace:
+            out.append(self._latency())
         return out
+
+    def gradient_jobs(self, shards: int, n_methods: int, k: int) -> list[Stage]:
+        """The sharded passes of the studies this config runs: GradientSpace's extraction and coherence,
+        ClusterUCB's LESS influence (for the shard count that fits, :func:`gs.plan.report.shard_note`)."""
+        gradientspace, clusterucb = studies(self.config)
+        return (self.gradient_passes(shards, n_methods, k) if gradientspace else []) + (
+            self.influence_pass(shards) if clusterucb else []
+        )
 
     def _selection(self, d: int) -> list[Stage]:
         """ClusterUCB's own arms (when configured) and the selection jobs, one per target."""
@@ -475,8 +494,11 @@ class Planner:
         """The experts, the multi-task LoRA, the fine-tunes on selected data, the routers and their table."""
         c, n = self.config, self.n_pool
         methods, ex_cfg = list(c["cluster"]["methods"]), c["experts"]
+        gradientspace, clusterucb = studies(c)
         targets = list(c["selection"]["targets"])
         out: list[Stage] = []
+        if not gradientspace:
+            methods = []
         # Experts are trained only for a method some system evaluates (rules/router.smk: routers do
         # not need them).
         modes = c["evaluation"]["modes"]
@@ -492,26 +514,37 @@ class Planner:
                     [self._training(ex_cfg, n, extra_steps=extra)],
                 )
             )
-        out.append(
-            Stage(
-                "multitask LoRA", "train_multitask", ["multitask"], ("gs.experts.train",), [self._training(ex_cfg, n)]
+        if gradientspace:
+            out.append(
+                Stage(
+                    "multitask LoRA",
+                    "train_multitask",
+                    ["multitask"],
+                    ("gs.experts.train",),
+                    [self._training(ex_cfg, n)],
+                )
             )
-        )
         keep = max(1, int(float(c["selection"]["keep_fraction"]) * n + 1e-9))
         fin = [
             f"{t}_{s}"
             for t in c["selection"].get("finetune_targets", targets)
             for s in ("clusterucb", "full", "random")
         ]
-        out.append(
-            Stage(
-                "fine-tune selection", "finetune_selected", fin, ("gs.experts.train",), [self._training(ex_cfg, keep)]
+        if clusterucb:
+            out.append(
+                Stage(
+                    "fine-tune selection",
+                    "finetune_selected",
+                    fin,
+                    ("gs.experts.train",),
+                    [self._training(ex_cfg, keep)],
+                )
             )
-        )
-        ro = Stage("router", "train_router", methods, ("gs.router.train", "sentence_transformers"))
-        ro.host_extra = self._encoder_bytes(n)
-        out.append(ro)
-        out.append(self._router_table(methods))
+        if gradientspace:
+            ro = Stage("router", "train_router", methods, ("gs.router.train", "sentence_transformers"))
+            ro.host_extra = self._encoder_bytes(n)
+            out.append(ro)
+            out.append(self._router_table(methods))
         return out
 
     # ------------------------------------------------------------------ stages without training
@@ -640,8 +673,9 @@ class Planner:
 
         c = self.config
         ev = c["evaluation"]
-        modes: set[str] = {"base", "multitask"}
-        for method in c["cluster"]["methods"]:
+        gradientspace, clusterucb = studies(c)
+        modes: set[str] = {"base", "multitask"} if gradientspace else {"base"}
+        for method in c["cluster"]["methods"] if gradientspace else []:
             modes.update(ev["modes"].get(method, ["single"]))
         inf = {"top_m": None, "gradient_batch_size": 4, "gradient_max_length": 512, **ev.get("inference", {})}
         lik = ev.get("likelihood", {})
@@ -660,7 +694,7 @@ class Planner:
         cast = self.run_on == "cpu" and folder_dtype != resolve_dtype(dtype)
         folder_read = self._n_params() * folder_dtype.itemsize if cast else 0
         eval_targets = list(ev.get("targets") or c["targets"])
-        finetuned = list(c["selection"].get("finetune_targets", c["selection"]["targets"]))
+        finetuned = list(c["selection"].get("finetune_targets", c["selection"]["targets"])) if clusterucb else []
         by_target = {t: target_work(c, [t], self.prompt) for t in dict.fromkeys(eval_targets + finetuned)}
         every = [w for t in eval_targets for w in by_target[t]]
         groups = [(mode, f"evaluation ({mode})", self._systems(mode), every) for mode in sorted(modes)]

@@ -217,6 +217,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")
     parser.add_argument("--benchmarks", default="benchmarks")
     parser.add_argument("--cpu-dtype", default=None, help="the plan's cpu_dtype.json (the CPU and its dtype choice)")
+    parser.add_argument(
+        "--latency", default=None, help="the latency stage's CSV; 'none': the gradientspace study did not run"
+    )
     parser.add_argument("--tables", default="results/tables")
     parser.add_argument("--figures", default="results/figures")
     args = parser.parse_args(argv)
@@ -284,9 +287,23 @@ def main(argv: list[str] | None = None) -> None:
         title=f"{'Held-out answer likelihood' if likelihood else 'Accuracy'}: paired difference to {reference} "
         "(95% bootstrap intervals)",
     )
-    latency = pd.read_csv(res / "latency" / "latency.csv")
-    write_table(latency, tables / "latency", title="Inference latency: single expert vs. ensembles")
-    if args.targets:
+    latency_csv = res / "latency" / "latency.csv" if args.latency is None else args.latency
+    write_table(
+        pd.DataFrame() if latency_csv == "none" else pd.read_csv(latency_csv),
+        tables / "latency",
+        title="Inference latency: single expert vs. ensembles",
+        note="Not measured: the config's studies leave out gradientspace." if latency_csv == "none" else "",
+    )
+    if not args.targets:
+        for stem, title in (
+            ("clusterucb", "ClusterUCB vs. full gradient selection (LESS) and random"),
+            ("clusterucb_paired", "ClusterUCB minus full LESS and random, paired over each target's examples"),
+            ("clusterucb_budget", "Budget curve"),
+            ("clusterucb_ablation", "ClusterUCB ablation"),
+        ):
+            write_table(pd.DataFrame(), tables / stem, title=title, note="Not run: no selection targets.")
+        plot_budget(pd.DataFrame(), [], figures / "clusterucb_budget.png")
+    else:
         selection_reports = load_reports(_pairs(args.selection_eval))
         selection_paired = clusterucb_paired_table(
             selection_reports, args.targets, task_columns(selection_reports), **boot

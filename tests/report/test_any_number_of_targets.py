@@ -108,3 +108,26 @@ def test_cluster_quality_for_any_number_of_parts(n_parts):
     # Purity by hand: each cluster's most common part, summed over clusters, over all samples.
     purity = sum(pd.Series(parts[labels == c]).value_counts().iloc[0] for c in np.unique(labels)) / len(parts)
     assert scores["purity"] == pytest.approx(purity)
+
+
+def test_a_base_model_alone_without_latency_or_selections(tmp_path):
+    """A study that measures neither latency nor selections (studies: [clusterucb] without targets, or a
+    config's own subset): the main table has the base model's row, and the other tables say they were not run."""
+    rng = np.random.default_rng(0)
+    report, acc, _ = _report(["a", "b"], rng)
+    path = tmp_path / "eval" / "base.json"
+    write_json(path, report)
+    (tmp_path / "benchmarks").mkdir()
+    tables = tmp_path / "tables"
+    main(
+        ["--results", str(tmp_path / "results"), "--eval", f"base={path}", "--latency", "none"]
+        + ["--benchmarks", str(tmp_path / "benchmarks"), "--tables", str(tables), "--figures", str(tmp_path / "figs")]
+        + ["--resamples", "200"]
+    )
+    main_csv = pd.read_csv(tables / "main.csv").set_index("system")
+    assert main_csv.index.tolist() == ["base"]
+    assert main_csv.loc["base", ["a_acc", "b_acc"]].tolist() == pytest.approx([acc["a_acc"], acc["b_acc"]])
+    assert "Not measured" in (tables / "latency.md").read_text()
+    for stem in ("clusterucb", "clusterucb_paired", "clusterucb_budget", "clusterucb_ablation"):
+        assert "Not run: no selection targets." in (tables / f"{stem}.md").read_text(), stem
+    assert (tmp_path / "figs" / "clusterucb_budget.png").is_file()

@@ -29,6 +29,11 @@ CASES = [
     ),
     # A selection target that is not a target.
     (lambda c: c["selection"].update(targets=["math", "law"]), "selection.targets: 'law' is not a target"),
+    # Another method's clusters as arms without the study that makes them.
+    (
+        lambda c: c.update(studies=["clusterucb"]) or c["selection"].update(compare_clusters=["gradientspace"]),
+        "without the gradientspace study only ClusterUCB's own arms",
+    ),
 ]
 
 
@@ -70,3 +75,47 @@ def test_an_lm_eval_task_that_does_not_exist_stops_the_plan(work):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: targets.math: unknown lm-eval task 'no_such_task'")
     assert not (work / "results" / "plan" / "plan.csv").exists()
+
+
+def _dry_run_jobs(work, config: dict) -> dict[str, int]:
+    """``snakemake -n``'s job counts per rule for ``config``."""
+    path = work / "studies.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = run_snakemake("-n", "--configfile", "studies.yaml", cwd=work, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    stats = result.stdout.split("Job stats:")[1].split("total")[0]
+    return {line.split()[0]: int(line.split()[1]) for line in stats.splitlines()[3:] if line.strip()}
+
+
+GRADIENTSPACE_RULES = {
+    "extract_gradient_features",
+    "gradient_coherence",
+    "cluster_samples",
+    "cluster_quality",
+    "ablation",
+    "train_experts",
+    "train_multitask",
+    "train_router",
+    "router_table",
+    "latency",
+}
+CLUSTERUCB_RULES = {"less_influence", "clusterucb_clusters", "select_data", "finetune_selected"}
+
+
+@pytest.mark.parametrize("studies", [["gradientspace", "clusterucb"], ["clusterucb"], ["gradientspace"]])
+def test_studies_choose_the_jobs(work, studies):
+    """Each study brings its own rules and nothing else's; the data, warm-up, base model's evaluation and
+    the report are shared."""
+    config = copy.deepcopy(BASE)
+    config["studies"] = studies
+    if studies == ["clusterucb"]:
+        config["selection"]["compare_clusters"] = []
+        config["selection"]["clusters"] = "clusterucb"
+    jobs = _dry_run_jobs(work, config)
+    assert {"prepare_part", "pool_data", "warmup_lora", "evaluate_system", "tables_and_figures"} <= set(jobs)
+    assert (GRADIENTSPACE_RULES <= set(jobs)) == ("gradientspace" in studies)
+    assert not (GRADIENTSPACE_RULES & set(jobs)) or "gradientspace" in studies
+    assert (CLUSTERUCB_RULES <= set(jobs)) == ("clusterucb" in studies)
+    assert not (CLUSTERUCB_RULES & set(jobs)) or "clusterucb" in studies
+    if studies == ["clusterucb"]:  # the base model and every selection's LoRA (3 selectors a fine-tuned target)
+        assert jobs["evaluate_system"] == 1 + jobs["finetune_selected"] and jobs["finetune_selected"] % 3 == 0
