@@ -73,7 +73,7 @@ rule tables_and_figures:
         ),
         targets=" ".join(TARGETS),
         seed=config["seed"],
-        latency="results/latency/latency.csv" if GRADIENTSPACE else "none",
+        latency=lambda wildcards, input: input.latency or "none",
     shell:
         "python -m gs.report.build --eval {params.evals} --selection-eval {params.selection_evals}"
         " --targets {params.targets} --seed {params.seed}"
