@@ -93,6 +93,26 @@ def _markdown(records: list[dict[str, Any]], gpu: devices.Gpu, run_on: str, note
     return "\n".join(lines + [""] + stage_notes + notes + ["", total]) + "\n"
 
 
+def _check_fast_jl(planned: bool) -> str:
+    """Where this process sees a GPU, the plan's ``plan.fast_jl`` must match what runs here (a plan that counts
+    CudaProjector where only BasicProjector runs would be many times short): one line otherwise. Elsewhere
+    (a login node, a laptop) the claim stands as the config's, and the note says it was not checked."""
+    import torch
+
+    from gs.gradients.projection import fast_jl_available
+
+    if not torch.cuda.is_available():
+        return (
+            "plan.fast_jl: true, as the config says: not checked here (no GPU); envs/build_fast_jl.sh builds it."
+            if planned
+            else ""
+        )
+    runs = fast_jl_available(torch.device("cuda"))
+    if planned and not runs:
+        raise InputError("plan.fast_jl: true, but fast_jl does not run on this GPU: bash envs/build_fast_jl.sh")
+    return "" if planned or not runs else "fast_jl runs here but plan.fast_jl is false: the plan counts BasicProjector."
+
+
 def plan(
     config: dict[str, Any],
     *,
@@ -119,6 +139,7 @@ def plan(
     if run_on not in ("cpu", "gpu"):
         raise InputError(f"plan.run_on: expected cpu or gpu, got {run_on!r}")
     gpu = devices.gpu(str(settings["gpu"]))
+    fast_jl_note = _check_fast_jl(bool(settings.get("fast_jl", False)))
     hf, source = model_config(config["model"])
     if run_on == "cpu" and dtype_choice is None:
         dtype_choice = choose_cpu_dtype(*hf_shapes(hf))
@@ -129,7 +150,7 @@ def plan(
     n_methods = len(config["cluster"]["methods"]) + len(config["cluster"].get("ablation_dims", []))
     k = planner_k(config)
     # Both forms of the gradient passes (one job, shards), for the shard count that fits (shard_note).
-    variants = {s: planner.gradient_passes(s, n_methods, k) + planner.influence_pass(s) for s in (1, 2)}
+    variants = {s: planner.gradient_jobs(s, n_methods, k) for s in (1, 2)}
     traced = time.perf_counter() - start
     model_module = f"transformers.models.{hf.model_type}.modeling_{hf.model_type}"
 
@@ -207,9 +228,10 @@ def plan(
             "gs.gradients.projection.GPU_BLOCK_BYTES, d p entries regenerated a call "
             "at 6 bytes an entry of memory traffic "
             "per byte of the dtype (RNG and matmul read)."
-        ),
+        )
+        + (f" {fast_jl_note}" if fast_jl_note else ""),
         shard_note(
-            lambda s: [row_of(st) for st in planner.gradient_passes(s, n_methods, k) + planner.influence_pass(s)],
+            lambda s: [row_of(st) for st in planner.gradient_jobs(s, n_methods, k)],
             int(config["gradients"].get("shards", 1)),
             planner.n_pool,
             run_on,
