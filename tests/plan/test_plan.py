@@ -467,3 +467,51 @@ def test_every_planned_stage_imports_the_module_its_rule_runs(shards):
             checked += 1
             assert set(rules[stage.rule]) <= set(stage.imports), (stage.rule, rules[stage.rule], stage.imports)
     assert checked >= 12
+
+
+@pytest.mark.parametrize("studies", [["clusterucb"], ["gradientspace"]])
+def test_a_study_alone_plans_the_rules_its_dry_run_lists(tmp_path, studies):
+    """The planner's stages for one study against ``snakemake -n``'s jobs for the same config (the DAG
+    decides, not the planner): the same rules, rule plan and the DAG's target ``all`` apart."""
+    import re
+
+    import yaml
+    from workflow_tools import ROOT, run_snakemake, workflow_copy
+
+    planner, config = _tiny_planner()
+    planner.config["studies"] = studies
+    if studies == ["clusterucb"]:
+        planner.config["selection"] = {**planner.config["selection"], "compare_clusters": []}
+    planned = {s.rule for s in planner.stages()}
+    work = workflow_copy(tmp_path / "wf")
+    own = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    own["studies"] = studies
+    own["selection"]["compare_clusters"] = planner.config["selection"]["compare_clusters"]
+    (work / "study.yaml").write_text(yaml.safe_dump(own), encoding="utf-8")
+    result = run_snakemake("-n", "--configfile", "study.yaml", cwd=work, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    stats = result.stdout.split("Job stats:")[1].split("\ntotal")[0]
+    listed = set(re.findall(r"^(\w+)\s+\d+$", stats, re.M)) - {"all", "plan"}
+    # rules/data.smk makes one prepare_part rule per set of split files (prepare_part, prepare_part_2, ...)
+    listed = {re.sub(r"^prepare_part_\d+$", "prepare_part", rule) for rule in listed}
+    assert planned == listed
+
+
+def test_plan_fast_jl_is_checked_where_a_gpu_is(monkeypatch):
+    """plan.fast_jl: true on a machine whose GPU cannot run fast_jl stops the plan in one line; without a GPU
+    the claim stands as the config's, said in a note; fast_jl running where the plan says false is noted."""
+    import torch
+
+    from gs.gradients import projection
+    from gs.io import InputError
+    from gs.plan.cli import _check_fast_jl
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "not checked here (no GPU)" in _check_fast_jl(True) and _check_fast_jl(False) == ""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(projection, "fast_jl_available", lambda device: False)
+    with pytest.raises(InputError, match="fast_jl does not run on this GPU: bash envs/build_fast_jl.sh"):
+        _check_fast_jl(True)
+    assert _check_fast_jl(False) == ""
+    monkeypatch.setattr(projection, "fast_jl_available", lambda device: True)
+    assert _check_fast_jl(True) == "" and "counts BasicProjector" in _check_fast_jl(False)
