@@ -10,13 +10,18 @@ configfile: "config/config.yaml"
 
 # Snakemake merges a --configfile into config/config.yaml key by key. The pool's parts and the targets
 # are a config's own: a config that names them replaces the default's (gs.io.take_own_sections).
-import yaml as _yaml
+from snakemake.exceptions import WorkflowError
 
-from gs.io import take_own_sections
+from gs.io import InputError, read_config_file, take_own_sections
 
-for _path in workflow.overwrite_configfiles or []:
-    with open(_path, encoding="utf-8") as _f:
-        take_own_sections(config, _yaml.safe_load(_f) or {})
+# Read again here, strictly: a key repeated within one mapping (two parts of one name) is an error rather
+# than PyYAML's silent last-wins.
+try:
+    read_config_file("config/config.yaml")
+    for _path in workflow.overwrite_configfiles or []:
+        take_own_sections(config, read_config_file(_path))
+except InputError as _err:
+    raise WorkflowError(str(_err)) from None
 
 
 validate(config, "config/schema.yaml")

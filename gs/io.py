@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 
 class InputError(ValueError):
     """Bad input (malformed row, unknown name, impossible parameter): reported as one line."""
@@ -220,6 +222,37 @@ def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], align:
     lines = ["| " + " | ".join(columns) + " |", "|" + "".join("---:|" if a == "r" else "---|" for a in align)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key that a mapping already has (PyYAML keeps the last silently, so
+    two parts of one name would become one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise InputError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A config file as a mapping; one-line :class:`InputError` when it is missing, not YAML, not a mapping,
+    or repeats a key within one mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a config is a YAML mapping")
+    return data
 
 
 def take_own_sections(config: dict[str, Any], own: dict[str, Any]) -> None:

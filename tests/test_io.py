@@ -169,3 +169,17 @@ def test_markdown_table_lines_and_alignment():
     assert markdown_table(["a"], [])[1] == "|---|"
     with pytest.raises(ValueError, match="one letter per column"):
         markdown_table(["a", "b"], [], align="l")
+
+
+def test_config_file_with_a_repeated_key_is_refused(tmp_path):
+    from gs.io import InputError, read_config_file
+
+    path = tmp_path / "c.yaml"
+    path.write_text("a: 1\nb:\n  x: 1\n  y: 2\n", encoding="utf-8")
+    assert read_config_file(path) == {"a": 1, "b": {"x": 1, "y": 2}}
+    path.write_text("a: 1\nb:\n  x: 1\n  x: 2\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"c.yaml: duplicate key 'x' \(line 4\)$"):
+        read_config_file(path)
+    path.write_text("- 1\n", encoding="utf-8")
+    with pytest.raises(InputError, match="a config is a YAML mapping"):
+        read_config_file(path)

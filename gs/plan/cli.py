@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
-from gs.io import InputError, atomic_path, markdown_table, take_own_sections
+from gs.io import InputError, atomic_path, markdown_table, read_config_file, take_own_sections
 from gs.models.dtype import CpuDtypeChoice, write_choice
 from gs.models.dtype import choose as choose_cpu_dtype
 from gs.plan import devices
@@ -38,21 +37,10 @@ def load_config(configfile: str | Path, base: str | Path = "config/config.yaml")
     """``base`` (the Snakefile's ``configfile:``) updated by ``configfile``, as ``--configfile`` does, and
     ``configfile``'s own ``data.parts`` and ``targets`` in place of the base's (the Snakefile does the same)."""
 
-    def read(path: Path) -> dict[str, Any]:
-        if not path.is_file():
-            raise InputError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise InputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise InputError(f"{path}: a config is a YAML mapping")
-        return data
-
-    own = read(Path(configfile))
+    own = read_config_file(configfile)
     config = own
     if Path(base).is_file() and Path(base).resolve() != Path(configfile).resolve():
-        config = _merge(read(Path(base)), own)
+        config = _merge(read_config_file(base), own)
         take_own_sections(config, own)  # as the Snakefile does
     return config
 

@@ -119,3 +119,18 @@ def test_studies_choose_the_jobs(work, studies):
     assert not (CLUSTERUCB_RULES & set(jobs)) or "clusterucb" in studies
     if studies == ["clusterucb"]:  # the base model and every selection's LoRA (3 selectors a fine-tuned target)
         assert jobs["evaluate_system"] == 1 + jobs["finetune_selected"] and jobs["finetune_selected"] % 3 == 0
+
+
+def test_a_part_named_twice_fails_the_dry_run_with_one_line(work):
+    """YAML would keep the second of two parts with one name and drop the first without a word."""
+    (work / "twice.yaml").write_text(
+        "data:\n  parts:\n    legal:\n      train: {source: jsonl, n: 4, options: {path: a.jsonl}}\n"
+        "    legal:\n      train: {source: jsonl, n: 4, options: {path: b.jsonl}}\n",
+        encoding="utf-8",
+    )
+    result = run_snakemake("-n", "--configfile", "twice.yaml", cwd=work, timeout=300)
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    lines = [line for line in out.splitlines() if "twice.yaml: duplicate key 'legal' (line 5)" in line]
+    assert len(lines) == 1, out[-3000:]
+    assert not (work / "results").exists()
