@@ -131,3 +131,44 @@ def test_a_base_model_alone_without_latency_or_selections(tmp_path):
     for stem in ("clusterucb", "clusterucb_paired", "clusterucb_budget", "clusterucb_ablation"):
         assert "Not run: no selection targets." in (tables / f"{stem}.md").read_text(), stem
     assert (tmp_path / "figs" / "clusterucb_budget.png").is_file()
+
+
+@pytest.mark.parametrize("n_targets", [2, 5])
+def test_budget_curve_table_and_figure_for_any_number_of_targets(tmp_path, monkeypatch, n_targets):
+    """Each target's budget curve (selection.json) in the table, in the targets' order, and one column of the
+    figure per target (a 2 x n grid) with that target's points."""
+    from gs.report import figures as report_figures
+    from gs.report.build import clusterucb_budget_table
+
+    targets = [f"target{i}" for i in range(n_targets)]
+    rng = np.random.default_rng(n_targets)
+    expected = []
+    for t in targets:
+        curve = [
+            {
+                "method": method,
+                "k": 4,
+                "budget_fraction": b,
+                "seeds": 2,
+                "overlap_mean": float(rng.uniform()),
+                "overlap_std": 0.1,
+                "ratio_mean": float(rng.uniform()),
+                "ratio_std": 0.1,
+            }
+            for method in ("clusterucb", "random")
+            for b in (0.5, 1.0)
+        ]
+        expected += [{"target": t, **point} for point in curve]
+        write_json(tmp_path / "selection" / t / "selection.json", {"budget_curve": curve})
+    df = clusterucb_budget_table(tmp_path / "selection", targets)
+    assert df.to_dict("records") == expected
+    figures = []
+    monkeypatch.setattr(report_figures, "save_figure", lambda fig, path: figures.append(fig))
+    report_figures.plot_budget(df, targets, tmp_path / "budget.png")
+    titles = [ax.get_title() for ax in figures[0].axes]
+    assert titles == targets + [""] * n_targets  # overlap row titled by target, ratio row below it
+    for col, t in enumerate(targets):  # two lines (methods) per panel, the target's own points
+        lines = figures[0].axes[col].containers
+        assert len(lines) == 2
+        ys = sorted(float(y) for c in lines for y in c.lines[0].get_ydata())
+        assert ys == pytest.approx(sorted(p["overlap_mean"] for p in expected if p["target"] == t))
