@@ -183,3 +183,16 @@ def test_config_file_with_a_repeated_key_is_refused(tmp_path):
     path.write_text("- 1\n", encoding="utf-8")
     with pytest.raises(InputError, match="a config is a YAML mapping"):
         read_config_file(path)
+
+
+def test_config_file_merge_keys_may_be_overridden(tmp_path):
+    """YAML merge keys (``<<: *anchor``, as config/paper.yaml uses them) are not repeats: a key set next to
+    the merge overrides the anchor's."""
+    from gs.io import InputError, read_config_file
+
+    path = tmp_path / "c.yaml"
+    path.write_text("base: &b {lr: 1, epochs: 2}\nrun:\n  <<: *b\n  lr: 3\n", encoding="utf-8")
+    assert read_config_file(path)["run"] == {"lr": 3, "epochs": 2}
+    path.write_text("base: &b {lr: 1}\nrun:\n  <<: *b\n  lr: 3\n  lr: 4\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"duplicate key 'lr' \(line 5\)"):
+        read_config_file(path)
