@@ -28,9 +28,10 @@ Three kinds, each fixed by ``(kind, d, dim, seed)`` alone, so a saved projector 
   dtype fix TRAK's draw (seeds ``seed + 1000 * block``), so both are saved with the projector. This
   fallback regenerates all d * dim entries on every ``project`` call (slow: gs.plan counts it); callers
   amortise it over several gradient batches per call as LESS's ``project_interval`` does
-  (:mod:`gs.selection.influence`). Departures from LESS: a float32 input is cast straight to the projector's dtype
-  (LESS stacks its gradients as float16 first), the (b, dim) result is returned as float32, and the
-  matrix is not scaled (TRAK's is not either; cosines ignore the scale).
+  (:func:`project_in_buffers`, ``gradients.projection_rows`` rows a call). Departures from LESS: a
+  float32 input is cast straight to the projector's dtype (LESS stacks its gradients as float16 first),
+  the (b, dim) result is returned as float32, and the matrix is not scaled (TRAK's is not either;
+  cosines ignore the scale).
 * ``sparse``: very sparse random projections (Li, Hastie & Church, KDD 2006; entries +-sqrt(s) with
   probability 1/(2s), s = sqrt(d)) through scikit-learn's ``SparseRandomProjection``; cheap on a CPU.
 * ``gaussian``: scikit-learn's dense ``GaussianRandomProjection``, for small d.
@@ -40,8 +41,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import joblib
 import numpy as np
@@ -55,6 +57,11 @@ LESS_BLOCK_SIZE = 128  # LESS collect_grad_reps.py: ``block_size = 128``
 LESS_MAX_BATCH_SIZE = 16  # LESS collect_grad_reps.py: ``projector_batch_size = 16``
 CACHE_LIMIT_BYTES = 8 * 2**30  # ours: the largest int8 matrix kept on the CPU
 GPU_BLOCK_BYTES = 4 * 2**30  # ours: the largest (d, block) block BasicProjector keeps on a GPU
+# Gradient rows gathered per project call (gradients.projection_rows): LESS collect_grad_reps.py
+# ``project_interval = 16`` (16 one-sample batches a call).
+DEFAULT_BUFFER_ROWS = 16
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -299,3 +306,53 @@ def load_projector(path: str | os.PathLike) -> Projector:
         block_size=block,
         dtype=spec.get("dtype") or "float32",
     )
+
+
+def project_in_buffers(
+    blocks: Iterable[tuple[T, torch.Tensor]],
+    project: Callable[[torch.Tensor], torch.Tensor],
+    rows: int,
+    dtype: torch.dtype | None = None,
+) -> Iterator[tuple[T, torch.Tensor]]:
+    """Project a stream of ``(payload, (b_i, d) block)`` pairs with one ``project`` call per ``rows`` rows.
+
+    Consecutive blocks are copied into one (rows, d) buffer of ``dtype`` (default: the first block's; the
+    projector's own, so the copy is the cast the projector would make) until the next block would not fit;
+    then the buffer's rows go through ``project`` at once and each block's payload comes back with its own
+    (b_i, p) rows, in the stream's order. A block of more than ``rows`` rows is projected alone. Why: TRAK's
+    ``BasicProjector`` regenerates its whole d x p matrix on every call (and the CPU's cached one is converted
+    block by block), so the per-call cost is paid once per buffer rather than once per gradient batch;
+    rows are projected independently, so the results equal per-block projection up to float summation order.
+    Memory: ``rows x d`` of ``dtype`` beside the blocks.
+    """
+    if rows < 1:
+        raise InputError(f"projection buffer: rows must be >= 1, got {rows}")
+    buffer: torch.Tensor | None = None
+    pending: list[tuple[T, int]] = []
+    held = 0
+
+    def flush() -> Iterator[tuple[T, torch.Tensor]]:
+        nonlocal pending, held
+        out = project(buffer[:held])
+        if out.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr():
+            out = out.clone()  # an identity "projection" (no projection): the buffer is refilled next
+        start = 0
+        for payload, n in pending:
+            yield payload, out[start : start + n]
+            start += n
+        pending, held = [], 0
+
+    for payload, block in blocks:
+        b = block.shape[0]
+        if held and held + b > rows:
+            yield from flush()
+        if b > rows:  # larger than the buffer: alone, as before buffering
+            yield payload, project(block)
+            continue
+        if buffer is None:
+            buffer = torch.empty(rows, block.shape[1], dtype=dtype or block.dtype, device=block.device)
+        buffer[held : held + b].copy_(block)
+        pending.append((payload, b))
+        held += b
+    if held:
+        yield from flush()

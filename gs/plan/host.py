@@ -192,11 +192,15 @@ def influence_bytes(
     kind: str,
     run_on: str,
     subtasks: int | None = None,
+    rows: int | None = None,
+    buffer_itemsize: int = F32,
 ) -> tuple[dict[str, int], dict[str, int]]:
     """``gs.selection.influence.compute_influence``'s arrays beyond the model, as its module doc counts them:
     ``(host, device)``. ``p``: ``gradients.influence.projection_dim`` (None: full dimension d).
     ``subtasks``: S, the mean directions kept, one per subtask of each target summed over the targets
-    (None: ``targets``, one each, as when no validation record carries ``meta.subtask``).
+    (None: ``targets``, one each, as when no validation record carries ``meta.subtask``). ``rows``: the
+    projection buffer's rows (:func:`gs.gradients.projection.project_in_buffers`; None or no projection:
+    none), ``buffer_itemsize`` its entries' bytes (the projector's dtype).
 
     Host: the block ``iter_gradients`` hands over (4 b d), the float64 scores (the (C, S, n) per-subtask
     scores and, at the end, the (C, T, n) per-checkpoint, (S, n) and (T, n) weighted ones) and, for the
@@ -212,8 +216,10 @@ def influence_bytes(
     device = {
         "gradients + Adam direction": (F32 * batch * d if run_on == "gpu" else 0) + 2 * F32 * batch * d,
         "moments": F64 * d,
-        "projected block + subtask means": F32 * (batch + s) * proj,
+        "projected block + subtask means": F32 * (max(batch, rows or 0) + s) * proj,
     }
+    if p is not None and rows:
+        device["projection buffer"] = buffer_itemsize * rows * d
     if p is not None:
         if kind == "rademacher" and run_on == "cpu":
             host_arrays["projector"] = projector_bytes(kind, d, proj, run_on) + F32 * d * min(128, proj)

@@ -123,6 +123,21 @@ def subtasks_per_target(config: dict[str, Any], targets: list[str]) -> list[int]
     return out
 
 
+def projection_rows(grads: dict[str, Any]) -> int:
+    """``gradients.projection_rows`` (:func:`gs.selection.influence.projection_rows`'s default)."""
+    from gs.gradients.projection import DEFAULT_BUFFER_ROWS
+
+    return int(grads.get("projection_rows", DEFAULT_BUFFER_ROWS))
+
+
+def buffered_calls(n: int, batch: int, rows: int) -> tuple[int, int]:
+    """``(calls, rows a call)`` of :func:`gs.gradients.projection.project_in_buffers` over ``n`` samples in
+    batches of ``batch``: as many whole batches as fit ``rows`` go in one call (a batch larger than ``rows``
+    alone), so ``ceil(ceil(n / batch) / per_call)`` calls of ``per_call x batch`` rows."""
+    per_call = max(1, rows // batch)
+    return _ceil(_ceil(n, batch), per_call), per_call * batch
+
+
 def studies(config: dict[str, Any]) -> tuple[bool, bool]:
     """Whether the config runs GradientSpace's study and ClusterUCB's (schema ``studies``; absent: both)."""
     names = config.get("studies") or ["gradientspace", "clusterucb"]
@@ -173,6 +188,11 @@ class Planner:
         if full not in self._cache:
             self._cache[full] = trace_step(self.hf, dtype, lora, step, adapters=adapters, full_depth=self.full_depth)
         return self._cache[full]
+
+    def _projector_itemsize(self, dtype: str) -> int:
+        """Bytes of a projector entry (:func:`gs.gradients.projection.projector_dtype`): the model's dtype on
+        a GPU, float32 on the CPU."""
+        return 4 if self.run_on == "cpu" or dtype == "float32" else 2
 
     def _projectors(
         self, stage: Stage, kind: str, d: int, b: int, calls: dict[int, float], dtype: str = "float32"
@@ -338,6 +358,7 @@ class Planner:
         inf.work = [self._gradients(warm["lora"], gb, gt, gdtype, batches)]
         icfg = grads.get("influence", {})
         n_sub = sum(subtasks_per_target(c, targets))  # S directions in all, one per subtask
+        calls, rows = buffered_calls(n_job, gb, projection_rows(grads))
         inf.host_extra, inf.device_extra = host.influence_bytes(
             inf.work[0].trace.lora_dim,
             n_job,
@@ -348,13 +369,17 @@ class Planner:
             icfg.get("projection_kind", "sparse"),
             self.run_on,
             subtasks=n_sub,
+            rows=rows,
+            buffer_itemsize=self._projector_itemsize(gdtype),
         )
         if icfg.get("projection_dim") is not None:
             p = int(icfg["projection_dim"])
             # gs.selection.influence.ProjectedFeatures: the projector in the model's dtype on a GPU
-            # (gs.gradients.projection.projector_dtype).
+            # (gs.gradients.projection.projector_dtype); the pool's rows `rows` a call, the validation
+            # gradients a batch a call (counted at `rows` rows: a few hundred calls).
             kind = icfg.get("projection_kind", "sparse")
-            self._projectors(inf, kind, inf.work[0].trace.lora_dim, gb, {p: batches}, gdtype)
+            val_calls = sum(_ceil(v, gb) for v in n_val)
+            self._projectors(inf, kind, inf.work[0].trace.lora_dim, rows, {p: ckpts * (calls + val_calls)}, gdtype)
         if shards == 1:
             return [inf]
         merge = Stage(
@@ -432,12 +457,24 @@ class Planner:
             )
             ucb_batches = _ceil(n, gb) + sum(_ceil(v, gb) for v in n_val)
             ucb.work = [self._gradients(warm["lora"], gb, gt, gdtype, ucb_batches)]
+            calls, rows = buffered_calls(n, gb, projection_rows(grads))
             ucb.host_extra, ucb.device_extra = host.influence_bytes(
-                d, n, len(targets), 1, gb, proj_dim, kind, self.run_on, subtasks=sum(subtasks)
+                d,
+                n,
+                len(targets),
+                1,
+                gb,
+                proj_dim,
+                kind,
+                self.run_on,
+                subtasks=sum(subtasks),
+                rows=rows,
+                buffer_itemsize=self._projector_itemsize(gdtype),
             )
             ucb.host_extra["features"] = host.F32 * n * int(proj_dim or d)
-            if proj_dim is not None:  # gs.selection.influence.ProjectedFeatures: in the model's dtype
-                self._projectors(ucb, kind, d, gb, {int(proj_dim): ucb_batches}, gdtype)
+            if proj_dim is not None:  # gs.selection.influence.ProjectedFeatures: in the model's dtype, buffered
+                val_calls = sum(_ceil(v, gb) for v in n_val)
+                self._projectors(ucb, kind, d, rows, {int(proj_dim): calls + val_calls}, gdtype)
             out.append(ucb)
         # gs.selection.select with gs.selection.on_demand: one target a job; ClusterUCB's draws
         # (budget_fraction of the pool) run the influence pipeline at every checkpoint on the drawn

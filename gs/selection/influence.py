@@ -48,10 +48,11 @@ model and its activations:
 
 Projector dtype: on a GPU TRAK's projector runs in the model's dtype, as LESS builds it
 (``collect_grads``: ``dtype = next(model.parameters()).dtype``; :func:`gs.gradients.projection.projector_dtype`),
-bfloat16 at paper scale; on the CPU in float32. LESS also buffers ``project_interval = 16`` gradients
-per ``project`` call; we project each gradient batch as it comes (``gradients.batch_size`` rows a
-call): with the bfloat16 projector ``python -m gs.plan --configfile config/paper.yaml`` shows this pass
-and ClusterUCB's within their 24 h without the buffer, which would hold 16 more (d,) gradients on the device.
+bfloat16 at paper scale; on the CPU in float32. As LESS buffers ``project_interval = 16`` gradients per
+``project`` call, the pool's update directions go to the projector ``gradients.projection_rows`` rows at a
+time (default 16; :func:`gs.gradients.projection.project_in_buffers`, a (rows, d) buffer in the
+projector's dtype on the device): TRAK's ``BasicProjector`` regenerates its d x p matrix on every call, so
+that cost is paid once a buffer. The validation gradients are projected batch by batch (a few hundred).
 
 The pass costs n x C per-sample gradient computations: the "full gradient-based selection" reference
 whose cost ClusterUCB reduces.
@@ -61,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +71,7 @@ import torch
 
 from gs.data.prepare import load_records
 from gs.gradients.passes import add_pass_arguments, normalise_rows
-from gs.gradients.projection import KINDS, Projector, projector_dtype
+from gs.gradients.projection import DEFAULT_BUFFER_ROWS, KINDS, Projector, project_in_buffers, projector_dtype
 from gs.io import InputError, atomic_path, parse_params, parse_target_specs, run_cli
 from gs.models.load import load_model, load_tokenizer
 from gs.models.lora import load_adapter, seed_everything
@@ -114,6 +116,15 @@ def checkpoint_weights(mean_lrs: list[float]) -> np.ndarray:
     return w / w.sum() if w.sum() > 0 else np.full(len(w), 1 / len(w))
 
 
+def projection_rows(params: dict[str, Any]) -> int:
+    """``gradients.projection_rows``: gradient rows gathered per projector call (absent:
+    :data:`gs.gradients.projection.DEFAULT_BUFFER_ROWS`)."""
+    rows = params.get("projection_rows", DEFAULT_BUFFER_ROWS)
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise InputError(f"gradients.projection_rows must be a positive integer, got {rows!r}")
+    return rows
+
+
 def influence_settings(params: dict[str, Any]) -> tuple[int | None, str]:
     """``(projection_dim, kind)`` from the ``gradients`` section's ``influence`` block (defaults: full
     dimension, TRAK Rademacher)."""
@@ -140,8 +151,20 @@ class ProjectedFeatures:
         self.dim, self.kind, self.seed, self.device = dim, kind, seed, device
         self.dtype = projector_dtype(model_dtype, device)
         self.projector: Projector | None = None
+        self.d = 0  # the gradient dimension, once a block came
+
+    def in_buffers(self, blocks: Iterable[tuple[Any, torch.Tensor]], rows: int) -> Iterator[tuple[Any, torch.Tensor]]:
+        """``self`` over a stream of ``(payload, (b, d) block)``, ``rows`` gradient rows per projector call
+        (:func:`gs.gradients.projection.project_in_buffers`, buffered in the projector's dtype); each
+        payload with its (b, p) unit rows, in order. Without projection each block alone, as it comes."""
+        if self.dim is None:
+            for payload, block in blocks:
+                yield payload, self(block)
+            return
+        yield from project_in_buffers(blocks, self, rows, self.dtype)
 
     def __call__(self, grads: torch.Tensor) -> torch.Tensor:
+        self.d = int(grads.shape[1])
         if self.dim is None:
             return normalise_rows(
                 grads.to(self.device, torch.float32), inplace=True
@@ -236,6 +259,35 @@ def target_directions(
     return torch.stack(rows)
 
 
+def preconditioned_gradients(
+    model: Any,
+    tok: Any,
+    records: list[dict[str, Any]],
+    params: dict[str, Any],
+    m: torch.Tensor,
+    v: torch.Tensor,
+    where: str,
+    progress: bool = True,
+) -> Iterator[tuple[list[str], torch.Tensor]]:
+    """LESS's Adam update directions of ``records`` at one checkpoint, batch by batch: ``(ids, (b, d))`` on
+    the moments' device (:func:`gs.selection.less.adam_precondition` of the per-sample gradients of the
+    answer tokens, ``params``' batch size and length). ``where`` names the checkpoint in errors."""
+    from gs.gradients.per_sample import iter_gradients
+
+    for batch_ids, grads in iter_gradients(
+        model,
+        tok,
+        records,
+        batch_size=int(params["batch_size"]),
+        max_length=int(params["max_length"]),
+        loss_on="response",  # LESS: the loss on the answer tokens
+        progress=progress,
+    ):
+        if m.shape[0] != grads.shape[1]:
+            raise InputError(f"{where}: Adam moments have d={m.shape[0]}, the LoRA gradients d={grads.shape[1]}")
+        yield batch_ids, adam_precondition(grads.to(m.device), m, v)
+
+
 def target_scores(subtask_scores: np.ndarray, owner: np.ndarray, n_targets: int) -> np.ndarray:
     """The max over each target's subtask rows (LESS ``matching.py`` ``.max(-1)``): ``subtask_scores``
     (..., S, n) to (..., T, n); ``owner`` (S,) the target index of each row (:func:`subtask_layout`)."""
@@ -270,8 +322,6 @@ def compute_influence(
     """
     from tqdm.auto import tqdm
 
-    from gs.gradients.per_sample import iter_gradients
-
     if not pool:
         raise InputError("the training pool is empty")
     dim, kind = influence_settings(params)
@@ -292,18 +342,10 @@ def compute_influence(
         directions = target_directions(model, tok, targets, names, feats, params)  # (S, p)
         m, v = load_moments(ckpt["dir"], device)
         start, batch_order = 0, []
-        for batch_ids, grads in iter_gradients(
-            model,
-            tok,
-            pool,
-            batch_size=int(params["batch_size"]),
-            max_length=int(params["max_length"]),
-            loss_on="response",  # LESS: the loss on the answer tokens
-        ):
-            d = grads.shape[1]
-            if m.shape[0] != d:
-                raise InputError(f"{ckpt['dir']}: Adam moments have d={m.shape[0]}, the LoRA gradients d={d}")
-            x = feats(adam_precondition(grads.to(device), m, v))  # (b, p) unit rows
+
+        pool_rows = preconditioned_gradients(model, tok, pool, params, m, v, str(ckpt["dir"]))
+        for batch_ids, x in feats.in_buffers(pool_rows, projection_rows(params)):  # (b, p) unit rows
+            d = feats.d
             scores = (x @ directions.T).double().cpu().numpy()  # (b, S)
             per_ckpt[c, :, start : start + len(batch_ids)] = scores.T
             start += len(batch_ids)

@@ -19,10 +19,8 @@ its projector and normalisation, :func:`gs.selection.less.adam_precondition`), s
 projection settings the features are exactly the influence pass's training features at that checkpoint:
 the pass also yields every sample's influence there (on each target), which the on-demand selector
 reuses when the clustering checkpoint is one of the influence checkpoints (:mod:`gs.selection.accounting`).
-Its Rademacher projector on a GPU runs in the model's dtype as LESS builds it (:mod:`gs.selection.influence`,
-"Projector dtype"); that alone brings this one-job pass within its 24 h at paper scale (``python -m
-gs.plan --configfile config/paper.yaml``), so each gradient batch is still projected as it comes
-rather than buffered like LESS's ``project_interval`` or sharded.
+Its Rademacher projector on a GPU runs in the model's dtype as LESS builds it, ``gradients.projection_rows``
+rows a call like LESS's ``project_interval`` (:mod:`gs.selection.influence`, "Projector dtype").
 
 Departures: the draw of initial centres uses a numpy ``Generator`` (a seed does not reproduce Python's
 ``random``); empty clusters are dropped and the rest relabelled ``0..K'-1`` (the bandit needs every arm
@@ -35,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -104,18 +103,18 @@ def clustering_pass(
     """
     from tqdm.auto import tqdm
 
-    from gs.gradients.per_sample import iter_gradients
     from gs.models.load import load_model, load_tokenizer
     from gs.models.lora import load_adapter, seed_everything
     from gs.selection.influence import (
         ProjectedFeatures,
         influence_settings,
         load_moments,
+        preconditioned_gradients,
+        projection_rows,
         subtask_layout,
         target_directions,
         target_scores,
     )
-    from gs.selection.less import adam_precondition
 
     if not pool:
         raise InputError("the training pool is empty")
@@ -133,22 +132,14 @@ def clustering_pass(
     directions = target_directions(model, tok, targets, names, feats, gradient_params)  # (S, p)
     m, v = load_moments(ckpt, device)
     rows, ids = [], []
-    for batch_ids, grads in tqdm(
-        iter_gradients(
-            model,
-            tok,
-            pool,
-            batch_size=int(gradient_params["batch_size"]),
-            max_length=int(gradient_params["max_length"]),
-            loss_on="response",
-            progress=False,
-        ),
+    pool_rows = preconditioned_gradients(model, tok, pool, gradient_params, m, v, str(ckpt), progress=False)
+    for batch_ids, x in tqdm(
+        feats.in_buffers(pool_rows, projection_rows(gradient_params)),
         desc="clustering pass",
         unit="batch",
+        total=math.ceil(len(pool) / int(gradient_params["batch_size"])),
     ):
-        if m.shape[0] != grads.shape[1]:
-            raise InputError(f"{ckpt}: Adam moments have d={m.shape[0]}, the LoRA gradients d={grads.shape[1]}")
-        rows.append(feats(adam_precondition(grads.to(device), m, v)).cpu())
+        rows.append(x.cpu())
         ids.extend(batch_ids)
     x = torch.cat(rows)  # (n, p) unit rows
     per_subtask = (x @ directions.cpu().T).double().numpy().T  # (S, n)

@@ -212,3 +212,49 @@ def test_extraction_projectors_take_the_given_dtype():
     assert all(p._trak.dtype == torch.float32 for p in make_projectors(params, 500, 3).values())
     sparse = make_projectors({"projection": {"kind": "sparse", "dims": [8], "elrea_dim": 8}}, 500, 3, torch.bfloat16)
     assert sparse[8].kind == "sparse"
+
+
+@pytest.mark.parametrize("cache_limit", [None, 0])  # the kept int8 matrix, and TRAK's regenerated one
+def test_buffered_projection_equals_the_per_batch_one(cache_limit):
+    """Blocks of 3, 4 and 9 rows through ``project_in_buffers`` at 8 rows a call: each payload gets its own
+    rows of TRAK's BasicProjector applied to its block alone (the reference, called directly), in order;
+    the 9-row block, larger than the buffer, goes alone; 3 project calls in all."""
+    from gs.gradients.projection import project_in_buffers
+
+    d, p = 2000, 160
+    gen = torch.Generator().manual_seed(4)
+    sizes = [3, 4, 9, 4, 4, 1]
+    blocks = [torch.randn(b, d, generator=gen) for b in sizes]
+    kwargs = {} if cache_limit is None else {"cache_limit_bytes": cache_limit}
+    proj = Projector("rademacher", d, p, 11, device="cpu", **kwargs)
+    calls = []
+
+    def counted(x):
+        calls.append(x.shape[0])
+        return proj.project(x)
+
+    out = list(project_in_buffers(((i, b) for i, b in enumerate(blocks)), counted, 8))
+    assert [i for i, _ in out] == list(range(len(sizes)))
+    assert calls == [7, 9, 8, 1]  # 3 + 4 (the 4 after them would not fit), 9 alone, 4 + 4, 1
+    for (_, rows), block in zip(out, blocks, strict=True):
+        expected = _trak_basic(d, p, 11, block)
+        np.testing.assert_allclose(rows.numpy(), expected, atol=1e-5 * np.abs(expected).max())
+
+
+def test_buffer_keeps_each_payload_with_its_rows_and_copies_an_identity_result():
+    """An identity 'projection' returns the buffer itself: every payload still gets its own rows after the
+    buffer is refilled; rows must be positive; the buffer takes the given dtype (the projector's)."""
+    from gs.gradients.projection import project_in_buffers
+
+    blocks = [torch.full((2, 3), float(i)) for i in range(5)]
+    out = [(i, rows.clone()) for i, rows in project_in_buffers(((i, b) for i, b in enumerate(blocks)), lambda x: x, 4)]
+    assert [i for i, _ in out] == list(range(5))
+    for i, rows in out:
+        assert torch.equal(rows, torch.full((2, 3), float(i))), i
+    kept = list(project_in_buffers(((i, b) for i, b in enumerate(blocks)), lambda x: x, 4))
+    assert [float(rows[0, 0]) for _, rows in kept] == [0.0, 1.0, 2.0, 3.0, 4.0]  # not overwritten
+    seen = []
+    list(project_in_buffers([(0, blocks[1])], lambda x: seen.append(x.dtype) or x, 4, torch.bfloat16))
+    assert seen == [torch.bfloat16]
+    with pytest.raises(InputError, match="rows must be >= 1"):
+        list(project_in_buffers([(0, blocks[0])], lambda x: x, 0))

@@ -4,6 +4,7 @@ extrapolation against a full-depth trace, and the fits / does-not-fit checks on 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from gs.plan import devices, host
 from gs.plan.projector import gpu_projector
 from gs.plan.report import check, predict
 from gs.plan.resources import RuleResources, rule_resources
-from gs.plan.stages import Stage, Work
+from gs.plan.stages import Stage, Work, validation_size
 from gs.plan.trace import Trace, gradient_step, trace_step, train_step, with_layers
 
 LORA = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
@@ -515,3 +516,29 @@ def test_plan_fast_jl_is_checked_where_a_gpu_is(monkeypatch):
     assert _check_fast_jl(False) == ""
     monkeypatch.setattr(projection, "fast_jl_available", lambda device: True)
     assert _check_fast_jl(True) == "" and "counts BasicProjector" in _check_fast_jl(False)
+
+
+def test_buffered_projection_calls_and_memory():
+    """gs.gradients.projection.project_in_buffers gathers whole batches up to ``rows``: the planner's calls
+    and rows a call by hand, and on a GPU run the influence pass's projector calls and its (rows, d) buffer in
+    the projector's dtype (the model's, the one the gradients run in)."""
+    from gs.plan.stages import buffered_calls
+
+    assert buffered_calls(100, 4, 16) == (7, 16)  # 25 batches, 4 a call
+    assert buffered_calls(100, 4, 6) == (25, 4)  # one batch fits: a batch a call, as without a buffer
+    assert buffered_calls(100, 8, 4) == (13, 8)  # a batch larger than the buffer goes alone
+    runs = {}
+    for rows in (4, 16):
+        planner, config = _tiny_planner(gradients={"projection_rows": rows}, plan={"run_on": "gpu"})
+        runs[rows] = (planner.influence_pass(1)[0], config)
+    stage, config = runs[16]
+    b, n = int(config["gradients"]["batch_size"]), 16  # the test config's pool
+    ckpts = math.ceil(float(config["gradients"]["warmup"]["train"]["epochs"]))
+    n_val = sum(math.ceil(validation_size(config, t) / b) for t in config["selection"]["targets"])
+    d = stage.work[0].trace.lora_dim
+    ((cost, calls),) = stage.projector_calls.values()
+    assert calls == ckpts * (math.ceil(math.ceil(n / b) / (16 // b)) + n_val)
+    assert stage.work[0].dtype == "float32"  # the test config's gradients: a float32 projector on a GPU too
+    assert stage.device_extra["projection buffer"] == 4 * 16 * d
+    ((cost4, calls4),) = runs[4][0].projector_calls.values()
+    assert calls4 == ckpts * (math.ceil(n / b) + n_val) > calls
