@@ -36,8 +36,9 @@ model and its activations:
 
 * device (the model's): ``4 b d`` (the per-sample gradients :func:`gs.gradients.per_sample.iter_gradients`
   still holds) ``+ 4 b d`` (the block moved back from the host) ``+ 8 b d`` (the Adam direction and
-  one temporary) ``+ 8 d`` (one checkpoint's moments) ``+ 4 b p + 4 S p`` plus the projector's
-  workspace: TRAK's ``CudaProjector`` only its (16 ceil(b/16), SMs, p) float32 output; for
+  one temporary) ``+ 8 d`` (one checkpoint's moments) ``+ e r d`` (the projection buffer: r =
+  ``gradients.projection_rows`` rows in the projector's dtype, e bytes an entry) ``+ 4 r p + 4 S p``
+  plus the projector's workspace: TRAK's ``CudaProjector`` only its (16 ceil(b/16), SMs, p) float32 output; for
   ``BasicProjector`` on a GPU one generated (d, block) block in the model's dtype (e bytes an entry:
   ``e d block``, block = :func:`gs.gradients.projection.basic_block_size`, LESS's 128 where it fits
   ``GPU_BLOCK_BYTES``, 19 bfloat16 columns at d = 109M) and the block cast to that dtype (``e b d``).
