@@ -257,6 +257,13 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def studies(config: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether a config runs GradientSpace's study and ClusterUCB's (schema ``studies``; absent: both). The
+    rules and the planner both decide their stages through this."""
+    names = config.get("studies") or ["gradientspace", "clusterucb"]
+    return "gradientspace" in names, "clusterucb" in names
+
+
 def take_own_sections(config: dict[str, Any], own: dict[str, Any]) -> None:
     """In ``config`` (the default merged with a config file ``own``, key by key, as ``--configfile`` does),
     replace the pool's parts and the targets with ``own``'s where it names them: they are a config's own

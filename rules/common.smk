@@ -6,7 +6,7 @@ from snakemake.exceptions import WorkflowError
 
 from gs.data.prepare import check_name, part_files
 from gs.evaluation.tasks import task_specs
-from gs.io import InputError
+from gs.io import InputError, studies
 
 
 def checked(check, *args):
@@ -114,9 +114,7 @@ def evaluation_priority(wildcards):
 
 # The papers' studies this config runs (schema: studies): GradientSpace's clusters, experts and routed
 # systems, and ClusterUCB's selections.
-STUDIES = list(config.get("studies") or ["gradientspace", "clusterucb"])
-GRADIENTSPACE = "gradientspace" in STUDIES
-CLUSTERUCB = "clusterucb" in STUDIES
+GRADIENTSPACE, CLUSTERUCB = studies(config)
 
 # What rule all asks for besides the report's tables (rules/report.smk waits for these too).
 OTHER_PRODUCTS = ["results/plan/plan.csv", "results/data/summary.csv"] + (
@@ -161,11 +159,11 @@ for _target in EVAL_TARGETS:
     if _target not in TARGET_SPECS:
         raise WorkflowError(f"evaluation.targets: {_target!r} is not a target; expected one of {', '.join(TARGET_SPECS)}")
 # Oracle routing sends a prompt to the expert of its part: every evaluated task must read a part's split.
-_ORACLE = [
-    m
-    for m, modes in config["evaluation"]["modes"].items()
-    if GRADIENTSPACE and "oracle" in (modes or [])
-]
+_ORACLE = (
+    [m for m, modes in config["evaluation"]["modes"].items() if "oracle" in (modes or [])]
+    if GRADIENTSPACE
+    else []
+)
 for _spec in TASKS if _ORACLE else []:
     if _spec.target in EVAL_TARGETS and _spec.part is None:
         raise WorkflowError(

@@ -49,6 +49,7 @@ import joblib
 import numpy as np
 import torch
 
+from gs.checks import int_param
 from gs.io import InputError, atomic_path
 
 KINDS = ("sparse", "gaussian", "rademacher")
@@ -306,6 +307,12 @@ def load_projector(path: str | os.PathLike) -> Projector:
         block_size=block,
         dtype=spec.get("dtype") or "float32",
     )
+
+
+def projection_rows(params: dict[str, Any]) -> int:
+    """``gradients.projection_rows`` of a ``gradients`` section: gradient rows gathered per projector call
+    (absent: :data:`DEFAULT_BUFFER_ROWS`)."""
+    return int_param(params.get("projection_rows", DEFAULT_BUFFER_ROWS), "gradients.projection_rows", minimum=1)
 
 
 def project_in_buffers(

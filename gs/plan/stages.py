@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from gs.gradients.projection import projection_rows
+from gs.io import studies
 from gs.plan import devices, host
 from gs.plan.projector import ProjectorCost, gpu_projector
 from gs.plan.trace import Trace, decode_step, gradient_step, likelihood_step, trace_step, train_step
@@ -123,25 +125,12 @@ def subtasks_per_target(config: dict[str, Any], targets: list[str]) -> list[int]
     return out
 
 
-def projection_rows(grads: dict[str, Any]) -> int:
-    """``gradients.projection_rows`` (:func:`gs.selection.influence.projection_rows`'s default)."""
-    from gs.gradients.projection import DEFAULT_BUFFER_ROWS
-
-    return int(grads.get("projection_rows", DEFAULT_BUFFER_ROWS))
-
-
 def buffered_calls(n: int, batch: int, rows: int) -> tuple[int, int]:
     """``(calls, rows a call)`` of :func:`gs.gradients.projection.project_in_buffers` over ``n`` samples in
     batches of ``batch``: as many whole batches as fit ``rows`` go in one call (a batch larger than ``rows``
     alone), so ``ceil(ceil(n / batch) / per_call)`` calls of ``per_call x batch`` rows."""
     per_call = max(1, rows // batch)
     return _ceil(_ceil(n, batch), per_call), per_call * batch
-
-
-def studies(config: dict[str, Any]) -> tuple[bool, bool]:
-    """Whether the config runs GradientSpace's study and ClusterUCB's (schema ``studies``; absent: both)."""
-    names = config.get("studies") or ["gradientspace", "clusterucb"]
-    return "gradientspace" in names, "clusterucb" in names
 
 
 def experts_per_method(config: dict[str, Any]) -> int:

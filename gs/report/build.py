@@ -46,6 +46,14 @@ from gs.report.tables import (
     paired_table,
 )
 
+# The ClusterUCB tables' titles (tables/<stem>.md), with their numbers or, without selection targets, empty.
+SELECTION_TITLES = {
+    "clusterucb": "ClusterUCB vs. full gradient selection (LESS) and random",
+    "clusterucb_paired": "ClusterUCB minus full LESS and random, paired over each target's examples",
+    "clusterucb_budget": "Budget curve: overlap with LESS's top set and mean-influence ratio at equal total compute",
+    "clusterucb_ablation": "ClusterUCB ablation: arm rules (reference names), arm sets, one-shot vs. dynamic",
+}
+
 
 def _markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     return df.to_markdown(index=False, floatfmt=floatfmt) if len(df) else "(no rows)"
@@ -295,12 +303,7 @@ def main(argv: list[str] | None = None) -> None:
         note="Not measured: the config's studies leave out gradientspace." if latency_csv == "none" else "",
     )
     if not args.targets:
-        for stem, title in (
-            ("clusterucb", "ClusterUCB vs. full gradient selection (LESS) and random"),
-            ("clusterucb_paired", "ClusterUCB minus full LESS and random, paired over each target's examples"),
-            ("clusterucb_budget", "Budget curve"),
-            ("clusterucb_ablation", "ClusterUCB ablation"),
-        ):
+        for stem, title in SELECTION_TITLES.items():
             write_table(pd.DataFrame(), tables / stem, title=title, note="Not run: no selection targets.")
         plot_budget(pd.DataFrame(), [], figures / "clusterucb_budget.png")
     else:
@@ -311,14 +314,14 @@ def main(argv: list[str] | None = None) -> None:
         write_table(
             selection_paired,
             tables / "clusterucb_paired",
-            title="ClusterUCB minus full LESS and random, paired over each target's examples",
+            title=SELECTION_TITLES["clusterucb_paired"],
             note=_paired_note(args.resamples),
             floatfmt=".4f",
         )
         write_table(
             clusterucb_table(res / "selection", args.targets, selection_reports, **boot),
             tables / "clusterucb",
-            title="ClusterUCB vs. full gradient selection (LESS) and random",
+            title=SELECTION_TITLES["clusterucb"],
             note="Compute in per-sample gradient computations (one sample, one checkpoint, one pass): "
             "total = clustering pass + cold start + draws, each draw at the influence checkpoints it needed; "
             "full LESS computes every sample at every checkpoint. Validation gradients apart (the same for all). "
@@ -333,14 +336,14 @@ def main(argv: list[str] | None = None) -> None:
         write_table(
             budget,
             tables / "clusterucb_budget",
-            title="Budget curve: overlap with LESS's top set and mean-influence ratio at equal total compute",
+            title=SELECTION_TITLES["clusterucb_budget"],
             note="Mean and std over seeds; total compute as a fraction of full LESS's, the clustering pass "
             "counted. Influences read from the full LESS pass, charged as if computed on demand.",
         )
         write_table(
             clusterucb_ablation_table(res / "selection", args.targets),
             tables / "clusterucb_ablation",
-            title="ClusterUCB ablation: arm rules (reference names), arm sets, one-shot vs. dynamic",
+            title=SELECTION_TITLES["clusterucb_ablation"],
             note="Mean and std over seeds at the configured budget; read from the full LESS pass.",
         )
         plot_budget(budget, args.targets, figures / "clusterucb_budget.png")

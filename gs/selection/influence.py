@@ -72,7 +72,7 @@ import torch
 
 from gs.data.prepare import load_records
 from gs.gradients.passes import add_pass_arguments, normalise_rows
-from gs.gradients.projection import DEFAULT_BUFFER_ROWS, KINDS, Projector, project_in_buffers, projector_dtype
+from gs.gradients.projection import KINDS, Projector, project_in_buffers, projection_rows, projector_dtype
 from gs.io import InputError, atomic_path, parse_params, parse_target_specs, run_cli
 from gs.models.load import load_model, load_tokenizer
 from gs.models.lora import load_adapter, seed_everything
@@ -115,15 +115,6 @@ def checkpoint_weights(mean_lrs: list[float]) -> np.ndarray:
     if (w < 0).any() or not np.isfinite(w).all():
         raise InputError(f"checkpoint mean learning rates must be finite and >= 0, got {w.tolist()}")
     return w / w.sum() if w.sum() > 0 else np.full(len(w), 1 / len(w))
-
-
-def projection_rows(params: dict[str, Any]) -> int:
-    """``gradients.projection_rows``: gradient rows gathered per projector call (absent:
-    :data:`gs.gradients.projection.DEFAULT_BUFFER_ROWS`)."""
-    rows = params.get("projection_rows", DEFAULT_BUFFER_ROWS)
-    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-        raise InputError(f"gradients.projection_rows must be a positive integer, got {rows!r}")
-    return rows
 
 
 def influence_settings(params: dict[str, Any]) -> tuple[int | None, str]:

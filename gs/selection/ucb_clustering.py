@@ -103,6 +103,7 @@ def clustering_pass(
     """
     from tqdm.auto import tqdm
 
+    from gs.gradients.projection import projection_rows
     from gs.models.load import load_model, load_tokenizer
     from gs.models.lora import load_adapter, seed_everything
     from gs.selection.influence import (
@@ -110,7 +111,6 @@ def clustering_pass(
         influence_settings,
         load_moments,
         preconditioned_gradients,
-        projection_rows,
         subtask_layout,
         target_directions,
         target_scores,
