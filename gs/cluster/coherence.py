@@ -54,9 +54,10 @@ def cluster_gradient_sums(
     ``sq_norms`` the squared norms ``||S_c||^2`` (all that :func:`gs.cluster.quality.coherence_from_sums`
     needs). Methods are named by their folder (``results/clusters/<method>``), which holds
     ``assignments.csv``. The sums live on the host in float64 whatever the model's device (each
-    batch is normalised where the gradients are and copied to the host once, then added to every
-    method's sums): ``sum_m k_m * d`` float64 words, e.g. 12 clusters x 109M x 8 B = 10.5 GB per method
-    at paper scale, which on a GPU would sit beside the gradient step (7 methods: 84 GiB > 80 GB).
+    window of gradients, :func:`gs.gradients.passes.gradient_window` samples, is normalised where the
+    gradients are and copied to the host once, then added to every method's sums): ``sum_m k_m * d``
+    float64 words, e.g. 12 clusters x 109M x 8 B = 10.5 GB per method at paper scale, which on a GPU
+    would sit beside the gradient step (7 methods: 84 GiB > 80 GB).
     """
 
     seed_everything(seed)
@@ -72,7 +73,7 @@ def cluster_gradient_sums(
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, np.ndarray] = {}
     for batch_ids, grads in pool_gradients(model, tok, records, params, on_device=on_device):
-        feats = normalise_rows(grads).to(device="cpu", dtype=torch.float64)  # (b, d), one copy to the host
+        feats = normalise_rows(grads, inplace=True).to(device="cpu", dtype=torch.float64)  # (w, d), one host copy
         for method, lab in labels.items():
             try:
                 idx = torch.tensor([lab[i] for i in batch_ids])

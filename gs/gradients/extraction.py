@@ -1,13 +1,15 @@
 """Gradient features of the training pool, computed in streaming passes that never store gradients.
 
 ``rules/gradients.smk``, rule ``extract_gradient_features``, after the warm-up
-(:mod:`gs.gradients.warmup`): one pass over the pool through the warm-up adapter. Each batch of
-per-sample LoRA gradients (b, d), d the full LoRA dimension, is L2-normalised (clustering by
-direction, cosine geometry) and fed to (a) the online SVD (:mod:`gs.gradients.svd`) in full dimension
-and (b) the seeded random projectors of the ELREA baseline and the projection-size ablation
-(:mod:`gs.gradients.projection`); then the batch is dropped. Memory: O(d (r + b) + n r + n p). The
-SVD state sits on the model's device by default, and the whole streaming state is checkpointed
-every ``checkpoint_every`` batches to ``<out>/.extract_state/`` so that a killed job resumes.
+(:mod:`gs.gradients.warmup`): one pass over the pool through the warm-up adapter. The per-sample
+LoRA gradients come a window at a time (w, d) (:func:`gs.gradients.passes.gradient_window` records,
+batched by length inside it; d the full LoRA dimension), are L2-normalised (clustering by direction,
+cosine geometry) and fed to (a) the online SVD (:mod:`gs.gradients.svd`) in full dimension, one
+``batch_size`` chunk at a time, and (b) the seeded random projectors of the ELREA baseline and the
+projection-size ablation (:mod:`gs.gradients.projection`), the whole window in one call; then the window
+is dropped. Memory: O(d (r + w) + n r + n p). The SVD state sits on the model's device by default, and
+the whole streaming state is checkpointed at the first window end after every ``checkpoint_every``
+batches to ``<out>/.extract_state/`` so that a killed job resumes.
 
 The coherence pass after clustering is :mod:`gs.cluster.coherence`; the sharded form of this pass
 (``gradients.shards > 1``) is :mod:`gs.gradients.shards`.
@@ -39,7 +41,7 @@ from gs.models.lora import seed_everything
 # --------------------------------------------------------------------------- resumable state
 
 STATE_DIR = ".extract_state"  # beside the outputs: results/gradients/.extract_state/
-DIE_AFTER_ENV = "GS_TEST_DIE_AFTER_BATCHES"  # tests only: SIGKILL this process after that many batches
+DIE_AFTER_ENV = "GS_TEST_DIE_AFTER_BATCHES"  # tests only: SIGKILL at the first window end after that many batches
 
 
 def _sha256_file(path: Path, h: Any) -> None:
@@ -205,8 +207,9 @@ def stream_features(
     """One resumable streaming pass of ``records`` into a fresh online SVD and the projectors.
 
     ``fingerprint_of(svd)`` gives the extraction's fingerprint (:func:`extraction_fingerprint`);
-    every ``checkpoint_every`` batches the state goes to ``state_file`` (module docstring of
-    :func:`extract_features`), and a valid state there is resumed from. ``keep``: also write the
+    at the first window end after every ``checkpoint_every`` batches the state goes to ``state_file``
+    (module docstring of :func:`extract_features`), and a valid state there is resumed from (at a
+    window's end, so the resumed run forms the same windows and the SVD the same updates). ``keep``: also write the
     rows the SVD sees, ``(n, d)`` float32, into this ``.npy`` file (:func:`open_kept_gradients`).
     """
     svd = new_online_svd(params, device)
@@ -228,44 +231,55 @@ def stream_features(
     projectors: dict[int, Projector] = {} if done.d is None else make_projectors(params, done.d, seed, proj_dtype)
     die_after, ran = int(os.environ.get(DIE_AFTER_ENV, "0")), 0
     start = time.perf_counter()
-    resumed_at = done.batches
+    resumed_at = saved_at = done.batches
     rest = records[done.batches * batch_size :]
 
     def stream(loss: str, progress: bool):
         return pool_gradients(model, tok, rest, params, loss_on=loss, progress=progress, on_device=on_device)
 
+    # Both streams come window by window (gs.gradients.passes.gradient_window, a multiple of batch_size,
+    # counted from ``rest``'s start: a resumed run restarts at a saved window's end and forms the same
+    # windows). The SVD sees each window in consecutive chunks of batch_size rows, the update sequence of
+    # one batch at a time; the projectors see the whole window in one call.
     elrea_stream = stream(elrea_loss, False) if elrea_loss != loss_on else None
     kept: np.memmap | None = None
-    for batch_ids, grads in stream(loss_on, True):
+    for window_ids, grads in stream(loss_on, True):
         if not projectors:
             done.d = int(grads.shape[1])
             projectors = make_projectors(params, done.d, seed, proj_dtype)
         if keep is not None and kept is None:
             kept = open_kept_gradients(keep, len(records), int(grads.shape[1]), resume=done.batches > 0)
-        done.ids.extend(batch_ids)
+        done.ids.extend(window_ids)
         done.norms.append(grads.norm(dim=1).cpu().numpy())
-        feats = normalise_rows(grads) if normalise else grads
+        feats = normalise_rows(grads, inplace=True) if normalise else grads  # the raw rows are not used again
         if kept is not None:
             row = done.batches * batch_size
             kept[row : row + feats.shape[0]] = feats.float().cpu().numpy()
-        svd.partial_fit(feats)
+        for chunk in range(0, feats.shape[0], batch_size):
+            svd.partial_fit(feats[chunk : chunk + batch_size])
         for p, proj in projectors.items():
             done.projected[p].append(proj.transform(feats))
         if elrea_stream is None:
             done.elrea.append(done.projected[elrea_dim][-1])
         else:
-            _, elrea_grads = next(elrea_stream)
-            elrea_feats = normalise_rows(elrea_grads) if normalise else elrea_grads
+            elrea_ids, elrea_grads = next(elrea_stream)
+            if elrea_ids != window_ids:
+                raise InputError(f"the {elrea_loss} gradients came in windows other than the {loss_on} ones")
+            elrea_feats = normalise_rows(elrea_grads, inplace=True) if normalise else elrea_grads
             done.elrea.append(projectors[elrea_dim].transform(elrea_feats))
+            del elrea_grads, elrea_feats
+        window_batches = -(-feats.shape[0] // batch_size)
         del grads, feats
-        done.batches += 1
-        if every and done.batches % every == 0 and done.batches < n_batches:
+        done.batches += window_batches
+        # A checkpoint only at a window's end, once checkpoint_every batches have passed since the last.
+        if every and done.batches - saved_at >= every and done.batches < n_batches:
             if kept is not None:
                 kept.flush()  # the rows up to this checkpoint are on disk before the state says so
             _save_state(state_file, done.payload(fingerprint, svd, done.seconds + time.perf_counter() - start))
-        ran += 1
-        if ran == die_after:
-            os.kill(os.getpid(), signal.SIGKILL)  # tests only: a real, uncatchable kill
+            saved_at = done.batches
+        ran += window_batches
+        if die_after and ran >= die_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # tests only: a real, uncatchable kill at a window's end
     if kept is not None:
         kept.flush()
         del kept
@@ -358,7 +372,8 @@ def extract_features(
     ``normalize``), for the projection ablation (:mod:`gs.cluster.ablation`): 177 MB at the CPU default, never at
     paper scale (n d floats).
 
-    Checkpoints: every ``checkpoint_every`` batches (0: never) the SVD state, the features so far
+    Checkpoints: at the first window end after every ``checkpoint_every`` batches (0: never; windows:
+    :func:`gs.gradients.passes.gradient_window`) the SVD state, the features so far
     and the position in the pool go to ``out_dir/.extract_state/state.pt`` (atomically, one file;
     not a workflow output). A run that finds a state with this extraction's
     :func:`extraction_fingerprint` continues after its last batch and ends with bit-identical
@@ -367,8 +382,9 @@ def extract_features(
     pass, which itself restarts from the pool's start after a kill. The SVD state lives on
     ``svd.device`` (``auto``: the model's device) in ``svd.dtype`` (:mod:`gs.gradients.svd`); gradients stay
     on the model's device when that is the SVD's. Device memory beyond the model: the SVD's peak
-    (``d (2 m + 3 b)`` state-dtype words, :class:`gs.gradients.svd.OnlineSVD`) plus the ``(b, d)`` float32
-    gradients (two, normalised and raw; three with ``elrea_loss_on != loss_on``).
+    (``d (2 m + 3 b)`` state-dtype words, :class:`gs.gradients.svd.OnlineSVD`) plus the ``(w, d)`` float32
+    window of gradients (normalised in place; two with ``elrea_loss_on != loss_on``) and the ``(b, d)``
+    batch being computed (none when the window is one batch).
     The sharded form of this pass (``gradients.shards > 1``) is :mod:`gs.gradients.shards`.
     """
 

@@ -1,5 +1,5 @@
 """A gradient pass over (a slice of) the pool: the model with the warm-up adapter, its per-sample
-gradients batch by batch, and the pool's contiguous slices for the sharded passes.
+gradients window by window, and the pool's contiguous slices for the sharded passes.
 
 Shared by every gradient pass: the extraction (:mod:`gs.gradients.extraction`), its shards
 (:mod:`gs.gradients.shards`), the coherence pass (:mod:`gs.cluster.coherence`) and LESS's influence
@@ -33,6 +33,19 @@ def gradient_model(model_dir: str, warmup_dir: str) -> tuple[Any, Any]:
     return model, load_tokenizer(model_dir)
 
 
+def gradient_window(params: dict[str, Any]) -> int:
+    """The window of a ``gradients`` section's passes (:func:`gs.gradients.per_sample.iter_gradients`):
+    ``gradients.projection_rows`` rounded down to a multiple of ``batch_size``, at least one batch,
+    ``max(1, projection_rows // batch_size) * batch_size``. Records are batched by length inside a
+    window (less padding) and a buffered projection (:func:`gs.gradients.projection.project_in_buffers`)
+    gets one window a call."""
+    from gs.checks import int_param
+    from gs.gradients.projection import projection_rows
+
+    batch_size = int_param(params["batch_size"], "gradients.batch_size", minimum=1)
+    return max(1, projection_rows(params) // batch_size) * batch_size
+
+
 def pool_gradients(
     model: Any,
     tok: Any,
@@ -43,7 +56,8 @@ def pool_gradients(
     progress: bool = True,
     on_device: bool = False,
 ):
-    """:func:`gs.gradients.per_sample.iter_gradients` with the ``gradients`` config's batch size, length and loss."""
+    """:func:`gs.gradients.per_sample.iter_gradients` with the ``gradients`` config's batch size, length and
+    loss, window by window (:func:`gradient_window`): ``(ids, (w, d))`` blocks in input order."""
     from gs.gradients.per_sample import iter_gradients
 
     return iter_gradients(
@@ -55,6 +69,7 @@ def pool_gradients(
         loss_on=loss_on or params.get("loss_on", "response"),
         progress=progress,
         on_device=on_device,
+        window=gradient_window(params),
     )
 
 

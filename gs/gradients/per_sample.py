@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, overload
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -308,6 +309,42 @@ def per_sample_lora_gradients_loop(model: torch.nn.Module, batch: dict[str, torc
 # --------------------------------------------------------------------------- datasets
 
 
+def length_batches(lengths: Sequence[int], batch_size: int, window: int) -> list[np.ndarray]:
+    """Batches of input positions, formed by token length inside consecutive windows.
+
+    Positions ``0..n-1`` (``n = len(lengths)``) are split into consecutive windows of ``window``
+    positions (the last may be shorter). Inside a window the positions are ordered by ``lengths``
+    with a stable sort (``np.argsort(kind="stable")``: equal lengths keep input order) and that order
+    is cut into batches of ``batch_size`` (the window's last batch may be shorter); each batch's
+    positions are then listed in ascending order (a batch's padded width, its longest length, does
+    not depend on the order of its rows). The batches come window by window, so every position of a
+    window is in one of its batches before the next window starts. ``window == batch_size`` gives
+    the plain consecutive batches ``[0..b-1], [b..2b-1], ...`` exactly, whatever the lengths.
+
+    Args:
+        lengths: (n,) token count of each input (``len(input_ids)`` after encoding).
+        batch_size: b >= 1, positions per batch.
+        window: w, a positive multiple of ``batch_size``: positions sorted together.
+
+    Returns:
+        The batches, window by window: int64 arrays of input positions, each of shape (b,) but a
+        window's last (shorter when the window's size is not a multiple of b); ``w / b`` per full window.
+
+    Raises:
+        InputError: ``batch_size < 1`` or ``window`` not a positive multiple of it.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if isinstance(window, bool) or not isinstance(window, int | np.integer) or window < 1 or window % batch_size:
+        raise InputError(f"window must be a positive multiple of batch_size={batch_size}, got {window!r}")
+    sizes = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    batches: list[np.ndarray] = []
+    for start in range(0, sizes.size, window):
+        order = start + np.argsort(sizes[start : start + window], kind="stable")
+        batches.extend(np.sort(order[i : i + batch_size]) for i in range(0, order.size, batch_size))
+    return batches
+
+
 def iter_gradients(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -318,36 +355,61 @@ def iter_gradients(
     loss_on: LossOn = "response",
     progress: bool = True,
     on_device: bool = False,
+    window: int | None = None,
 ) -> Iterator[tuple[list[str], torch.Tensor]]:
-    """Per-sample gradients of ``records``, batch by batch, in input order.
+    """Per-sample gradients of ``records``, window by window, in input order.
 
-    Each record is encoded with :func:`gs.data.prompting.encode_example` (``max_length``, ``loss_on``);
-    consecutive ``batch_size`` records form a batch (no sorting, so the yielded order is the input
-    order). Yields ``(ids, grads)``: the batch's record ids (as ``str``) and its (b, d) float32
-    gradients, on the CPU or (``on_device=True``) left on the model's device, so a consumer there
-    (the online SVD on the GPU) needs no round trip. A tqdm bar (desc ``"per-sample gradients"``,
-    counting samples) is shown unless ``progress=False``.
+    Each record is encoded with :func:`gs.data.prompting.encode_example` (``max_length``, ``loss_on``).
+    ``window`` (a positive multiple of ``batch_size``; None: ``batch_size``) consecutive records form a
+    window; inside it the records are batched by encoded length (:func:`length_batches`: batches of
+    ``batch_size`` of similar length, so less padding), each batch padded to its longest record
+    (:func:`gs.data.prompting.collate`) and run through :func:`per_sample_lora_gradients`, and its
+    rows written at their input positions. Yields ``(ids, grads)`` once per window: the window's
+    record ids (as ``str``, input order) and its (w, d) float32 gradients in the same order, on the
+    CPU or (``on_device=True``) left on the model's device, so a consumer there (the online SVD on the
+    GPU) needs no round trip. With ``window=None`` each yield is one batch of consecutive records, as
+    before windows existed. A sample's gradient does not depend on its batch (padding is masked), so
+    the rows equal the unwindowed ones up to float summation order. A tqdm bar (desc
+    ``"per-sample gradients"``, counting samples) is shown unless ``progress=False``.
+
+    Memory: the window's (w, d) float32 block beside the batch's (b, d) one (one block when the
+    window is one batch).
 
     Raises:
-        InputError: bad ``batch_size``, a record without tokens to take the loss on, or a sample
-            whose gradient is not finite (the message names the record id).
+        InputError: bad ``batch_size`` or ``window``, a record without tokens to take the loss on, or
+            a sample whose gradient is not finite (the message names the record id).
     """
     from tqdm.auto import tqdm
 
-    if batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    window = batch_size if window is None else window
+    length_batches([], batch_size, window)  # checks window
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise InputError("tokenizer has neither a pad nor an eos token to pad with")
     with tqdm(total=len(records), desc="per-sample gradients", unit="sample", disable=not progress) as bar:
-        for start in range(0, len(records), batch_size):
-            chunk = records[start : start + batch_size]
+        for start in range(0, len(records), window):
+            chunk = records[start : start + window]
             ids = [str(r.get("id", start + k)) for k, r in enumerate(chunk)]
-            batch = collate([encode_example(tokenizer, r, max_length, loss_on) for r in chunk], pad_id)
-            try:
-                grads = per_sample_lora_gradients(model, batch)
-            except SampleGradientError as e:
-                named = ", ".join(repr(ids[p]) for p in e.positions)
-                raise InputError(f"{e} (record id(s) {named})") from None
-            yield ids, grads if on_device else grads.cpu()
-            bar.update(len(chunk))
+            encoded = [encode_example(tokenizer, r, max_length, loss_on) for r in chunk]
+            batches = length_batches([len(e["input_ids"]) for e in encoded], batch_size, window)
+            out: torch.Tensor | None = None
+            for rows in batches:
+                try:
+                    grads = per_sample_lora_gradients(model, collate([encoded[i] for i in rows.tolist()], pad_id))
+                except SampleGradientError as e:
+                    named = ", ".join(repr(ids[int(rows[p])]) for p in e.positions)
+                    raise InputError(f"{e} (record id(s) {named})") from None
+                if not on_device:
+                    grads = grads.cpu()
+                if len(batches) == 1:  # the whole window, in order (rows ascending): no copy
+                    out = grads
+                else:
+                    if out is None:
+                        out = torch.empty(len(chunk), grads.shape[1], dtype=torch.float32, device=grads.device)
+                    out.index_copy_(0, torch.from_numpy(rows).to(out.device), grads)
+                del grads
+                bar.update(len(rows))
+            assert out is not None
+            yield ids, out

@@ -27,7 +27,8 @@ Memory: the mean over j commutes with the inner product, ``mean_j <x_i, v_j> = <
 so each subtask s of each target is kept as one (p,) float32 vector, the mean of its normalised
 projected validation gradients (exactly LESS's per-subtask mean, without storing n_val x p); the
 checkpoint sum is linear too, so it is taken per subtask on the (C, S, n) scores and the max (not
-linear) comes last, as in LESS. The pool is streamed batch by batch and scored against all S subtask
+linear) comes last, as in LESS. The pool is streamed window by window (:func:`gs.gradients.passes.gradient_window`
+samples, batched by token length inside it, in pool order) and scored against all S subtask
 directions at once, since the training features do not depend on the target. No float64 copy of a
 gradient block is made; only the scores are float64. With b the gradient batch, d the LoRA dimension,
 p the projection dimension (p = d without projection), T targets, S their subtasks in all (S = T
@@ -43,7 +44,8 @@ model and its activations:
   ``e d block``, block = :func:`gs.gradients.projection.basic_block_size`, LESS's 128 where it fits
   ``GPU_BLOCK_BYTES``, 19 bfloat16 columns at d = 109M) and the block cast to that dtype (``e b d``).
   On the CPU the first two terms are one.
-* host: ``4 b d`` (the block iter_gradients hands over) ``+ 8 n (C S + C T + S + T)`` (the per-subtask
+* host: ``4 w d`` (the window iter_gradients hands over, w = :func:`gs.gradients.passes.gradient_window`,
+  at most ``max(b, r)``) ``+ 4 b d`` (a batch on its way into it) ``+ 8 n (C S + C T + S + T)`` (the per-subtask
   scores and, at the end, the per-target ones, :func:`compute_influence`) and, for the CPU Rademacher
   projector, ``d p`` int8 + ``4 d 128`` (the kept matrix and its conversion buffer).
 
@@ -53,7 +55,9 @@ bfloat16 at paper scale; on the CPU in float32. As LESS buffers ``project_interv
 ``project`` call, the pool's update directions go to the projector ``gradients.projection_rows`` rows at a
 time (default 16; :func:`gs.gradients.projection.project_in_buffers`, a (rows, d) buffer in the
 projector's dtype on the device): TRAK's ``BasicProjector`` regenerates its d x p matrix on every call, so
-that cost is paid once a buffer. The validation gradients are projected batch by batch (a few hundred).
+that cost is paid once a buffer; the gradients come in windows of ``r`` rounded down to a multiple of b
+(:func:`gs.gradients.passes.gradient_window`), so a buffer holds one window. The validation gradients are
+projected window by window (one call a window; device: the ``(w, d)`` window cast to the projector's dtype).
 
 The pass costs n x C per-sample gradient computations: the "full gradient-based selection" reference
 whose cost ClusterUCB reduces.
@@ -71,7 +75,7 @@ import numpy as np
 import torch
 
 from gs.data.prepare import load_records
-from gs.gradients.passes import add_pass_arguments, normalise_rows
+from gs.gradients.passes import add_pass_arguments, gradient_window, normalise_rows
 from gs.gradients.projection import KINDS, Projector, project_in_buffers, projection_rows, projector_dtype
 from gs.io import InputError, atomic_path, parse_params, parse_target_specs, run_cli
 from gs.models.load import load_model, load_tokenizer
@@ -234,8 +238,9 @@ def target_directions(
             max_length=int(params["max_length"]),
             loss_on="response",
             progress=False,
+            window=gradient_window(params),
         ):
-            f = feats(g)
+            f = feats(g)  # one projector call per window
             groups = group_of[start : start + f.shape[0]]
             start += f.shape[0]
             for s in np.unique(groups).tolist():
@@ -261,23 +266,33 @@ def preconditioned_gradients(
     where: str,
     progress: bool = True,
 ) -> Iterator[tuple[list[str], torch.Tensor]]:
-    """LESS's Adam update directions of ``records`` at one checkpoint, batch by batch: ``(ids, (b, d))`` on
+    """LESS's Adam update directions of ``records`` at one checkpoint, in input order: ``(ids, (b, d))`` on
     the moments' device (:func:`gs.selection.less.adam_precondition` of the per-sample gradients of the
-    answer tokens, ``params``' batch size and length). ``where`` names the checkpoint in errors."""
+    answer tokens, ``params``' batch size and length). ``where`` names the checkpoint in errors.
+
+    The gradients come a window at a time (:func:`gs.gradients.passes.gradient_window` records, batched by
+    length inside it, on the host); each window is preconditioned and yielded in consecutive chunks of
+    ``batch_size`` rows, so the device holds one chunk's direction and temporary at a time, and a
+    projection buffer of ``gradients.projection_rows`` rows (:meth:`ProjectedFeatures.in_buffers`) gathers
+    one whole window per projector call."""
     from gs.gradients.per_sample import iter_gradients
 
-    for batch_ids, grads in iter_gradients(
+    batch_size = int(params["batch_size"])
+    for window_ids, grads in iter_gradients(
         model,
         tok,
         records,
-        batch_size=int(params["batch_size"]),
+        batch_size=batch_size,
         max_length=int(params["max_length"]),
         loss_on="response",  # LESS: the loss on the answer tokens
         progress=progress,
+        window=gradient_window(params),
     ):
         if m.shape[0] != grads.shape[1]:
             raise InputError(f"{where}: Adam moments have d={m.shape[0]}, the LoRA gradients d={grads.shape[1]}")
-        yield batch_ids, adam_precondition(grads.to(m.device), m, v)
+        for start in range(0, grads.shape[0], batch_size):
+            chunk = grads[start : start + batch_size]
+            yield window_ids[start : start + batch_size], adam_precondition(chunk.to(m.device), m, v)
 
 
 def target_scores(subtask_scores: np.ndarray, owner: np.ndarray, n_targets: int) -> np.ndarray:

@@ -7,8 +7,10 @@ the checkpoint's optimizer state, projected with the TRAK Rademacher projector, 
 an ``influence_fn`` for :func:`gs.selection.bandit.cluster_ucb` that runs the model on the requested samples only
 and counts every per-sample gradient it computes, so a run's cost is measured, not asserted.
 
-The pipeline is :mod:`gs.selection.influence`'s (same tokenisation, :func:`gs.gradients.per_sample.iter_gradients`,
-:func:`gs.selection.less.adam_precondition` with the checkpoint's moments, the same seeded projector, unit rows,
+The pipeline is :mod:`gs.selection.influence`'s (same tokenisation,
+:func:`gs.selection.influence.preconditioned_gradients`: windows of gradients batched by length,
+:func:`gs.selection.less.adam_precondition` with the checkpoint's moments, the same seeded projector a
+window a call, unit rows,
 the mean of the target's normalised validation directions, checkpoint weights from the mean learning
 rates, one direction per subtask of the target, the checkpoint-weighted sum per subtask, then the max
 over subtasks: LESS ``less/data_selection/matching.py`` :75-79, as ClusterUCB's ``matching``,
@@ -126,8 +128,8 @@ class OnDemandInfluence:
     def __call__(self, indices: np.ndarray) -> np.ndarray:
         """Influences of pool samples ``indices`` (k,), float64, computing k gradients per checkpoint:
         per subtask the checkpoint-weighted sum, then the max over the subtasks (LESS's order)."""
-        from gs.gradients.per_sample import iter_gradients
-        from gs.selection.less import adam_precondition
+        from gs.gradients.projection import projection_rows
+        from gs.selection.influence import preconditioned_gradients
 
         idx = index_array(indices, "indices", len(self.pool))
         total = np.zeros((self.n_subtasks, idx.size))
@@ -138,23 +140,16 @@ class OnDemandInfluence:
             st = self.state[c]
             self._set_adapter(st["adapter"])
             scores, start = np.zeros((self.n_subtasks, idx.size)), 0
-            for _, grads in iter_gradients(
-                self.model,
-                self.tok,
-                [self.pool[i] for i in idx.tolist()],
-                batch_size=int(self.params["batch_size"]),
-                max_length=int(self.params["max_length"]),
-                loss_on="response",
-                progress=False,
-            ):
-                if st["m"].shape[0] != grads.shape[1]:
-                    raise InputError(
-                        f"{st['dir']}: Adam moments have d={st['m'].shape[0]}, gradients d={grads.shape[1]}"
-                    )
-                x = self.feats(adam_precondition(grads.to(self.device), st["m"], st["v"]))
+            # As the full pass: windows of gradients batched by length (gs.gradients.passes.gradient_window),
+            # Adam directions a batch at a time, one projector call per window (the buffer holds a window).
+            drawn = [self.pool[i] for i in idx.tolist()]
+            directions = preconditioned_gradients(
+                self.model, self.tok, drawn, self.params, st["m"], st["v"], str(st["dir"]), progress=False
+            )
+            for _, x in self.feats.in_buffers(directions, projection_rows(self.params)):  # (b, p) unit rows
                 block = (x @ st["direction"].T).double().cpu().numpy()  # (b, S_t), as the full pass
-                scores[:, start : start + grads.shape[0]] = block.T
-                start += grads.shape[0]
+                scores[:, start : start + x.shape[0]] = block.T
+                start += x.shape[0]
             self.gradient_computations += idx.size
             total += w * scores
         return total.max(axis=0)

@@ -275,7 +275,8 @@ def test_open_kept_gradients_resume_checks(tmp_path):
 
 @pytest.mark.slow  # two CLI subprocesses: ~30 s each on a loaded 2-core machine
 def test_killed_extraction_resumes_its_kept_gradients(tiny_model_dir, tmp_path):
-    """SIGKILL after batch 3 (checkpoint after batch 2), rerun: gradients.npy equals the stacked gradients."""
+    """SIGKILL at the window end after batch 3 (checkpoint after batch 2), rerun: gradients.npy equals the
+    stacked gradients."""
     import os
     import subprocess
     import sys
@@ -287,7 +288,8 @@ def test_killed_extraction_resumes_its_kept_gradients(tiny_model_dir, tmp_path):
     train = tmp_path / "train.jsonl"
     write_jsonl(train, RECORDS)
     run_warmup(str(tiny_model_dir), str(train), PARAMS["warmup"], 0, str(tmp_path / "warmup"))
-    params = {**PARAMS, "batch_size": 2, "checkpoint_every": 2, "keep_gradients": True}
+    # windows of 2 batches (projection_rows 4): the checkpoint after window 1, the kill at window 2's end
+    params = {**PARAMS, "batch_size": 2, "checkpoint_every": 2, "projection_rows": 4, "keep_gradients": True}
     out = tmp_path / "killed"
 
     def extract(die_after: int | None) -> subprocess.CompletedProcess:

@@ -151,6 +151,64 @@ def test_coherence_pass_equals_the_pairwise_mean_onstacked_gradients(stage, tiny
         assert direct["per_cluster"][c] == pytest.approx((cos.sum() - n) / (n * (n - 1)), abs=1e-9)
 
 
+def test_windows_give_the_features_and_coherence_sums_of_consecutive_batches(stage, tiny_model_dir):
+    """projection_rows 2 with batch 2 (windows of one batch, the consecutive batches of before) against 8
+    (one window of the 8 records, batched by length): every array of features.npz, the SVD components and
+    the coherence sums agree (the SVD sees the same 4 batches of 2 in the same order; at rank 2 the
+    truncated result depends on that order)."""
+    from gs.data.prompting import encode_example
+    from gs.gradients.per_sample import length_batches
+    from gs.models.load import load_tokenizer
+
+    tmp, _ = stage
+    # The fixture's records come in length order; long and short alternate here, so windows re-batch them.
+    pool = [RECORDS[i] for i in (7, 0, 5, 1, 4, 2, 6, 3)]
+    train = tmp / "train_shuffled.jsonl"
+    write_jsonl(train, pool)
+    tok = load_tokenizer(str(tiny_model_dir))
+    lengths = [len(encode_example(tok, r, 48, "response")["input_ids"]) for r in pool]
+    assert [b.tolist() for b in length_batches(lengths, 2, 8)] != [[0, 1], [2, 3], [4, 5], [6, 7]]  # re-batched
+    cdir = tmp / "clusters" / "windows"
+    cdir.mkdir(parents=True)
+    labels = [0, 1, 0, 1, 1, 2, 2, 0]
+    pd.DataFrame({"id": [r["id"] for r in pool], "cluster": labels}).to_csv(cdir / "assignments.csv", index=False)
+    got = {}
+    for rows in (2, 8):
+        params = {**PARAMS, "batch_size": 2, "projection_rows": rows, "svd": {"method": "brand", "rank": 2}}
+        out = tmp / f"windows_{rows}"
+        extract_features(str(tiny_model_dir), str(tmp / "warmup"), str(train), params, 0, str(out))
+        sums = cluster_gradient_sums(str(tiny_model_dir), str(tmp / "warmup"), str(train), [str(cdir)], params, 0)
+        got[rows] = (_features(out), np.load(out / "svd_components.npy"), sums["windows"])
+    (a, comps_a, sums_a), (b, comps_b, sums_b) = got[2], got[8]
+    assert sorted(a) == sorted(b)
+    assert a["ids"].tolist() == b["ids"].tolist() == [r["id"] for r in pool]
+    for key in sorted(a):
+        if a[key].dtype.kind == "f":
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-5, err_msg=key)
+        else:
+            assert np.array_equal(a[key], b[key]), key
+    np.testing.assert_allclose(comps_a, comps_b, atol=1e-5)
+    assert np.array_equal(sums_a["counts"], sums_b["counts"])
+    np.testing.assert_allclose(sums_a["sums"].numpy(), sums_b["sums"].numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(sums_a["sq_norms"], sums_b["sq_norms"], rtol=1e-6)
+
+
+@pytest.mark.parametrize(("rows", "saved"), [(2, [1, 2, 3]), (3, [1, 2, 3]), (4, [2]), (6, [3])])
+def test_checkpoints_fall_on_window_ends(stage, tiny_model_dir, monkeypatch, rows, saved):
+    """checkpoint_every 1, batch 2 (4 batches): a state after every batch with windows of one batch (as
+    before windows; projection_rows 3 rounds down to 2), else after each window but the last (windows
+    of 2 batches; of 3 then 1 with projection_rows 6)."""
+    import gs.gradients.extraction as extraction
+
+    tmp, train = stage
+    states = []
+    monkeypatch.setattr(extraction, "_save_state", lambda path, payload: states.append(payload))
+    params = {**PARAMS, "batch_size": 2, "checkpoint_every": 1, "projection_rows": rows}
+    extract_features(str(tiny_model_dir), str(tmp / "warmup"), str(train), params, 0, str(tmp / f"every_{rows}"))
+    assert [s["batches"] for s in states] == saved
+    assert [len(s["ids"]) for s in states] == [2 * n for n in saved]
+
+
 def test_bad_inputs(stage, tiny_model_dir):
     tmp, train = stage
     with pytest.raises(InputError, match="warm-up fraction"):
@@ -165,7 +223,8 @@ def test_bad_inputs(stage, tiny_model_dir):
         extract_features(str(tiny_model_dir), str(tmp / "warmup"), str(empty_answer), PARAMS, 0, str(tmp / "bad2"))
 
 
-RESUME_PARAMS = {**PARAMS, "batch_size": 2, "checkpoint_every": 2}  # 4 batches, a checkpoint after batch 2
+# 4 batches in windows of 2 (projection_rows 4), a checkpoint after window 1 (batch 2).
+RESUME_PARAMS = {**PARAMS, "batch_size": 2, "checkpoint_every": 2, "projection_rows": 4}
 
 
 def _extract_cli(tiny_model_dir, warmup, train, out, *, die_after: int | None = None) -> subprocess.CompletedProcess:
@@ -193,7 +252,8 @@ def _features(out: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow  # two CLI subprocesses: ~30 s each on a loaded 2-core machine
 def test_killed_extraction_resumes_with_the_same_features(stage, tiny_model_dir, capsys):
-    """SIGKILL after batch 3 (checkpoint after batch 2), rerun: the result equals an uninterrupted run."""
+    """SIGKILL at the window end after batch 3 (batch 4; checkpoint after batch 2, window 1), rerun: the
+    result equals an uninterrupted run (windows of 2 batches: the resumed run forms the same windows)."""
     tmp, train = stage
     warmup = tmp / "warmup"
     killed = tmp / "killed"
@@ -201,7 +261,7 @@ def test_killed_extraction_resumes_with_the_same_features(stage, tiny_model_dir,
     assert run.returncode == -9, run.stderr[-2000:]
     state = killed / ".extract_state" / "state.pt"
     assert state.is_file() and not (killed / "features.npz").exists()
-    assert torch.load(state, weights_only=True)["batches"] == 2  # batch 3's work was lost with the process
+    assert torch.load(state, weights_only=True)["batches"] == 2  # window 2's work was lost with the process
     stale = tmp / "stale"
     shutil.copytree(killed / ".extract_state", stale / ".extract_state")
 

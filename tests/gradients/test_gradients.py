@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from gs.data.prompting import IGNORE_INDEX, collate, encode_example
 from gs.gradients.per_sample import (
     iter_gradients,
+    length_batches,
     lora_parameters,
     per_sample_lora_gradients,
     per_sample_lora_gradients_loop,
@@ -189,6 +191,123 @@ def test_iter_gradients_order_and_progress(lora_model, tokenizer, capsys):
     assert "per-sample gradients" in capsys.readouterr().err
     with pytest.raises(InputError, match="batch_size"):
         next(iter_gradients(lora_model, tokenizer, RECORDS, batch_size=0, max_length=MAX_LENGTH))
+
+
+def test_length_batches_by_hand():
+    lengths = [5, 3, 3, 9, 1, 2, 7, 4, 8, 6]
+    # Windows [0..3], [4..7], [8, 9]; inside each a stable sort by length (the two 3s keep their order),
+    # cut into batches of 2, each batch's positions listed in ascending order.
+    # Window 0: lengths 5 3 3 9 -> order 1 2 0 3 -> [1, 2], [0, 3]
+    # Window 1: lengths 1 2 7 4 -> order 4 5 7 6 -> [4, 5], [6, 7]
+    # Window 2: lengths 8 6     -> order 9 8     -> [8, 9]
+    got = length_batches(lengths, 2, 4)
+    assert [b.tolist() for b in got] == [[1, 2], [0, 3], [4, 5], [6, 7], [8, 9]]
+    assert all(b.dtype == np.int64 for b in got)
+    # One window over all: 4(1) 5(2) 1(3) 2(3) 7(4) 0(5) 9(6) 6(7) 8(8) 3(9), batches of 3.
+    assert [b.tolist() for b in length_batches(lengths, 3, 12)] == [[1, 4, 5], [0, 2, 7], [6, 8, 9], [3]]
+    # window == batch_size: today's consecutive batches, whatever the lengths.
+    assert [b.tolist() for b in length_batches(lengths, 3, 3)] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    assert length_batches([], 2, 4) == []
+    for window in (3, 0, -2, 2.0, True):
+        with pytest.raises(InputError, match="window must be a positive multiple of batch_size=2"):
+            length_batches(lengths, 2, window)
+    with pytest.raises(InputError, match="batch_size"):
+        length_batches(lengths, 0, 4)
+
+
+# Short and long records alternate, so consecutive batches of 2 pad each short one to a long one.
+VARIED = [
+    RECORDS[0],
+    RECORDS[1],
+    RECORDS[4],
+    RECORDS[3],
+    {"id": "f", "domain": "qa", "instruction": "Yes or no?", "input": "", "output": "Yes."},
+    {
+        "id": "g",
+        "domain": "writing",
+        "instruction": "Write two sentences about a lighthouse keeper and the winter storms.",
+        "input": "",
+        "output": "The keeper climbed the stairs each night to light the lamp. "
+        "All winter the storms beat against the tower, and still it shone.",
+    },
+    {"id": "h", "domain": "qa", "instruction": "Capital of France?", "input": "", "output": "Paris."},
+    {
+        "id": "i",
+        "domain": "math",
+        "instruction": "Explain step by step how to multiply 23 by 47 by hand.",
+        "input": "",
+        "output": "23 times 40 is 920 and 23 times 7 is 161, so 23 times 47 is 920 + 161 = 1081.",
+    },
+    RECORDS[2],
+    {"id": "j", "domain": "qa", "instruction": "Two plus two?", "input": "", "output": "Four."},
+]
+
+
+def padded_tokens(lengths: list[int], batches: list[np.ndarray]) -> int:
+    """Tokens the batches run, padding included: each batch's longest length times its size."""
+    return sum(max(lengths[i] for i in b.tolist()) * len(b) for b in batches)
+
+
+def test_windows_cut_padding_by_a_count_made_by_hand(tokenizer):
+    lengths = [len(encode_example(tokenizer, r, MAX_LENGTH, "response")["input_ids"]) for r in VARIED]
+    assert lengths == [37, 78, 37, 64, 37, 69, 37, 96, 41, 37]  # the tokenizer's counts (record "i" cut at 96)
+    # Consecutive pairs: 2 x (78 + 64 + 69 + 96 + 41) = 696 tokens.
+    assert padded_tokens(lengths, length_batches(lengths, 2, 2)) == 696
+    # Window 8 sorts positions 0..7 to 0 2 4 6 (37 each), 3 (64), 5 (69), 1 (78), 7 (96): pairs of widths
+    # 37, 37, 69, 96; the last window is [8, 9] at 41: 2 x (37 + 37 + 69 + 96 + 41) = 560 tokens.
+    batches = length_batches(lengths, 2, 8)
+    assert [b.tolist() for b in batches] == [[0, 2], [4, 6], [3, 5], [1, 7], [8, 9]]
+    assert padded_tokens(lengths, batches) == 560
+
+
+def test_iter_gradients_in_windows_equals_consecutive_batches(lora_model, tokenizer, capsys):
+    """window=8, batch 2 on records of very different lengths: the same rows, ids in input order, one yield
+    per window; the progress bar still counts samples."""
+
+    def run(**kw):
+        return list(iter_gradients(lora_model, tokenizer, VARIED, batch_size=2, max_length=MAX_LENGTH, **kw))
+
+    plain = run(progress=False)
+    windowed = run(progress=True, window=8)
+    assert "10/10" in capsys.readouterr().err
+    assert [len(ids) for ids, _ in plain] == [2, 2, 2, 2, 2]
+    assert [len(ids) for ids, _ in windowed] == [8, 2]
+    assert [i for ids, _ in windowed for i in ids] == [r["id"] for r in VARIED]
+    assert all(g.dtype == torch.float32 and g.device.type == "cpu" for _, g in windowed)
+    ref = torch.cat([g for _, g in plain])
+    got = torch.cat([g for _, g in windowed])
+    assert got.shape == ref.shape
+    assert torch.allclose(got, ref, atol=1e-6, rtol=1e-5)
+    on_device = list(
+        iter_gradients(
+            lora_model, tokenizer, VARIED, batch_size=2, max_length=MAX_LENGTH, progress=False, window=8, on_device=True
+        )
+    )
+    assert torch.equal(torch.cat([g.cpu() for _, g in on_device]), got)
+    assert all(g.device == next(lora_model.parameters()).device for _, g in on_device)
+    with pytest.raises(InputError, match="window must be a positive multiple of batch_size=2"):
+        next(iter_gradients(lora_model, tokenizer, VARIED, batch_size=2, max_length=MAX_LENGTH, window=3))
+
+
+def test_windowed_error_names_the_record_of_the_sorted_batch(lora_model, tokenizer):
+    """Batch positions map back to record ids through the length sort: window 4 over lengths 37 78 41 64
+    batches [a, c] and [b, d], so batch position 1 of the first batch is record 'c'."""
+
+    def poison(module, inputs, output):
+        output = output.clone()
+        output[1, 0, 0] = float("nan")
+        return output
+
+    handle = lora_model.get_input_embeddings().register_forward_hook(poison)
+    try:
+        with pytest.raises(InputError, match=r"non-finite.*record id\(s\) 'c'\)"):
+            list(
+                iter_gradients(
+                    lora_model, tokenizer, RECORDS[:4], batch_size=2, max_length=MAX_LENGTH, progress=False, window=4
+                )
+            )
+    finally:
+        handle.remove()
 
 
 def test_attach_lora_is_seeded_and_load_roundtrip(tiny_model_dir, tokenizer, tmp_path):

@@ -387,3 +387,28 @@ def test_on_demand_subtask_max_equals_the_full_pass(tiny_model_dir, warmup, cove
         OnDemandInfluence(
             str(tiny_model_dir), str(warmup), POOL, SUB_VALIDATION, GRAD_PARAMS, seed=0, known={0: np.zeros(8)}
         )
+
+
+def test_on_demand_draws_in_windows_equal_consecutive_batches_and_the_full_pass(tiny_model_dir, warmup, monkeypatch):
+    """ClusterUCB's draws with projection_rows 4 and batch 4 (windows of one batch, as before windows) and with
+    16 (the 8 drawn samples in one window, batched by token length, projected in one call): the same scores,
+    in the order drawn, equal to the full pass's (which runs in the same windows)."""
+    from gs.gradients.projection import Projector
+    from gs.selection.influence import compute_influence
+    from gs.selection.on_demand import OnDemandInfluence
+
+    calls = []
+    project = Projector.project
+    monkeypatch.setattr(Projector, "project", lambda self, g: calls.append(g.shape[0]) or project(self, g))
+    idx = np.array([6, 0, 3, 1, 5, 2, 7, 4])  # token lengths 50 39 41 44 42 50 44 42 at max_length 64
+    got = {}
+    for rows in (4, 16):
+        params = {**GRAD_PARAMS, "batch_size": 4, "max_length": 64, "projection_rows": rows}
+        params["influence"] = {"projection_dim": 32}
+        fn = OnDemandInfluence(str(tiny_model_dir), str(warmup), POOL, VALIDATION, params, seed=0)
+        calls.clear()
+        got[rows] = fn(idx)
+        assert calls == ([4, 4] if rows == 4 else [8]) * len(LRS)  # one call a window, per checkpoint
+        full = compute_influence(str(tiny_model_dir), str(warmup), POOL, {"math": VALIDATION}, params, seed=0)
+        np.testing.assert_allclose(got[rows], full["scores"][0][idx], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got[16], got[4], rtol=1e-5, atol=1e-6)

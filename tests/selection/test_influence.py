@@ -275,3 +275,38 @@ def test_subtask_max_streamed_equals_the_offline_less_function(tiny_model_dir, w
 def test_subtask_errors_are_one_line(tiny_model_dir, warmup, records, message):
     with pytest.raises(InputError, match=message):
         compute_influence(str(tiny_model_dir), str(warmup), POOL, {"math": records}, _params(), seed=0)
+
+
+@pytest.mark.parametrize("projection_dim", [None, 64])
+def test_windows_give_the_influence_of_consecutive_batches(
+    tiny_model_dir, warmup, tokenizer, monkeypatch, projection_dim
+):
+    """projection_rows 4 with batch 4 (windows of one batch, as before windows) against 16 (one window of the
+    5 pool records, batched by token length): every array of the output agrees, ids in pool order, and the
+    projector is called once a window (per checkpoint: each target's validation set, then the pool)."""
+    from gs.gradients.per_sample import length_batches
+    from gs.gradients.projection import Projector
+
+    # max_length 64: at the module's 40 the pool is cut to near one length and windows would change nothing.
+    lengths = [len(encode_example(tokenizer, r, 64, "response")["input_ids"]) for r in POOL]
+    assert [b.tolist() for b in length_batches(lengths, 4, 16)] == [[0, 1, 3, 4], [2]]  # not [0..3], [4]
+
+    calls = []
+    project = Projector.project
+    monkeypatch.setattr(Projector, "project", lambda self, g: calls.append(g.shape[0]) or project(self, g))
+    got = {}
+    for rows in (4, 16):
+        params = {**_params(projection_dim), "batch_size": 4, "max_length": 64, "projection_rows": rows}
+        calls.clear()
+        got[rows] = compute_influence(str(tiny_model_dir), str(warmup), POOL, SUB_TARGETS, params, seed=0)
+        if projection_dim is not None:
+            # math: 3 validation records, writing: 3; the pool: 4 + 1 rows a buffer, or all 5 in one window.
+            assert calls == ([3, 3, 4, 1] if rows == 4 else [3, 3, 5]) * len(LRS)
+    a, b = got[4], got[16]
+    assert sorted(a) == sorted(b)
+    assert a["ids"].tolist() == b["ids"].tolist() == [r["id"] for r in POOL]
+    for key in sorted(a):
+        if a[key].dtype.kind == "f":
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        else:
+            assert np.array_equal(a[key], b[key]), key
