@@ -14,11 +14,14 @@
 set -euo pipefail
 
 cuda=$(python -c "import torch; print(torch.version.cuda or '')")
-if [ -z "$cuda" ] || ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  echo "build_fast_jl: needs a CUDA build of torch and a visible GPU (torch.version.cuda='$cuda')" >&2
+gpu=$(python -c "import torch; print(1 if torch.cuda.is_available() else '')")
+if [ -z "$cuda" ] || { [ -z "$gpu" ] && [ -z "${GS_CUDA_ARCH:-}" ]; }; then
+  echo "build_fast_jl: needs a CUDA build of torch and a visible GPU, or GS_CUDA_ARCH (e.g. 9.0 for an H100) to" \
+    "build for the jobs' GPUs without one (torch.version.cuda='$cuda')" >&2
   exit 2
 fi
-arch=$(python -c "import torch; m, n = torch.cuda.get_device_capability(); print(f'{m}.{n}')")
+# GS_CUDA_ARCH: the compute capability of the GPUs the jobs get (a login node sees none); else the visible GPU's.
+arch=${GS_CUDA_ARCH:-$(python -c "import torch; m, n = torch.cuda.get_device_capability(); print(f'{m}.{n}')")}
 major=${cuda%%.*}
 
 # nvcc, its crt headers and nvvm's cicc, at torch's CUDA major version.
@@ -37,6 +40,10 @@ grep -q "\"${arch}\"" "$work/fast_jl-0.1.3/setup.py"
 pip install --no-deps --no-build-isolation "$work/fast_jl-0.1.3"
 
 # The check LESS's get_trak_projector makes (one projection on the device); gs uses the same.
+if [ -z "$gpu" ]; then
+  echo "fast_jl: built for compute capability $arch; not run here (no GPU): the plan checks it on a GPU"
+  exit 0
+fi
 python - <<'PY'
 import torch
 

@@ -1,13 +1,17 @@
-# The resource plan, the DAG's first rule: predicted device/host memory and time of every stage
-# against the resources the profile gives it (gs.plan); it fails with one line when one cannot fit.
+# The resource plan: predicted device/host memory and time of every stage against the resources the profile
+# gives it (gs.plan); it fails with one line when one cannot fit.
 PLAN_CONFIGFILE = (
     [str(f) for f in workflow.overwrite_configfiles] or ["config/config.yaml"]
 )[-1]
 
 
+# It reads the prepared pool's token lengths (its model's tokenizer), so it runs after the data rules and
+# prepare_model, before any rule that runs the model.
 rule plan:
     input:
-        PLAN_CONFIGFILE,
+        config=PLAN_CONFIGFILE,
+        pool="results/data/pool/train.jsonl",
+        model=model_dir(),
     output:
         csv="results/plan/plan.csv",
         md="results/plan/plan.md",
@@ -20,5 +24,5 @@ rule plan:
     conda:
         "../envs/torch.yaml"
     shell:
-        "python -m gs.plan --configfile {input} --out-csv {output.csv} --out-md {output.md}"
-        " --out-dtype {output.dtype} > {log} 2>&1"
+        "python -m gs.plan --configfile {input.config} --pool {input.pool} --model-dir {input.model}"
+        " --out-csv {output.csv} --out-md {output.md} --out-dtype {output.dtype} > {log} 2>&1"

@@ -35,6 +35,16 @@ from gs.gradients.passes import (
 from gs.io import InputError, atomic_path, parse_params, run_cli, write_json
 from gs.models.lora import seed_everything
 
+SUMS_ON = ("host", "device")
+
+
+def coherence_sums_on(params: dict[str, Any]) -> str:
+    """``gradients.coherence_sums`` of a ``gradients`` section: where the cluster sums are accumulated."""
+    where = str(params.get("coherence_sums", "host"))
+    if where not in SUMS_ON:
+        raise InputError(f"gradients.coherence_sums: expected one of {', '.join(SUMS_ON)}, got {where!r}")
+    return where
+
 
 def cluster_gradient_sums(
     model_dir: str,
@@ -53,11 +63,14 @@ def cluster_gradient_sums(
     Returns ``{method: {"sums": (k, d) tensor, "counts": (k,) int64, "sq_norms": (k,) float64}}``:
     ``sq_norms`` the squared norms ``||S_c||^2`` (all that :func:`gs.cluster.quality.coherence_from_sums`
     needs). Methods are named by their folder (``results/clusters/<method>``), which holds
-    ``assignments.csv``. The sums live on the host in float64 whatever the model's device (each
+    ``assignments.csv``. ``gradients.coherence_sums: device`` accumulates them in float32 where the gradients
+    are (on a GPU: ``sum_m k_m d`` float32 words beside the step, and no host traffic; a sum of at most a
+    shard's unit rows in float32 is off by ~sqrt(n) x 6e-8 relative), then hands them over in float64.
+    Otherwise (``host``, the default) the sums live on the host in float64 whatever the model's device (each
     window of gradients, :func:`gs.gradients.passes.gradient_window` samples, is normalised where the
-    gradients are and copied to the host once, then added to every method's sums): ``sum_m k_m * d``
-    float64 words, e.g. 12 clusters x 109M x 8 B = 10.5 GB per method at paper scale, which on a GPU
-    would sit beside the gradient step (7 methods: 84 GiB > 80 GB).
+    gradients are and copied to the host a batch at a time in float64, each batch added to every method's
+    sums): ``sum_m k_m * d`` float64 words, e.g. 12 clusters x 109M x 8 B = 10.5 GB per method at paper
+    scale, which on a GPU would sit beside the gradient step (7 methods: 84 GiB > 80 GB).
     """
 
     seed_everything(seed)
@@ -70,21 +83,34 @@ def cluster_gradient_sums(
         labels[Path(d).name] = dict(zip(frame["id"], frame["cluster"], strict=True))
     model, tok = gradient_model(model_dir, warmup_dir)
     _, on_device = state_device(model, params)
+    on_gradients = coherence_sums_on(params) == "device"
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, np.ndarray] = {}
-    for batch_ids, grads in pool_gradients(model, tok, records, params, on_device=on_device):
-        feats = normalise_rows(grads, inplace=True).to(device="cpu", dtype=torch.float64)  # (w, d), one host copy
-        for method, lab in labels.items():
-            try:
-                idx = torch.tensor([lab[i] for i in batch_ids])
-            except KeyError as e:
-                raise InputError(f"{method}: sample {e.args[0]!r} has no cluster assignment") from None
-            k = max(lab.values()) + 1
-            if method not in sums:
-                sums[method] = torch.zeros(k, feats.shape[1], dtype=torch.float64)
-                counts[method] = np.zeros(k, dtype=np.int64)
-            sums[method].index_add_(0, idx, feats)
-            np.add.at(counts[method], idx.numpy(), 1)
+    batch = int(params["batch_size"])
+    for window_ids, grads in pool_gradients(model, tok, records, params, on_device=on_device):
+        normalise_rows(grads, inplace=True)
+        # "host": one batch of the window at a time in float64 on the host (a whole (w, d) float64 window would
+        # be 8 w d bytes beside the sums); "device": the float32 window itself, where it is.
+        step = len(window_ids) if on_gradients else batch
+        for start in range(0, len(window_ids), step):
+            batch_ids = window_ids[start : start + step]
+            rows = grads[start : start + step]
+            feats = rows if on_gradients else rows.to(device="cpu", dtype=torch.float64)  # (b, d)
+            for method, lab in labels.items():
+                try:
+                    idx = torch.tensor([lab[i] for i in batch_ids])
+                except KeyError as e:
+                    raise InputError(f"{method}: sample {e.args[0]!r} has no cluster assignment") from None
+                k = max(lab.values()) + 1
+                if method not in sums:
+                    sums[method] = torch.zeros(k, feats.shape[1], dtype=feats.dtype, device=feats.device)
+                    counts[method] = np.zeros(k, dtype=np.int64)
+                sums[method].index_add_(0, idx.to(feats.device), feats)
+                np.add.at(counts[method], idx.numpy(), 1)
+    if on_gradients:  # one method at a time to the host in float64 (the device copy freed first)
+        for m in list(sums):
+            on_host = sums[m].to(device="cpu", dtype=torch.float64)
+            sums[m] = on_host
     return {
         m: {
             "sums": sums[m],

@@ -74,6 +74,10 @@ class TrainSpec:
     loss_on: str = "response"
     max_steps: int | None = None
     gradient_checkpointing: bool = False
+    # Each epoch's order as transformers' Trainer(group_by_length=True) makes it (LengthGroupedSampler): a seeded
+    # permutation cut into mega-batches of 50 optimiser steps, each sorted by length, so a micro-batch pads to
+    # similar lengths; False: a plain seeded permutation.
+    group_by_length: bool = False
     # Steps after which train_lora(checkpoints=True) also saves step-<s>/ (ClusterUCB clusters at a
     # step-20 checkpoint: ZigeW/ClusterUCB train/scripts/warmup_train.sh --save_strategy steps --save_steps 20).
     save_steps: list[int] = field(default_factory=list)
@@ -82,6 +86,17 @@ class TrainSpec:
     def from_config(cls, cfg: dict[str, Any]) -> TrainSpec:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in cfg.items() if k in known})
+
+
+def epoch_order(lengths: list[int], step_samples: int, generator: torch.Generator, by_length: bool) -> list[int]:
+    """One epoch's sample order: ``torch.randperm`` of ``len(lengths)`` from ``generator``, or with ``by_length``
+    transformers' ``get_length_grouped_indices`` (what ``Trainer(group_by_length=True)`` samples with, its batch
+    the optimiser step's ``step_samples``), which draws the same permutation and sorts it within mega-batches."""
+    if not by_length:
+        return torch.randperm(len(lengths), generator=generator).tolist()
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    return [int(i) for i in get_length_grouped_indices(lengths, step_samples, generator=generator)]
 
 
 def seed_everything(seed: int) -> None:
@@ -255,7 +270,7 @@ def train_lora(
         bar = tqdm(total=total, desc=desc, mininterval=2.0)
         epoch = 0
         while step < total:
-            order = torch.randperm(len(encoded), generator=generator).tolist()
+            order = epoch_order([len(e["input_ids"]) for e in encoded], step_samples, generator, train.group_by_length)
             for start in range(0, len(order), step_samples):
                 if step >= total:
                     break

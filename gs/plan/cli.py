@@ -10,12 +10,13 @@ from typing import Any
 
 import pandas as pd
 
-from gs.io import InputError, atomic_path, markdown_table, read_config_file, take_own_sections
+from gs.io import InputError, atomic_path, markdown_table, read_config_file, studies, take_own_sections
 from gs.models.dtype import CpuDtypeChoice, write_choice
 from gs.models.dtype import choose as choose_cpu_dtype
 from gs.plan import devices
 from gs.plan.arch import model_config
 from gs.plan.host import cached_baselines
+from gs.plan.lengths import PoolLengths, pool_lengths
 from gs.plan.report import Row, predict, table
 from gs.plan.resources import RuleResources, read_profile, rule_resources, workflow_resources
 from gs.plan.stages import MODEL_IMPORTS, Planner, Stage
@@ -61,15 +62,35 @@ def gpu_hours(records: list[dict[str, Any]]) -> float:
     """GPU-hours of the whole DAG: per row that holds a GPU (a device peak, or a GPU in its resources) its
     jobs (``jobs``, space-separated) x its ``gpu_time_h`` (a sharded stage's row is its largest shard, so the
     sum is an upper bound there). Host-only rows (their time is host work) hold no GPU and are left out."""
-    return sum(
-        len(str(r.get("jobs") or "").split()) * float(r["gpu_time_h"] or 0)
-        for r in records
-        if float(r.get("device_peak_gib") or 0) > 0 or float(r.get("gpu") or 0) >= 1
-    )
+    return sum(len(str(r.get("jobs") or "").split()) * float(r["gpu_time_h"] or 0) for r in records if _holds_gpu(r))
+
+
+def _holds_gpu(r: dict[str, Any]) -> bool:
+    return float(r.get("device_peak_gib") or 0) > 0 or float(r.get("gpu") or 0) >= 1
+
+
+def floor_hours(records: list[dict[str, Any]]) -> float:
+    """GPU-hours of the whole DAG's floor (:func:`gs.plan.report.predict`): per row that holds a GPU, its
+    jobs x its ``floor_gpu_h``, where the part every job of a row repeats (``floor_shared_gpu_h``: the
+    validation gradients each influence shard recomputes) counts once."""
+    total = 0.0
+    for r in records:
+        if _holds_gpu(r):
+            jobs, shared = len(str(r.get("jobs") or "").split()), float(r.get("floor_shared_gpu_h") or 0)
+            total += jobs * (float(r.get("floor_gpu_h") or 0) - shared) + (shared if jobs else 0)
+    return total
+
+
+def gpu_hours_line(records: list[dict[str, Any]]) -> str:
+    """``gpu_hours planned=<X> floor=<Y> ratio=<X/Y>`` of the whole DAG."""
+    planned, floor = gpu_hours(records), floor_hours(records)
+    ratio = f"{planned / floor:.2f}" if floor > 0 else "n/a"
+    return f"gpu_hours planned={planned:.2f} floor={floor:.2f} ratio={ratio}"
 
 
 def _markdown(records: list[dict[str, Any]], gpu: devices.Gpu, run_on: str, notes: list[str]) -> str:
-    cols = ["stage", "rule", "device_peak_gib", "host_peak_gib", "gpu_time_h", "cpu_time_h"]
+    cols = ["stage", "rule", "device_peak_gib", "host_peak_gib", "gpu_time_h", "floor_gpu_h", "planned_over_floor"]
+    cols += ["cpu_time_h"]
     cols += ["mem_mb", "runtime_min", "gpu", "fits", "problems"]
     lines = [
         f"Resource plan: device memory and time on one {gpu.name} ({gpu.source}); jobs run on: {run_on}.",
@@ -78,7 +99,7 @@ def _markdown(records: list[dict[str, Any]], gpu: devices.Gpu, run_on: str, note
     ]
     stage_notes = [f"{r['stage']}: {r['note']}." for r in records if r.get("note")]
     total = f"gpu_hours total={gpu_hours(records):.2f}"
-    return "\n".join(lines + [""] + stage_notes + notes + ["", total]) + "\n"
+    return "\n".join(lines + [""] + stage_notes + notes + ["", total, gpu_hours_line(records)]) + "\n"
 
 
 def _check_fast_jl(planned: bool) -> str:
@@ -113,6 +134,7 @@ def plan(
     full_depth: bool = False,
     draw_rate: float | None = None,
     dtype_choice: CpuDtypeChoice | None = None,
+    lengths: PoolLengths | None = None,
 ) -> tuple[list[Row], list[str]]:
     """Rows of every stage of ``config`` and notes on where the numbers came from.
 
@@ -132,8 +154,9 @@ def plan(
     if run_on == "cpu" and dtype_choice is None:
         dtype_choice = choose_cpu_dtype(*hf_shapes(hf))
     auto_dtype = dtype_choice.dtype if run_on == "cpu" else "bfloat16"
+    lengths = lengths if lengths is not None else pool_lengths(config)
     start = time.perf_counter()
-    planner = Planner(config, hf, full_depth=full_depth, draw_rate=draw_rate, auto_dtype=auto_dtype)
+    planner = Planner(config, hf, full_depth=full_depth, draw_rate=draw_rate, auto_dtype=auto_dtype, lengths=lengths)
     stages = planner.stages()
     n_methods = len(config["cluster"]["methods"]) + len(config["cluster"].get("ablation_dims", []))
     k = planner_k(config)
@@ -187,6 +210,15 @@ def plan(
     rows = [row_of(s) for s in stages]
     notes = [
         f"Model architecture: {source}; steps traced under FakeTensorMode in {traced:.0f} s.",
+        lengths.describe()
+        + " Gradient passes: batches sorted by length in windows of gradients.projection_rows samples"
+        " (gs.gradients.per_sample.length_batches); training: shuffled micro-batches (gs.models.lora.train_lora);"
+        " each batch at its padded length (gs.plan.lengths.LengthFit: the step traced at 3 lengths).",
+        "Floor (floor_gpu_h): the model FLOPs a stage cannot do without at the plan's MFU: each sample once per"
+        " pass it needs (extraction: its response and ELREA losses; LESS: each checkpoint) at its own length,"
+        " no padding, no projection, SVD or host work, training without gradient checkpointing's second forward;"
+        " evaluation and latency: their traced FLOPs (no memory-bound term). Validation sets are taken at"
+        " max_length in both.",
         f"GPU time: FLOPs / ({gpu.name} peak x MFU {settings['mfu']}) or bytes streamed / "
         f"({gpu.bandwidth_tbs} TB/s x {settings['bandwidth_efficiency']}), the larger.",
         "CPU time: FLOPs / (measured matmul rate of the dtype the work runs in, per thread, x the rule's threads): "
@@ -225,7 +257,52 @@ def plan(
             run_on,
         ),
     ]
+    if run_on == "gpu":
+        notes.append(rows_note(planner, n_methods, k, gpu))
     return rows, notes
+
+
+def rows_note(planner: Planner, n_methods: int, k: int, gpu: devices.Gpu, limit: int = 8192) -> str:
+    """The largest ``gradients.projection_rows`` (a multiple of the batch) at which every gradient job's device
+    peak fits ``gpu``: the window's rows, its buffered projection and (BasicProjector) cast grow with it."""
+    from gs.gradients.passes import gradient_window
+    from gs.gradients.projection import projection_rows
+
+    grads = planner.config["gradients"]
+    had, configured = "projection_rows" in grads, grads.get("projection_rows")
+    batch, shards = int(grads["batch_size"]), int(grads.get("shards", 1))
+    d = planner.gradient_passes(1, n_methods, k)[0].work[0].trace.lora_dim
+
+    def peak(rows: int) -> int:
+        grads["projection_rows"] = rows
+        stages = planner.gradient_jobs(shards, n_methods, k)
+        if studies(planner.config)[1]:
+            stages += planner._selection(d)
+        return max(s.device_bytes for s in stages)
+
+    try:
+        window = gradient_window(grads)
+        if peak(batch) > gpu.memory_bytes:
+            return f"Windows: no gradients.projection_rows fits {gpu.name}, not even one batch ({batch})."
+        low, high = batch, batch
+        while high < limit and peak(min(2 * high, limit)) <= gpu.memory_bytes:
+            low = high = min(2 * high, limit)
+        if high < limit:
+            high = min(2 * high, limit)
+            while high - low > batch:
+                mid = (low + high) // 2 // batch * batch
+                low, high = (mid, high) if peak(mid) <= gpu.memory_bytes else (low, mid)
+    finally:
+        if had:
+            grads["projection_rows"] = configured
+        else:
+            grads.pop("projection_rows", None)
+    state = "fits" if window <= low else "does NOT fit"
+    return (
+        f"Windows: gradients.projection_rows = {low} is the largest (a multiple of batch_size {batch}, at most "
+        f"{limit}) at which every gradient job's device peak fits {gpu.name}; this config has "
+        f"{projection_rows(grads)} (windows of {window}), which {state}."
+    )
 
 
 def hf_shapes(hf: Any) -> tuple[int, int]:
@@ -296,6 +373,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--full-depth", action="store_true", help="trace every layer (slower; default: 1 and 2, extended)"
     )
+    parser.add_argument("--pool", default=None, help="the prepared pool (JSONL) whose token lengths the plan counts")
+    parser.add_argument("--model-dir", default=None, help="the prepared model folder (its tokenizer counts them)")
     args = parser.parse_args(argv)
     config = load_config(args.configfile)
     from snakemake.utils import validate
@@ -307,8 +386,15 @@ def main(argv: list[str] | None = None) -> None:
     if settings["run_on"] == "cpu":
         choice = choose_cpu_dtype(*hf_shapes(model_config(config["model"])[0]))
         print(choice.line(), flush=True)
+    lengths = pool_lengths(config, pool_file=args.pool, model_dir=args.model_dir)
+    print(lengths.describe(), flush=True)
     rows, notes = plan(
-        config, configfile=args.configfile, snakefile=args.snakefile, full_depth=args.full_depth, dtype_choice=choice
+        config,
+        configfile=args.configfile,
+        snakefile=args.snakefile,
+        full_depth=args.full_depth,
+        dtype_choice=choice,
+        lengths=lengths,
     )
     records = table(rows)
     md = _markdown(records, devices.gpu(settings["gpu"]), settings["run_on"], notes)

@@ -25,16 +25,20 @@ class Gpu:
     bandwidth_tbs: float
     source: str
     sms: int = 132
+    int32_tops: float = 16.7  # INT32 operations/s (1e12): SMs x 64 INT32 lanes x boost clock
 
 
 GB = 10**9
 # Vendor datasheets, SXM parts, dense (without 2:4 sparsity). float32 weights run on the fp32 units:
 # torch leaves TF32 matmuls off by default (torch.backends.cuda.matmul.allow_tf32 = False). SMs: NVIDIA's
-# Hopper (H100/H200 SXM5: 132) and Ampere (A100: 108) architecture whitepapers.
+# Hopper (H100/H200 SXM5: 132) and Ampere (A100: 108) architecture whitepapers; INT32: 64 lanes an SM in both
+# whitepapers, at the boost clock (H100/H200 1.98 GHz: 132 x 64 x 1.98e9 = 16.7e12; A100 1.41 GHz: 9.7e12).
 GPUS: dict[str, Gpu] = {
-    "H100-80GB": Gpu("H100-80GB", 80 * GB, 989.0, 67.0, 3.35, "NVIDIA H100 Tensor Core GPU datasheet (SXM)", 132),
-    "A100-80GB": Gpu("A100-80GB", 80 * GB, 312.0, 19.5, 2.039, "NVIDIA A100 Tensor Core GPU datasheet (SXM 80GB)", 108),
-    "H200": Gpu("H200", 141 * GB, 989.0, 67.0, 4.8, "NVIDIA H200 Tensor Core GPU datasheet (SXM)", 132),
+    "H100-80GB": Gpu("H100-80GB", 80 * GB, 989.0, 67.0, 3.35, "NVIDIA H100 Tensor Core GPU datasheet (SXM)", 132, 16.7),
+    "A100-80GB": Gpu(
+        "A100-80GB", 80 * GB, 312.0, 19.5, 2.039, "NVIDIA A100 Tensor Core GPU datasheet (SXM 80GB)", 108, 9.7
+    ),
+    "H200": Gpu("H200", 141 * GB, 989.0, 67.0, 4.8, "NVIDIA H200 Tensor Core GPU datasheet (SXM)", 132, 16.7),
 }
 
 

@@ -154,24 +154,32 @@ def extract_host_bytes(d: int, n: int, params: dict[str, Any], run_on: str) -> d
     when it runs on the CPU, its coordinates (n, r) and one gradient batch."""
     proj = params["projection"]
     dims = sorted({int(p) for p in proj["dims"]} | {int(proj["elrea_dim"])})
+    from gs.gradients.passes import gradient_window
+
     rank, batch = int(params["svd"]["rank"]), int(params["batch_size"])
     out = {
         "projected features (parts + concatenated)": 2 * F32 * n * (sum(dims) + int(proj["elrea_dim"])),
         "projectors": sum(projector_bytes(proj.get("kind", "sparse"), d, p, run_on) for p in dims),
         "svd coordinates": F32 * n * rank,
-        "gradient batch": gradient_batch_host_bytes(d, batch),
     }
+    if run_on == "cpu":  # on a GPU the windows stay on the device (the planner counts them there)
+        out["gradient window"] = gradient_batch_host_bytes(d, gradient_window(params))
     if run_on == "cpu":
         out["svd state"] = svd_state_bytes(d, rank, batch)
     return out
 
 
-def coherence_host_bytes(d: int, params: dict[str, Any], methods: int, k: int) -> dict[str, int]:
-    """``gs.cluster.coherence.cluster_gradient_sums``: a (k, d) float64 sum per method, the batch in float64."""
-    batch = int(params["batch_size"])
+def coherence_host_bytes(d: int, params: dict[str, Any], methods: int, k: int, run_on: str = "cpu") -> dict[str, int]:
+    """``gs.cluster.coherence.cluster_gradient_sums``: a (k, d) float64 sum per method, the window
+    (:func:`gs.gradients.passes.gradient_window` rows) as handed over (on the host on a CPU run) and one
+    batch of it in float64."""
+    from gs.gradients.passes import gradient_window
+
+    window, batch = gradient_window(params), int(params["batch_size"])
+    held = gradient_batch_host_bytes(d, window) if run_on == "cpu" else 0  # on a GPU the window stays there
     return {
         "cluster sums": methods * k * d * F64,
-        "gradient batch": gradient_batch_host_bytes(d, batch) + F64 * batch * d,
+        "gradient window and a batch of it in float64": held + F64 * batch * d,
     }
 
 
@@ -212,7 +220,9 @@ def influence_bytes(
     """
     proj = d if p is None else int(p)
     s = targets if subtasks is None else int(subtasks)
-    host_arrays = {"gradient block": F32 * batch * d, "scores": F64 * n * (checkpoints * (s + targets) + s + targets)}
+    # iter_gradients hands over a window of `rows` samples (gs.gradients.passes.gradient_window) on the host.
+    held = max(batch, rows or 0)
+    host_arrays = {"gradient window": F32 * held * d, "scores": F64 * n * (checkpoints * (s + targets) + s + targets)}
     device = {
         "gradients + Adam direction": (F32 * batch * d if run_on == "gpu" else 0) + 2 * F32 * batch * d,
         "moments": F64 * d,

@@ -5,9 +5,15 @@
 columns. Both follow TRAK 0.3.2's ``trak/projectors.py`` and fast_jl 0.1.3's ``fast_jl.cu``:
 
 * ``CudaProjector``: ``fast_jl`` allocates a float32 (B', tiles, p) output, B' = b rounded up to the
-  kernel's batch (8 for b <= 8, 16 for b <= 16, at most ``max_batch_size`` 16: LESS), tiles = the
+  kernel's batch E (8 for b <= 8, 16 for b <= 16, at most ``max_batch_size`` 16: LESS), tiles = the
   GPU's SM count, and sums it over tiles into the (b, p) projection (counted with the stage's
-  projected block). Work: 2 b d p FLOPs in float32 and one read of the (b, d) input.
+  projected block). Work, from ``fast_jl_kernel.cuh`` and ``random.cuh``: each launch of E rows draws
+  every one of the d p matrix entries again in registers (one ``curand`` XORWOW word for 16 entries,
+  then a bit test, a select and a shift an entry and a ``half2`` store to shared memory for two:
+  :data:`RNG_OPS_PER_ENTRY` integer operations an entry on the CUDA cores, timed at the GPU's INT32
+  rate x MFU) and multiplies them into the E rows with ``wmma`` half tensor-core MMAs (2 E d p FLOPs at
+  the bf16/fp16 tensor rate); ``ceil(b / E)`` launches a call. No matrix goes through memory, so a call's
+  cost is these two, not bandwidth: an estimate from the kernel's source, not a measurement.
 * ``BasicProjector``: a (d, block) block of the projector's dtype (gs.gradients.projection.projector_dtype: the
   model's, bfloat16 at paper scale; e bytes an entry) on the device, regenerated for each of the
   ceil(p / block) blocks on every call: ``bernoulli_`` writes e bytes an entry and the in-place
@@ -29,6 +35,9 @@ import torch
 
 F32 = 4
 RNG_WORDS_PER_ENTRY = 1 + 2 + 2  # BasicProjector.generate_sketch_matrix: bernoulli_, *= 2.0, -= 1.0
+# fast_jl random.cuh generate_factors_fragment<Rademacher>: per entry a bit test, a select and a shift, half a
+# half2 store, and 1/16 of a curand() XORWOW word (about 8 operations): about 4 integer operations an entry.
+RNG_OPS_PER_ENTRY = 4
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,7 @@ class ProjectorCost:
     flops: float
     bytes_streamed: float
     dtype: str = "float32"
+    int_ops: float = 0.0  # integer operations on the CUDA cores a call (fast_jl's in-register draw)
 
 
 def fast_jl_batch(b: int, max_batch_size: int = 16) -> int:
@@ -63,8 +73,17 @@ def gpu_projector(d: int, p: int, b: int, fast_jl: bool, sms: int, dtype: str = 
     flops = 2.0 * b * d * p
     if fast_jl:
         e = fast_jl_batch(b, LESS_MAX_BATCH_SIZE)
-        out = F32 * math.ceil(b / e) * e * min(d, sms) * p
-        return ProjectorCost("fast_jl", None, out, flops, F32 * b * d + 2 * out)
+        launches = math.ceil(b / e)
+        out = F32 * launches * e * min(d, sms) * p
+        return ProjectorCost(
+            "fast_jl",
+            None,
+            out,
+            2.0 * launches * e * d * p,  # every launch multiplies E rows, padded rows included
+            F32 * b * d + 2 * out,
+            "float16",
+            float(RNG_OPS_PER_ENTRY) * launches * d * p,
+        )
     torch_dtype = getattr(torch, dtype)
     size = torch.empty((), dtype=torch_dtype).element_size()
     block = basic_block_size(d, p, "cuda", torch_dtype)

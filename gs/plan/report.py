@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from gs.plan.devices import Gpu, cpu_rate, gpu_seconds, measure_host_bandwidth
 from gs.plan.resources import RuleResources
 from gs.plan.stages import Stage
@@ -28,6 +30,8 @@ class Row:
     resources: RuleResources
     problems: list[str]
     note: str = ""
+    floor_gpu_seconds: float = 0.0
+    floor_shared_gpu_seconds: float = 0.0
 
     @property
     def fits(self) -> bool:
@@ -56,16 +60,32 @@ def predict(
     host = baseline + sum(stage.host_extra.values())
     host += stage.device_bytes if run_on == "cpu" else 0
     gpu_s = cpu_s = 0.0
+    threads = max(1, resources.threads)
     for work in stage.work:
+        rate = cpu_rate(cpu_flops, work.dtype) * threads
         for phase, repeats in work.repeats.items():
+            if work.fit is not None and work.batch_lengths is not None:  # each batch at its padded length
+                lengths, counts = np.unique(work.batch_lengths, return_counts=True)
+                flops, streamed = work.fit.flops_at(phase, lengths), work.fit.bytes_at(phase, lengths)
+                gpu_s += sum(
+                    int(c) * gpu_seconds(float(f), float(b), work.dtype, device, mfu, bandwidth_efficiency)
+                    for c, f, b in zip(counts, flops, streamed, strict=True)
+                )
+                cpu_s += float((counts * flops).sum()) / rate
+                continue
             flops = work.trace.flops.get(phase, 0)
             gpu_s += repeats * gpu_seconds(
                 flops, work.trace.bytes_read.get(phase, 0), work.dtype, device, mfu, bandwidth_efficiency
             )
-            cpu_s += repeats * flops / (cpu_rate(cpu_flops, work.dtype) * max(1, resources.threads))
+            cpu_s += repeats * flops / rate
     for cost, calls in stage.projector_calls.values():  # gs.plan.projector: work per call in its dtype
         gpu_s += calls * gpu_seconds(cost.flops, cost.bytes_streamed, cost.dtype, device, mfu, bandwidth_efficiency)
+        gpu_s += calls * cost.int_ops / (device.int32_tops * 1e12 * mfu)
         cpu_s += calls * cost.flops / (cpu_rate(cpu_flops, cost.dtype) * max(1, resources.threads))
+    if stage.device_bytes_streamed:  # on a GPU run at its bandwidth; on a CPU run the device is the host
+        dev_s = stage.device_bytes_streamed / (device.bandwidth_tbs * 1e12 * bandwidth_efficiency)
+        host_dev_s = stage.device_bytes_streamed / (host_bandwidth or measure_host_bandwidth())
+        gpu_s, cpu_s = gpu_s + dev_s, cpu_s + host_dev_s
     if stage.host_bytes_streamed:
         host_s = stage.host_bytes_streamed / (host_bandwidth or measure_host_bandwidth())
         gpu_s, cpu_s = gpu_s + host_s, cpu_s + host_s
@@ -77,6 +97,11 @@ def predict(
     )
     row.problems = check(row, run_on, device)
     row.note = stage.note
+    # The floor: the model's FLOPs the stage cannot do without, at the plan's MFU in the work's dtype.
+    dtypes = {w.dtype for w in stage.work} or {"float32"}
+    dtype = "bfloat16" if dtypes & {"bfloat16", "float16"} else "float32"
+    row.floor_gpu_seconds = sum(gpu_seconds(w.floor_flops or 0.0, 0, w.dtype, device, mfu, 1.0) for w in stage.work)
+    row.floor_shared_gpu_seconds = gpu_seconds(stage.floor_shared, 0, dtype, device, mfu, 1.0)
     return row
 
 
@@ -117,6 +142,9 @@ def table(rows: list[Row]) -> list[dict[str, Any]]:
                 "host_peak_gib": round(r.host_bytes / GIB, 2),
                 "host_peak_mib": round(r.host_bytes / 2**20),
                 "gpu_time_h": round(r.gpu_seconds / 3600, 3),
+                "floor_gpu_h": round(r.floor_gpu_seconds / 3600, 3),
+                "planned_over_floor": round(r.gpu_seconds / r.floor_gpu_seconds, 2) if r.floor_gpu_seconds else None,
+                "floor_shared_gpu_h": round(r.floor_shared_gpu_seconds / 3600, 3),
                 "cpu_time_h": round(r.cpu_seconds / 3600, 3),
                 "mem_mb": res.mem_mb,
                 "runtime_min": res.runtime,

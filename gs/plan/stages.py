@@ -13,9 +13,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from gs.gradients.projection import projection_rows
 from gs.io import studies
 from gs.plan import devices, host
+from gs.plan.lengths import LengthFit, PoolLengths, fit_step, pool_lengths, shuffled_batches, spread, window_batches
 from gs.plan.projector import ProjectorCost, gpu_projector
 from gs.plan.trace import Trace, decode_step, gradient_step, likelihood_step, trace_step, train_step
 
@@ -24,11 +27,24 @@ MODEL_IMPORTS = ("peft",)
 
 @dataclass
 class Work:
-    """A traced step and how many times a job runs each of its phases."""
+    """A traced step and how many times a job runs each of its phases.
+
+    With ``fit`` and ``batch_lengths`` (one phase): the job runs ``len(batch_lengths)`` batches, each costed at
+    its own padded length through ``fit`` rather than at the traced length. ``floor_flops``: the model's
+    FLOPs the job cannot do without (each sample once per pass it needs, at its own length, no padding, no
+    projection or host work); None: the traced FLOPs of every repeat.
+    """
 
     trace: Trace
     repeats: dict[str, float]
     dtype: str
+    fit: LengthFit | None = None
+    batch_lengths: np.ndarray | None = None
+    floor_flops: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.floor_flops is None:
+            self.floor_flops = float(sum(r * self.trace.flops.get(p, 0) for p, r in self.repeats.items()))
 
 
 @dataclass
@@ -57,8 +73,14 @@ class Stage:
     note: str = ""
     projector_calls: dict[str, tuple[ProjectorCost, float]] = field(default_factory=dict)
     host_bytes_streamed: float = 0.0
+    device_bytes_streamed: float = 0.0  # the job's own arithmetic on device arrays (coherence sums on the GPU)
     host_flops: float = 0.0
     host_seconds: float = 0.0
+    floor_shared: float = 0.0  # of the floor, FLOPs every job of the stage repeats (counted once in the DAG's)
+
+    @property
+    def floor_flops(self) -> float:
+        return float(sum(w.floor_flops or 0.0 for w in self.work))
 
     @property
     def device_bytes(self) -> int:
@@ -125,6 +147,14 @@ def subtasks_per_target(config: dict[str, Any], targets: list[str]) -> list[int]
     return out
 
 
+def _joined(a: Work, b: Work) -> Work:
+    """Two length-costed gradient works of one step (a pool slice and a validation set) as one."""
+    lengths = np.concatenate([a.batch_lengths, b.batch_lengths])
+    return Work(
+        a.trace, {"gradient": int(lengths.size)}, a.dtype, a.fit, lengths, (a.floor_flops or 0) + (b.floor_flops or 0)
+    )
+
+
 def buffered_calls(n: int, batch: int, rows: int) -> tuple[int, int]:
     """``(calls, rows a call)`` of :func:`gs.gradients.projection.project_in_buffers` over ``n`` samples in
     batches of ``batch``: as many whole batches as fit ``rows`` go in one call (a batch larger than ``rows``
@@ -159,8 +189,12 @@ class Planner:
         full_depth: bool = False,
         draw_rate: float | None = None,
         auto_dtype: str = "float32",
+        lengths: PoolLengths | None = None,
     ) -> None:
         self.config, self.hf, self.full_depth = config, hf_config, full_depth
+        # The pool's tokens a sample (gs.plan.lengths): the gradient passes' and training's batches are costed at
+        # their padded lengths.
+        self.lengths = lengths if lengths is not None else pool_lengths(config)
         self.auto_dtype = auto_dtype  # what a dtype: auto runs in (the plan's measured CPU choice, or the GPU's)
         self.draw_rate = draw_rate
         self.plan = config.get("plan", {})
@@ -204,18 +238,68 @@ class Planner:
 
     # ------------------------------------------------------------------ training
 
+    def _fit(self, key: tuple, dtype: str, lora: dict[str, Any] | None, step_at: Any, t: int) -> LengthFit:
+        """:func:`gs.plan.lengths.fit_step` of ``step_at(t)``, its traces memoised under ``key + (t,)``."""
+        return fit_step(lambda tt: self.trace(key + (tt,), dtype, lora, step_at(tt)), t)
+
     def _training(self, section: dict[str, Any], n: int, extra_steps: int = 0) -> Work:
+        """``n`` samples of the pool, ``epochs`` times, in :func:`gs.models.lora.train_lora`'s shuffled
+        micro-batches at their padded lengths. Floor: each sample once an epoch at its own length, without
+        gradient checkpointing's second forward."""
         train, lora = section["train"], section["lora"]
         b, t = int(train["batch_size"]), int(train["max_length"])
         ckpt = bool(train.get("gradient_checkpointing", False))
         dtype = _dtype(section, self.config, self.auto_dtype)
-        tr = self.trace(("train", b, t, ckpt), dtype, lora, train_step(b, t, checkpointing=ckpt))
-        steps = math.ceil(_ceil(n, b) * float(train["epochs"])) + extra_steps
-        return Work(tr, {"train": steps}, dtype)
+        tr = self.trace(("train", b, ckpt, t), dtype, lora, train_step(b, t, checkpointing=ckpt))
+        epochs = float(train["epochs"])
+        steps = math.ceil(_ceil(n, b) * epochs) + extra_steps
+        lengths = np.minimum(self.lengths.lengths, t)
+        fit = self._fit(("train", b, ckpt), dtype, lora, lambda tt: train_step(b, tt, checkpointing=ckpt), t)
+        bare = fit if not ckpt else self._fit(("train", b, False), dtype, lora, lambda tt: train_step(b, tt), t)
+        step = b * int(train.get("gradient_accumulation_steps", 1))
+        by_length = bool(train.get("group_by_length", False))
+        padded = spread(shuffled_batches(lengths, b, int(self.config["seed"]), step, by_length), steps)
+        floor = epochs * n / lengths.size * float(bare.flops_at("train", lengths).sum()) / b
+        return Work(tr, {"train": steps}, dtype, fit, padded, floor)
 
-    def _gradients(self, lora: dict[str, Any], b: int, t: int, dtype: str, batches: int) -> Work:
+    def _gradients(
+        self,
+        lora: dict[str, Any],
+        b: int,
+        t: int,
+        dtype: str,
+        batches: int,
+        samples: list[np.ndarray] | None = None,
+        passes: int = 1,
+    ) -> Work:
+        """A gradient pass. ``samples``: the token lengths of each set of samples the job passes over (a
+        pool slice, a validation set), each batched in :func:`gs.gradients.per_sample.length_batches`'
+        sorted windows, ``passes`` times (as given, ``batches`` batches at ``t`` tokens when None).
+        Floor: every sample ``passes`` times at its own length."""
         tr = self.trace(("gradient", b, t), dtype, lora, gradient_step(b, t))
-        return Work(tr, {"gradient": batches}, dtype)
+        if samples is None:
+            return Work(tr, {"gradient": batches}, dtype)
+        from gs.gradients.passes import gradient_window
+
+        window = gradient_window({**self.config["gradients"], "batch_size": b})
+        fit = self._fit(("gradient", b), dtype, lora, lambda tt: gradient_step(b, tt), t)
+        cut = [np.minimum(s, t) for s in samples if s.size]
+        padded = np.tile(np.concatenate([window_batches(s, b, window) for s in cut] or [np.zeros(0, np.int64)]), passes)
+        floor = passes * sum(float(fit.flops_at("gradient", s).sum()) for s in cut) / b
+        return Work(tr, {"gradient": int(padded.size)}, dtype, fit, padded, floor)
+
+    def _pool_slice(self, shards: int) -> np.ndarray:
+        """Token lengths of the gradient passes' largest job: of the ``shards`` slices
+        (:func:`gs.gradients.passes.shard_bounds`), the one with the most tokens."""
+        from gs.gradients.passes import shard_bounds
+
+        arr = self.lengths.lengths
+        slices = [arr[a:z] for a, z in shard_bounds(arr.size, shards)]
+        return max(slices, key=lambda s: (int(s.sum()), s.size))
+
+    def _validation(self, sizes: list[int], t: int) -> list[np.ndarray]:
+        """Token lengths of the targets' validation sets: not read by the plan, taken at ``t`` (an upper bound)."""
+        return [np.full(v, t, dtype=np.int64) for v in sizes]
 
     def gradient_passes(self, shards: int, n_methods: int, k: int) -> list[Stage]:
         """The extraction and coherence passes over the pool: one job each (``shards`` = 1), or per
@@ -228,17 +312,42 @@ class Planner:
         rank = int(grads["svd"]["rank"])
         n_job = _ceil(n, shards)
         passes = 1 if grads.get("elrea_loss_on", "instruction") == grads.get("loss_on", "response") else 2
-        ex = self._gradients(warm["lora"], gb, gt, gdtype, passes * _ceil(n_job, gb))
+        job = [self._pool_slice(shards)]
+        ex = self._gradients(warm["lora"], gb, gt, gdtype, 0, job, passes)
         d = ex.trace.lora_dim
         svd_device = {"svd state": host.svd_state_bytes(d, rank, gb)} if self.run_on == "gpu" else {}
+        from gs.gradients.passes import gradient_window
+
+        window = gradient_window(grads)
+        # gs.gradients.per_sample.iter_gradients: a (w, d) float32 window where the gradients stay (the model's
+        # device on a GPU run), one per loss the extraction streams side by side; a window of one batch is the
+        # step's own (b, d) block (in the trace), passed on without a copy.
+        held = host.F32 * d * (window * passes - (gb if window == gb else 0) * 1)
+        windows = {"gradient windows (float32, one a loss)": held} if self.run_on == "gpu" and held > 0 else {}
         co = Stage("gradient coherence", "gradient_coherence", ["coherence"], ("gs.cluster.coherence",))
-        co.work = [self._gradients(warm["lora"], gb, gt, gdtype, _ceil(n_job, gb))]
-        co.host_extra = host.coherence_host_bytes(d, grads, n_methods, k)
-        co.host_bytes_streamed = host.coherence_host_traffic(d, n_job, n_methods)
+        co.work = [self._gradients(warm["lora"], gb, gt, gdtype, 0, job)]
+        from gs.cluster.coherence import coherence_sums_on
+
+        co.host_extra = host.coherence_host_bytes(d, grads, n_methods, k, self.run_on)
+        if self.run_on == "gpu":
+            co.device_extra = {"gradient window (float32)": host.F32 * window * d}
+        if coherence_sums_on(grads) == "device":
+            # gs.cluster.coherence: float32 (k, d) sums per method where the gradients are, each window index_add_-ed
+            # (4 + 4 read, 4 written an entry a sample and method); handed to the host in float64 at the end.
+            traffic = 3.0 * host.F32 * n_job * d * n_methods
+            if self.run_on == "gpu":
+                co.device_extra["cluster sums (float32)"] = host.F32 * n_methods * k * d
+                co.device_bytes_streamed = traffic
+            else:
+                co.host_extra["cluster sums (float32)"] = host.F32 * n_methods * k * d
+                co.host_bytes_streamed = traffic
+        else:
+            co.host_bytes_streamed = host.coherence_host_traffic(d, n_job, n_methods)
         # gs.gradients.extraction.stream_features: every projection dim once per batch, ELREA's dim again in its pass;
         # gs.gradients.extraction.make_projectors builds them in gs.gradients.projection.projector_dtype: the model's
         # on a GPU.
-        proj, nb = grads["projection"], _ceil(n_job, gb)
+        proj = grads["projection"]
+        nb, rows = buffered_calls(n_job, gb, projection_rows(grads))  # one call per window (gs.gradients.passes)
         calls = {p: float(nb) for p in {int(q) for q in proj["dims"]} | {int(proj["elrea_dim"])}}
         calls[int(proj["elrea_dim"])] += nb * (passes - 1)
         if shards == 1:
@@ -250,19 +359,19 @@ class Planner:
                 "keep_gradients", False
             ):  # gs.gradients.extraction.stream_features: every row into the memory map
                 stage.host_extra["kept gradients (memory map, pages written)"] = host.kept_gradients_bytes(n, d)
-            stage.device_extra = dict(svd_device)
-            self._projectors(stage, proj.get("kind", "sparse"), d, gb, calls, gdtype)
+            stage.device_extra = {**svd_device, **windows}
+            self._projectors(stage, proj.get("kind", "sparse"), d, rows, calls, gdtype)
             return [stage, co]
         jobs = [f"shard{i}" for i in range(shards)]
         stage = Stage(
             f"gradient features, 1 of {shards} shards", "extract_gradient_shard", jobs, ("gs.gradients.shards",), [ex]
         )
         stage.host_extra = host.extract_host_bytes(d, n_job, grads, self.run_on)
-        stage.device_extra = dict(svd_device)
-        self._projectors(stage, proj.get("kind", "sparse"), d, gb, calls, gdtype)
+        stage.device_extra = {**svd_device, **windows}
+        self._projectors(stage, proj.get("kind", "sparse"), d, rows, calls, gdtype)
         out = [stage]
         if grads["svd"]["method"] == "frequent_directions":  # no left factor: coordinates in a second pass
-            second = self._gradients(warm["lora"], gb, gt, gdtype, _ceil(n_job, gb))
+            second = self._gradients(warm["lora"], gb, gt, gdtype, 0, job)
             coords = Stage(
                 f"gradient coordinates, 1 of {shards} shards",
                 "gradient_shard_coordinates",
@@ -343,8 +452,11 @@ class Planner:
                 jobs,
                 ("gs.selection.influence_shards",),
             )
-        batches = ckpts * (_ceil(n_job, gb) + sum(_ceil(v, gb) for v in n_val))
-        inf.work = [self._gradients(warm["lora"], gb, gt, gdtype, batches)]
+        pool_work = self._gradients(warm["lora"], gb, gt, gdtype, 0, [self._pool_slice(shards)], ckpts)
+        val_work = self._gradients(warm["lora"], gb, gt, gdtype, 0, self._validation(n_val, gt), ckpts)
+        inf.work = [_joined(pool_work, val_work)]
+        if shards > 1:  # every shard recomputes the targets' directions (gs.selection.influence_shards)
+            inf.floor_shared = float(val_work.floor_flops or 0.0)
         icfg = grads.get("influence", {})
         n_sub = sum(subtasks_per_target(c, targets))  # S directions in all, one per subtask
         calls, rows = buffered_calls(n_job, gb, projection_rows(grads))
@@ -364,10 +476,10 @@ class Planner:
         if icfg.get("projection_dim") is not None:
             p = int(icfg["projection_dim"])
             # gs.selection.influence.ProjectedFeatures: the projector in the model's dtype on a GPU
-            # (gs.gradients.projection.projector_dtype); the pool's rows `rows` a call, the validation
-            # gradients a batch a call (counted at `rows` rows: a few hundred calls).
+            # (gs.gradients.projection.projector_dtype); the pool's and the validation sets' windows (`rows`
+            # samples, gs.gradients.passes.gradient_window) one call each.
             kind = icfg.get("projection_kind", "sparse")
-            val_calls = sum(_ceil(v, gb) for v in n_val)
+            val_calls = sum(_ceil(v, rows) for v in n_val)
             self._projectors(inf, kind, inf.work[0].trace.lora_dim, rows, {p: ckpts * (calls + val_calls)}, gdtype)
         if shards == 1:
             return [inf]
@@ -444,8 +556,9 @@ class Planner:
             ucb = Stage(
                 "ClusterUCB arms", "clusterucb_clusters", ["clusterucb_clusters"], ("gs.selection.ucb_clustering",)
             )
-            ucb_batches = _ceil(n, gb) + sum(_ceil(v, gb) for v in n_val)
-            ucb.work = [self._gradients(warm["lora"], gb, gt, gdtype, ucb_batches)]
+            ucb.work = [
+                self._gradients(warm["lora"], gb, gt, gdtype, 0, [self.lengths.lengths, *self._validation(n_val, gt)])
+            ]
             calls, rows = buffered_calls(n, gb, projection_rows(grads))
             ucb.host_extra, ucb.device_extra = host.influence_bytes(
                 d,
@@ -462,7 +575,7 @@ class Planner:
             )
             ucb.host_extra["features"] = host.F32 * n * int(proj_dim or d)
             if proj_dim is not None:  # gs.selection.influence.ProjectedFeatures: in the model's dtype, buffered
-                val_calls = sum(_ceil(v, gb) for v in n_val)
+                val_calls = sum(_ceil(v, rows) for v in n_val)
                 self._projectors(ucb, kind, d, rows, {int(proj_dim): calls + val_calls}, gdtype)
             out.append(ucb)
         # gs.selection.select with gs.selection.on_demand: one target a job; ClusterUCB's draws
@@ -471,15 +584,26 @@ class Planner:
         # swapped in (gs.selection.on_demand's module doc).
         sel = Stage("selection", "select_data", targets, ("gs.selection.select", "gs.selection.on_demand"))
         drawn = max(1, math.ceil(float(c["selection"].get("budget_fraction", 0.2)) * n))
-        sel_batches = ckpts * (_ceil(drawn, gb) + max(_ceil(v, gb) for v in n_val))
-        sel.work = [self._gradients(warm["lora"], gb, gt, gdtype, sel_batches)]
+        # The drawn samples' lengths: a seeded draw of the pool's (the bandit's draws follow its clusters).
+        draw = np.random.default_rng(int(c["seed"])).choice(self.lengths.lengths, size=min(drawn, n), replace=False)
+        # gs.selection.bandit: a pull asks gs.selection.on_demand for draw_size samples, batched and projected in
+        # its own windows (a draw of one sample is one batch and one projector call).
+        draw_size = int(c["selection"].get("draw_size", 1))
+        pulls = [draw[i : i + draw_size] for i in range(0, draw.size, draw_size)]
+        val = self._validation([max(n_val)], gt)[0]
+        sel_work = self._gradients(warm["lora"], gb, gt, gdtype, 0, [*pulls, val], ckpts)
+        sel.work = [sel_work]
+        from gs.gradients.passes import gradient_window
+
+        window = gradient_window(grads)
+        sel_calls = ckpts * (len(pulls) * _ceil(min(draw_size, drawn), window) + _ceil(val.size, window))
         sel.host_extra, sel.device_extra = host.influence_bytes(
             d, n, 1, ckpts, gb, proj_dim, kind, self.run_on, subtasks=max(subtasks)
         )
         # influence.npz's (C, S, n) per-subtask scores read whole, and one target's rows of them.
         sel.host_extra["influence scores"] = host.F64 * (ckpts + 1) * sum(subtasks) * n
         if proj_dim is not None:
-            self._projectors(sel, kind, d, gb, {int(proj_dim): sel_batches}, gdtype)
+            self._projectors(sel, kind, d, min(draw_size, window), {int(proj_dim): sel_calls}, gdtype)
         out.append(sel)
         return out
 

@@ -109,8 +109,11 @@ class OnDemandInfluence:
             ckpt_dir = all_ckpts[c]["dir"]
             if self.model is None:
                 self.model = load_adapter(load_model(model_dir), ckpt_dir, trainable=True)
-                self.device = next(self.model.parameters()).device
-                self.feats = ProjectedFeatures(dim, kind, seed, self.device)
+                first = next(self.model.parameters())  # as the full pass: the projector's device and dtype
+                self.device = first.device
+                # The model's dtype fixes TRAK's matrix on a GPU (gs.gradients.projection.projector_dtype): a
+                # float32 projector there would score draws with another matrix than the full pass.
+                self.feats = ProjectedFeatures(dim, kind, seed, self.device, first.dtype)
             weights = load_peft_weights(str(ckpt_dir), device=str(self.device))
             self._set_adapter(weights)
             direction = target_directions(self.model, self.tok, {"t": validation}, ["t"], self.feats, params)

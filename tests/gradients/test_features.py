@@ -126,13 +126,18 @@ def test_extract_matches_the_stacked_svd_and_keeps_no_gradients(stage, tiny_mode
     assert not (tmp / "grad" / ".extract_state").exists()
 
 
-def test_coherence_pass_equals_the_pairwise_mean_onstacked_gradients(stage, tiny_model_dir):
+@pytest.mark.parametrize("sums_on", ["host", "device"])
+def test_coherence_pass_equals_the_pairwise_mean_onstacked_gradients(stage, tiny_model_dir, sums_on):
+    """Host float64 sums and the float32 sums kept where the gradients are (gradients.coherence_sums: device;
+    on this CPU run, the CPU) against numpy on the stacked gradients."""
     tmp, train = stage
     cdir = tmp / "clusters" / "toy"
-    cdir.mkdir(parents=True)
+    cdir.mkdir(parents=True, exist_ok=True)
     labels = [0, 0, 0, 1, 1, 2, 2, 2]
     pd.DataFrame({"id": [r["id"] for r in RECORDS], "cluster": labels}).to_csv(cdir / "assignments.csv", index=False)
-    sums = cluster_gradient_sums(str(tiny_model_dir), str(tmp / "warmup"), str(train), [str(cdir)], PARAMS, 0)
+    params = {**PARAMS, "coherence_sums": sums_on}
+    sums = cluster_gradient_sums(str(tiny_model_dir), str(tmp / "warmup"), str(train), [str(cdir)], params, 0)
+    assert sums["toy"]["sums"].dtype == torch.float64
     stacked = stacked_gradients(tiny_model_dir, tmp / "warmup")
     direct = coherence_from_features(stacked, np.array(labels))
     # The CLI passes only the (k, 1) norms; the full sums must give the same answer.
@@ -343,3 +348,12 @@ def test_unusable_state_is_discarded_and_nothing_of_it_survives(stage, tiny_mode
         np.testing.assert_allclose(got["svd_coords"], clean["svd_coords"], atol=1e-6)
         np.testing.assert_allclose(got["projected_16"], clean["projected_16"], atol=1e-6)
         assert not (out / ".extract_state").exists()
+
+
+def test_coherence_sums_location_is_checked():
+    from gs.cluster.coherence import coherence_sums_on
+    from gs.io import InputError
+
+    assert coherence_sums_on({}) == "host" and coherence_sums_on({"coherence_sums": "device"}) == "device"
+    with pytest.raises(InputError, match="gradients.coherence_sums: expected one of host, device, got 'gpu'"):
+        coherence_sums_on({"coherence_sums": "gpu"})

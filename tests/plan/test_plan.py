@@ -156,9 +156,21 @@ def test_profile_resources_merge_like_snakemake():
 def test_gpu_projector_memory_and_time_follow_trak():
     d, p, b = 109_051_904, 8192, 4  # paper: Llama-3.1-8B LoRA r=128 q/k/v/o, LESS's 8192, gradients.batch_size 4
     fast = gpu_projector(d, p, b, True, 132)
-    # fast_jl: float32 (8, 132, 8192) output (b = 4 padded to the kernel's batch of 8); 2 b d p FLOPs.
+    # fast_jl: float32 (8, 132, 8192) output (b = 4 padded to the kernel's batch of 8); the kernel multiplies
+    # all 8 rows (2 x 8 d p half FLOPs) and draws each of the d p entries once in registers (4 integer ops).
     assert fast.backend == "fast_jl" and fast.device_bytes == 4 * 8 * 132 * 8192 == 34_603_008
-    assert fast.flops == 2 * 4 * d * 8192
+    assert fast.flops == 2 * 8 * d * 8192 and fast.dtype == "float16" and fast.int_ops == 4 * d * 8192
+    # 20 rows: launches of 16 (LESS's max_batch_size), two of them, each drawing the matrix again.
+    twenty = gpu_projector(d, p, 20, True, 132)
+    assert twenty.flops == 2 * 32 * d * 8192 and twenty.int_ops == 2 * 4 * d * 8192
+    stage = _stage(GIB, 0.0)
+    stage.projector_calls["projector"] = (fast, 10)
+    h100 = devices.gpu("H100-80GB")
+    row = predict(stage, 0, "gpu", h100, 0.5, 0.7, 1e9, RuleResources(mem_mb=64000, runtime=600, gpu=1))
+    # 10 calls: the MMAs at 989 TFLOP/s x 0.5 (above the input's read at 3.35 TB/s x 0.7), the draw at
+    # 132 SMs x 64 INT32 lanes x 1.98 GHz (16.7e12, as the table rounds it) x 0.5.
+    mma = max(2 * 8 * d * 8192 / (989e12 * 0.5), fast.bytes_streamed / (3.35e12 * 0.7))
+    assert row.gpu_seconds == pytest.approx(10 * (mma + 4 * d * 8192 / (16.7e12 * 0.5)), rel=1e-9)
     basic = gpu_projector(d, p, b, False, 132)
     # BasicProjector: 9 columns (4 GiB budget), 911 blocks; per block 20 B an entry generated, the (b, d)
     # input re-read, plus the block read once by the matmul over all p columns.
