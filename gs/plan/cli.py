@@ -241,7 +241,9 @@ def plan(
         ),
         "Rademacher projectors on a GPU (gs.plan.projector): "
         + (
-            "TRAK CudaProjector (plan.fast_jl: true), 2 b d p float32 FLOPs a call."
+            "TRAK CudaProjector (plan.fast_jl: true): per launch of up to 16 rows, 2 x 16 d p half tensor-core FLOPs"
+            " and the d p entries drawn again in registers at 4 integer operations an entry (the GPU's INT32 rate"
+            " x MFU); an estimate from fast_jl.cu's kernel, not a measurement."
             if settings.get("fast_jl", False)
             else "TRAK BasicProjector fallback (plan.fast_jl: false) in the projector's dtype (the model's, "
             "as LESS collect_grads builds it), blocks under "

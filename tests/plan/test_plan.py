@@ -384,7 +384,7 @@ def test_plan_job_counts_its_baseline_children():
 
 def test_selection_stage_runs_the_drawn_samples_influence(plan_inputs):
     """select_data computes ClusterUCB's draws on demand (gs.selection.on_demand): the plan runs the gradient step
-    on budget_fraction of the pool plus the largest validation set at every checkpoint, by hand."""
+    on budget_fraction of the pool, pull by pull, plus the largest validation set at every checkpoint, by hand."""
     import math
 
     from gs.plan.stages import Planner
@@ -400,7 +400,11 @@ def test_selection_stage_runs_the_drawn_samples_influence(plan_inputs):
         int(parts[config["targets"][t]["validation"]["part"]]["validation"]["n"])
         for t in config["selection"]["targets"]
     )
-    assert sel.work and sel.work[0].repeats == {"gradient": ckpts * (math.ceil(drawn / gb) + math.ceil(val / gb))}
+    # A pull asks for draw_size samples and batches them alone (gs.selection.on_demand): ceil(size / batch) a pull.
+    size = int(config["selection"].get("draw_size", 1))
+    pulls = [min(size, drawn - start) for start in range(0, drawn, size)]
+    batches = sum(math.ceil(p / gb) for p in pulls) + math.ceil(val / gb)
+    assert sel.work and sel.work[0].repeats == {"gradient": ckpts * batches}
     assert sel.host_extra["influence scores"] == 8 * (ckpts + 1) * len(config["selection"]["targets"]) * n
     assert "gs.selection.on_demand" in sel.imports
 
