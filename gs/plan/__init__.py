@@ -1,6 +1,6 @@
 """Resource planner: per stage, the predicted peak device memory, host memory and time, beside the
-resources the profile gives it; ``python -m gs.plan --configfile FILE`` (the workflow's first rule)
-stops with one line when a stage cannot fit.
+resources the profile gives it; ``python -m gs.plan --configfile FILE`` (rule ``plan``, before any rule that
+runs the model) stops with one line when a stage cannot fit.
 
 No memory formula is written by hand where the code can be traced: each stage's step runs at the
 config's shapes on fake tensors (:mod:`gs.plan.trace`), the model built from its config

@@ -343,7 +343,7 @@ class Planner:
                 co.host_bytes_streamed = traffic
         else:
             co.host_bytes_streamed = host.coherence_host_traffic(d, n_job, n_methods)
-        # gs.gradients.extraction.stream_features: every projection dim once per batch, ELREA's dim again in its pass;
+        # gs.gradients.extraction.stream_features: every projection dim once per window, ELREA's dim again in its pass;
         # gs.gradients.extraction.make_projectors builds them in gs.gradients.projection.projector_dtype: the model's
         # on a GPU.
         proj = grads["projection"]

@@ -106,3 +106,38 @@ def test_grouped_training_batches_follow_transformers_length_grouping():
     assert grouped.tolist() == expected
     plain = shuffled_batches(lengths, 4, 5, step_samples=8)
     assert grouped.sum() < plain.sum()
+
+
+def test_dag_line_counts_jobs_and_shared_floor_once():
+    """gpu_hours planned/floor: jobs x hours a row that holds a GPU; a floor every job repeats counts once."""
+    from gs.plan.cli import floor_hours, gpu_hours_line
+
+    records = [
+        {
+            "jobs": "shard0 shard1 shard2",
+            "gpu_time_h": 2.0,
+            "floor_gpu_h": 1.0,
+            "floor_shared_gpu_h": 0.25,
+            "device_peak_gib": 40.0,
+            "gpu": 1,
+        },
+        {
+            "jobs": "a b",
+            "gpu_time_h": 1.0,
+            "floor_gpu_h": 0.5,
+            "floor_shared_gpu_h": 0.0,
+            "device_peak_gib": 20.0,
+            "gpu": 1,
+        },
+        {
+            "jobs": "report",
+            "gpu_time_h": 0.0,
+            "floor_gpu_h": 0.0,
+            "floor_shared_gpu_h": 0.0,
+            "device_peak_gib": 0.0,
+            "gpu": 0,
+        },
+    ]
+    # planned: 3 x 2 + 2 x 1 = 8; floor: 3 x (1 - 0.25) + 0.25 + 2 x 0.5 = 3.5
+    assert floor_hours(records) == pytest.approx(3.5)
+    assert gpu_hours_line(records) == "gpu_hours planned=8.00 floor=3.50 ratio=2.29"

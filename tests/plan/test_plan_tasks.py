@@ -110,7 +110,7 @@ def test_lm_eval_task_sizes_and_unknown_task_note(plan_inputs, task_dir):
 def test_clusterucb_plan_fits_and_reports_its_gpu_hours():
     """config/clusterucb_paper.yaml plans on an H100-80GB under profiles/slurm: ClusterUCB's stages only
     (studies: [clusterucb]), every one fits, and the Markdown closes with ``gpu_hours total=<X>``, X = sum of
-    jobs x gpu_time_h over the rows that hold a GPU."""
+    jobs x gpu_time_h over the rows that hold a GPU, then ``gpu_hours planned=<X> floor=<Y> ratio=<X/Y>``."""
     from gs.plan import cli, devices
     from gs.plan.report import table
 
@@ -148,9 +148,20 @@ def test_clusterucb_plan_fits_and_reports_its_gpu_hours():
     }
     records = table(rows)
     md = cli._markdown(records, devices.gpu("H100-80GB"), "gpu", notes)
-    total = float(re.fullmatch(r"gpu_hours total=([0-9.]+)", md.strip().splitlines()[-1]).group(1))
+    *_, total_line, last = md.strip().splitlines()
+    total = float(re.fullmatch(r"gpu_hours total=([0-9.]+)", total_line).group(1))
     on_gpu = [r for r in records if r["gpu"] > 0 or r["device_peak_gib"] > 0]
     assert total == pytest.approx(sum(len(r["jobs"].split()) * r["gpu_time_h"] for r in on_gpu), abs=0.01)
+    # The last line: planned against the floor; the influence shards' shared validation floor counted once.
+    planned, floor, ratio = map(float, re.fullmatch(r"gpu_hours planned=(\S+) floor=(\S+) ratio=(\S+)", last).groups())
+    jobs = {id(r): len(r["jobs"].split()) for r in on_gpu}
+    expected_floor = sum(
+        jobs[id(r)] * (r["floor_gpu_h"] - r["floor_shared_gpu_h"]) + r["floor_shared_gpu_h"] for r in on_gpu
+    )
+    assert planned == pytest.approx(total, abs=0.01) and floor == pytest.approx(expected_floor, abs=0.02)
+    assert ratio == pytest.approx(planned / floor, abs=0.01) and floor > 0
+    # every stage that runs the model has a floor below its planned time
+    assert all(0 < r["floor_gpu_h"] <= r["gpu_time_h"] + 1e-3 for r in on_gpu if r["device_peak_gib"] > 0)
     evaluation = [r.stage for r in rows if r.rule == "evaluate_system"]
     # the base model, and per target its three selections' LoRAs (no experts: no routed system)
     assert sorted(evaluation) == sorted(["evaluation (base)"] + [f"evaluation (select-{t})" for t in config["targets"]])
