@@ -146,17 +146,19 @@ def test_nan_weight_is_an_error(lora_model, tokenizer):
         per_sample_lora_gradients(lora_model, batch)
 
 
+def _nan_in_sample_1(module, inputs, output):
+    """Forward hook on the embeddings: a NaN in batch position 1 only."""
+    output = output.clone()
+    output[1, 0, 0] = float("nan")
+    return output
+
+
 def test_nan_in_one_sample(lora_model, tokenizer):
     """A NaN confined to one sample is reported at its position; 'zero' zeroes only that row."""
     batch = make_batch(tokenizer, RECORDS[:3])
     clean = per_sample_lora_gradients(lora_model, batch)
 
-    def poison(module, inputs, output):
-        output = output.clone()
-        output[1, 0, 0] = float("nan")
-        return output
-
-    handle = lora_model.get_input_embeddings().register_forward_hook(poison)
+    handle = lora_model.get_input_embeddings().register_forward_hook(_nan_in_sample_1)
     try:
         with pytest.raises(InputError, match=r"position\(s\) \[1\]"):
             per_sample_lora_gradients(lora_model, batch)
@@ -167,7 +169,7 @@ def test_nan_in_one_sample(lora_model, tokenizer):
     assert (grads[1] == 0).all()
     assert rel_err(grads[[0, 2]], clean[[0, 2]]).max() < 1e-6
     # Through iter_gradients the message names the record id.
-    handle = lora_model.get_input_embeddings().register_forward_hook(poison)
+    handle = lora_model.get_input_embeddings().register_forward_hook(_nan_in_sample_1)
     try:
         with pytest.raises(InputError, match="'b'"):
             list(
@@ -293,12 +295,7 @@ def test_windowed_error_names_the_record_of_the_sorted_batch(lora_model, tokeniz
     """Batch positions map back to record ids through the length sort: window 4 over lengths 37 78 41 64
     batches [a, c] and [b, d], so batch position 1 of the first batch is record 'c'."""
 
-    def poison(module, inputs, output):
-        output = output.clone()
-        output[1, 0, 0] = float("nan")
-        return output
-
-    handle = lora_model.get_input_embeddings().register_forward_hook(poison)
+    handle = lora_model.get_input_embeddings().register_forward_hook(_nan_in_sample_1)
     try:
         with pytest.raises(InputError, match=r"non-finite.*record id\(s\) 'c'\)"):
             list(
