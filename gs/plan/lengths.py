@@ -33,6 +33,20 @@ import numpy as np
 from gs.io import InputError
 
 
+def part_sizes(config: dict[str, Any], split: str) -> dict[str, int]:
+    """Records per part in ``split`` (a derived split counts the records of the split it comes from)."""
+    out = {}
+    for part, spec in config["data"]["parts"].items():
+        entry = spec.get(split)
+        while entry is not None and "n" not in entry and "from" in entry:
+            entry = spec.get(entry["from"])
+        if entry is not None:
+            out[part] = int(entry["n"])
+        elif split == "reference" and "test" in spec:
+            out[part] = int(spec["test"]["n"])
+    return out
+
+
 @dataclass(frozen=True)
 class PoolLengths:
     """Tokens per pool sample, ``(n,)`` in pool order (cut at the pass's ``max_length``), and where they came from."""
@@ -68,10 +82,8 @@ def estimated_lengths(config: dict[str, Any], max_length: int) -> np.ndarray | N
     """``plan.token_estimates`` (tokens a sample, per part) laid out as the pool is (parts in config order,
     shuffled with the config's seed as :func:`gs.data.prepare.pool_splits` shuffles them; the permutation
     depends on the count alone). None when a part has no estimate."""
-    from gs.plan.stages import _sizes
-
     estimates = (config.get("plan") or {}).get("token_estimates") or {}
-    sizes = _sizes(config, "train")
+    sizes = part_sizes(config, "train")
     if not sizes or any(part not in estimates for part in sizes):
         return None
     rows = [min(int(estimates[part]), max_length) for part, n in sizes.items() for _ in range(n)]
@@ -88,10 +100,8 @@ def pool_lengths(
     Raises:
         InputError: the prepared pool's size differs from the config's (a stale pool).
     """
-    from gs.plan.stages import _sizes
-
     grads = config["gradients"]
-    max_length, n = int(grads["max_length"]), sum(_sizes(config, "train").values())
+    max_length, n = int(grads["max_length"]), sum(part_sizes(config, "train").values())
     if pool_file and model_dir and Path(pool_file).is_file() and Path(model_dir).is_dir():
         arr = prepared_lengths(pool_file, model_dir, max_length, str(grads.get("loss_on", "response")))
         if arr.size != n:

@@ -18,7 +18,16 @@ import numpy as np
 from gs.gradients.projection import projection_rows
 from gs.io import studies
 from gs.plan import devices, host
-from gs.plan.lengths import LengthFit, PoolLengths, fit_step, pool_lengths, shuffled_batches, spread, window_batches
+from gs.plan.lengths import (
+    LengthFit,
+    PoolLengths,
+    fit_step,
+    pool_lengths,
+    shuffled_batches,
+    spread,
+    window_batches,
+)
+from gs.plan.lengths import part_sizes as _sizes
 from gs.plan.projector import ProjectorCost, gpu_projector
 from gs.plan.trace import Trace, decode_step, gradient_step, likelihood_step, trace_step, train_step
 
@@ -89,20 +98,6 @@ class Stage:
 
 def _ceil(a: float, b: float) -> int:
     return int(math.ceil(a / b))
-
-
-def _sizes(config: dict[str, Any], split: str) -> dict[str, int]:
-    """Records per part in ``split`` (a derived split counts the records of the split it comes from)."""
-    out = {}
-    for part, spec in config["data"]["parts"].items():
-        entry = spec.get(split)
-        while entry is not None and "n" not in entry and "from" in entry:
-            entry = spec.get(entry["from"])
-        if entry is not None:
-            out[part] = int(entry["n"])
-        elif split == "reference" and "test" in spec:
-            out[part] = int(spec["test"]["n"])
-    return out
 
 
 #: Validation examples of a less_data eval file when the config gives no ``n`` (the planner counts them;
