@@ -37,7 +37,8 @@ def test_rehearsal_runs_the_paper_path_and_resumes_a_killed_extraction(tmp_path)
     work = fresh_copy(tmp_path / "wf")
     write_assets(work / "resources" / "rehearsal")
 
-    # 1. Up to the extraction, killed after 3 batches (its state checkpointed after batch 2).
+    # 1. Up to the extraction, killed at the first window end after 3 batches: batch 8 (windows of 8 one-sample
+    # batches), its state checkpointed at that window's end (the first after checkpoint_every = 2 batches).
     killed = _snakemake(work, "--until", "extract_gradient_features", env={**ENV, "GS_TEST_DIE_AFTER_BATCHES": "3"})
     assert killed.returncode != 0, "the extraction was meant to be killed"
     res = work / "results"
@@ -49,7 +50,7 @@ def test_rehearsal_runs_the_paper_path_and_resumes_a_killed_extraction(tmp_path)
     full = _snakemake(work)
     assert full.returncode == 0, (full.stdout + full.stderr)[-6000:]
     log = (work / "logs" / "extract_gradient_features" / "extract.log").read_text()
-    assert "resuming the extraction" in log and "after 2 batches" in log, log[-2000:]
+    assert "resuming the extraction" in log and "after 8 batches" in log, log[-2000:]
     assert not state.exists() and not state.parent.exists()
 
     # The resumed features equal an uninterrupted extraction of the same inputs.
