@@ -6,7 +6,8 @@ Three kinds, each fixed by ``(kind, d, dim, seed)`` alone, so a saved projector 
   PyPI ``traker``). LESS (``less/data_selection/collect_grad_reps.py``, ``get_trak_projector`` and
   ``collect_grads``) builds ``CudaProjector(grad_dim, proj_dim, seed=0, proj_type=rademacher, device,
   dtype, block_size=128, max_batch_size=16)`` when CUDA and ``fast_jl`` run, else TRAK's
-  ``BasicProjector`` with the same arguments; so do we (backend ``"fast_jl"`` or ``"basic"``). The two
+  ``BasicProjector`` with the same arguments; so do we (backend ``"fast_jl"`` or ``"basic"``), except
+  ``max_batch_size`` 32 (:data:`FAST_JL_MAX_BATCH`: the same matrix, fewer draws of it). The two
   backends draw different matrices, and ``BasicProjector`` draws with the device's own generator (a CUDA
   draw differs from a CPU one), so the backend and device are saved with the projector and one drawn
   on CUDA cannot be reloaded without CUDA. ``BasicProjector`` generates the (d, 128) blocks of its
@@ -55,7 +56,11 @@ from gs.io import InputError, atomic_path
 KINDS = ("sparse", "gaussian", "rademacher")
 BACKENDS = ("fast_jl", "basic")
 LESS_BLOCK_SIZE = 128  # LESS collect_grad_reps.py: ``block_size = 128``
-LESS_MAX_BATCH_SIZE = 16  # LESS collect_grad_reps.py: ``projector_batch_size = 16``
+# TRAK's own default (trak/traker.py ``proj_max_batch_size=32``); LESS passes 16 (collect_grad_reps.py
+# ``projector_batch_size = 16``). fast_jl draws the same matrix at either: each thread seeds its curand state from
+# its output column, feature tile and the seed alone (fast_jl_kernel.cuh ``jl_random::init``), never the batch, and
+# each row's sum is its own; so 32 rows a launch give LESS's projection and draw the d x p entries half as often.
+FAST_JL_MAX_BATCH = 32
 CACHE_LIMIT_BYTES = 8 * 2**30  # ours: the largest int8 matrix kept on the CPU
 GPU_BLOCK_BYTES = 4 * 2**30  # ours: the largest (d, block) block BasicProjector keeps on a GPU
 # Gradient rows gathered per project call (gradients.projection_rows): LESS collect_grad_reps.py
@@ -149,7 +154,7 @@ class _TrakRademacher:
         self._buffer: torch.Tensor | None = None  # (d, 128) float32, reused for every block and call
         args = {"grad_dim": d, "proj_dim": dim, "seed": seed, "proj_type": ProjectionType.rademacher, "device": device}
         if backend == "fast_jl":
-            self.trak = CudaProjector(**args, max_batch_size=LESS_MAX_BATCH_SIZE)
+            self.trak = CudaProjector(**args, max_batch_size=FAST_JL_MAX_BATCH)
             return
         block = int(block_size) if block_size is not None else basic_block_size(d, dim, device.type, dtype)
         if device.type == "cuda":

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from gs.gradients.projection import FAST_JL_MAX_BATCH
 from gs.io import InputError, atomic_path, markdown_table, read_config_file, studies, take_own_sections
 from gs.models.dtype import CpuDtypeChoice, write_choice
 from gs.models.dtype import choose as choose_cpu_dtype
@@ -241,7 +242,8 @@ def plan(
         ),
         "Rademacher projectors on a GPU (gs.plan.projector): "
         + (
-            "TRAK CudaProjector (plan.fast_jl: true): per launch of up to 16 rows, 2 x 16 d p half tensor-core FLOPs"
+            f"TRAK CudaProjector (plan.fast_jl: true): per launch of up to {FAST_JL_MAX_BATCH} rows (TRAK's default;"
+            f" LESS's 16 draw the same matrix), 2 x {FAST_JL_MAX_BATCH} d p half tensor-core FLOPs"
             " and the d p entries drawn again in registers at 4 integer operations an entry (the GPU's INT32 rate"
             " x MFU); an estimate from fast_jl.cu's kernel, not a measurement."
             if settings.get("fast_jl", False)

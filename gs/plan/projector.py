@@ -5,7 +5,8 @@
 columns. Both follow TRAK 0.3.2's ``trak/projectors.py`` and fast_jl 0.1.3's ``fast_jl.cu``:
 
 * ``CudaProjector``: ``fast_jl`` allocates a float32 (B', tiles, p) output, B' = b rounded up to the
-  kernel's batch E (8 for b <= 8, 16 for b <= 16, at most ``max_batch_size`` 16: LESS), tiles = the
+  kernel's batch E (8 for b <= 8, 16 for b <= 16, else 32, at most ``max_batch_size``:
+  :data:`gs.gradients.projection.FAST_JL_MAX_BATCH`, 32), tiles = the
   GPU's SM count, and sums it over tiles into the (b, p) projection (counted with the stage's
   projected block). Work, from ``fast_jl_kernel.cuh`` and ``random.cuh``: each launch of E rows draws
   every one of the d p matrix entries again in registers (one ``curand`` XORWOW word for 16 entries,
@@ -55,7 +56,7 @@ class ProjectorCost:
     int_ops: float = 0.0  # integer operations on the CUDA cores a call (fast_jl's in-register draw)
 
 
-def fast_jl_batch(b: int, max_batch_size: int = 16) -> int:
+def fast_jl_batch(b: int, max_batch_size: int = 32) -> int:
     """``CudaProjector.project``'s kernel batch for a (b, d) input (TRAK: 8, 16 or 32, capped)."""
     size = 8 if b <= 8 else 16 if b <= 16 else 32
     return min(max_batch_size, size)
@@ -68,11 +69,11 @@ def gpu_projector(d: int, p: int, b: int, fast_jl: bool, sms: int, dtype: str = 
     Raises:
         InputError: without fast_jl, one column of d entries exceeds :data:`gs.gradients.projection.GPU_BLOCK_BYTES`.
     """
-    from gs.gradients.projection import LESS_MAX_BATCH_SIZE, basic_block_size
+    from gs.gradients.projection import FAST_JL_MAX_BATCH, basic_block_size
 
     flops = 2.0 * b * d * p
     if fast_jl:
-        e = fast_jl_batch(b, LESS_MAX_BATCH_SIZE)
+        e = fast_jl_batch(b, FAST_JL_MAX_BATCH)
         launches = math.ceil(b / e)
         out = F32 * launches * e * min(d, sms) * p
         return ProjectorCost(

@@ -186,11 +186,12 @@ def test_bad_inputs():
 @pytest.mark.gpu
 def test_cuda_projection_is_a_rademacher_sketch():
     """On a GPU: TRAK's CudaProjector (fast_jl) when it runs, else BasicProjector drawn on the device;
-    either way the default CUDA projector equals TRAK called directly with LESS's arguments."""
+    either way the default CUDA projector equals TRAK called directly with LESS's arguments (fast_jl: LESS's
+    max_batch_size 16, where ours launches 32 rows at once: the same matrix)."""
     from trak.projectors import CudaProjector
 
     d, p = 4096, 512
-    x = torch.randn(16, d, device="cuda")
+    x = torch.randn(40, d, device="cuda")
     proj = Projector("rademacher", d, p, 0, device="cuda")
     if proj.backend == "fast_jl":
         ref = CudaProjector(d, p, 0, ProjectionType.rademacher, torch.device("cuda"), max_batch_size=16)
