@@ -579,26 +579,33 @@ class Planner:
         # swapped in (gs.selection.on_demand's module doc).
         sel = Stage("selection", "select_data", targets, ("gs.selection.select", "gs.selection.on_demand"))
         drawn = max(1, math.ceil(float(c["selection"].get("budget_fraction", 0.2)) * n))
-        # The drawn samples' lengths: a seeded draw of the pool's (the bandit's draws follow its clusters).
-        draw = np.random.default_rng(int(c["seed"])).choice(self.lengths.lengths, size=min(drawn, n), replace=False)
-        # gs.selection.bandit: a pull asks gs.selection.on_demand for draw_size samples, batched and projected in
-        # its own windows (a draw of one sample is one batch and one projector call).
+        # gs.selection.bandit: a pull that finds its samples not computed asks gs.selection.on_demand for
+        # max(draw_size, lookahead) of its cluster, batched and projected in its own windows (a draw of one
+        # sample is one batch and one projector call); those computed ahead and never drawn are at most
+        # k (lookahead - 1), planned at that bound.
         draw_size = int(c["selection"].get("draw_size", 1))
-        pulls = [draw[i : i + draw_size] for i in range(0, draw.size, draw_size)]
+        pull = max(draw_size, int(c["selection"].get("lookahead", 1)))
+        ahead = int(c["selection"].get("ucb_clustering", {}).get("k", 1)) * (pull - draw_size)
+        evaluated = min(n, drawn + ahead)
+        # The computed samples' lengths: a seeded draw of the pool's (the bandit's draws follow its clusters).
+        draw = np.random.default_rng(int(c["seed"])).choice(self.lengths.lengths, size=evaluated, replace=False)
+        pulls = [draw[i : i + pull] for i in range(0, draw.size, pull)]
         val = self._validation([max(n_val)], gt)[0]
         sel_work = self._gradients(warm["lora"], gb, gt, gdtype, 0, [*pulls, val], ckpts)
+        # The floor: the budget's draws alone (the samples computed ahead and never drawn are not the work).
+        sel_work.floor_flops = self._gradients(warm["lora"], gb, gt, gdtype, 0, [draw[:drawn], val], ckpts).floor_flops
         sel.work = [sel_work]
         from gs.gradients.passes import gradient_window
 
         window = gradient_window(grads)
-        sel_calls = ckpts * (len(pulls) * _ceil(min(draw_size, drawn), window) + _ceil(val.size, window))
+        sel_calls = ckpts * (len(pulls) * _ceil(min(pull, evaluated), window) + _ceil(val.size, window))
         sel.host_extra, sel.device_extra = host.influence_bytes(
             d, n, 1, ckpts, gb, proj_dim, kind, self.run_on, subtasks=max(subtasks)
         )
         # influence.npz's (C, S, n) per-subtask scores read whole, and one target's rows of them.
         sel.host_extra["influence scores"] = host.F64 * (ckpts + 1) * sum(subtasks) * n
         if proj_dim is not None:
-            self._projectors(sel, kind, d, min(draw_size, window), {int(proj_dim): sel_calls}, gdtype)
+            self._projectors(sel, kind, d, min(pull, window), {int(proj_dim): sel_calls}, gdtype)
         out.append(sel)
         return out
 

@@ -91,8 +91,8 @@ def clusterucb_table(
     the selection's compute (the same on every task row of a method).
 
     Compute in per-sample gradient computations (:mod:`gs.selection.accounting`): ``clustering_pass`` (the arms'
-    clustering pass, counted), ``influence_computations`` (cold start and draws, each at the influence
-    checkpoints it needed), ``total_computations`` and its ratio to full LESS's total.
+    clustering pass, counted), ``influence_computations`` (cold start, draws and any computed ahead, each at
+    the influence checkpoints it needed), ``total_computations`` and its ratio to full LESS's total.
     """
     rows = []
     for t in targets:
@@ -122,7 +122,9 @@ def clusterucb_table(
                         "ci_high": ci.high,
                         "selected": len(m["selected_ids"]),
                         "clustering_pass": charge.get("clustering", 0),
-                        "influence_computations": charge.get("cold_start", 0) + charge.get("draws", 0)
+                        "influence_computations": charge.get("cold_start", 0)
+                        + charge.get("draws", 0)
+                        + charge.get("ahead", 0)
                         if charge
                         else m["computations"],
                         "total_computations": m["computations"],

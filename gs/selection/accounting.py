@@ -16,6 +16,10 @@ selector is charged every unit it makes:
   (``cluster_ucb_selection.sh``, "select data for the first epoch using computed gradients");
 * random selection: nothing.
 
+With ``selection.lookahead`` > 1 (ours: gs.selection.bandit computes a cluster's next samples in one
+batch), the samples computed ahead and never drawn are charged too (``ahead``, ``per_draw`` units each):
+the GPU made them.
+
 The validation gradients (one per validation sample and checkpoint) are the same for every
 gradient-based selector and are reported in their own column, not in the total.
 """
@@ -39,11 +43,12 @@ class Charge:
     draws: int
     per_draw: int  # units per drawn sample: the influence checkpoints it is computed at
     validation: int
+    ahead: int = 0  # units computed ahead of the draws (selection.lookahead) and never drawn
 
     @property
     def total(self) -> int:
-        """Training-sample gradients: clustering pass + cold start + draws (validation apart)."""
-        return self.clustering + self.cold_start + self.draws
+        """Training-sample gradients: clustering pass + cold start + draws + computed ahead (validation apart)."""
+        return self.clustering + self.cold_start + self.draws + self.ahead
 
     def to_dict(self, full_total: int) -> dict[str, float]:
         """The charge with its total and its ratio to full LESS's total."""
@@ -56,14 +61,18 @@ def full_charge(n: int, n_checkpoints: int, validation: int) -> Charge:
     return Charge(clustering=0, cold_start=0, draws=n * c, per_draw=c, validation=validation)
 
 
-def clusterucb_charge(n_clustered: int, cold_draws: int, ucb_draws: int, per_draw: int, validation: int) -> Charge:
-    """ClusterUCB: the clustering pass over ``n_clustered`` samples, then ``per_draw`` units per draw."""
+def clusterucb_charge(
+    n_clustered: int, cold_draws: int, ucb_draws: int, per_draw: int, validation: int, ahead_draws: int = 0
+) -> Charge:
+    """ClusterUCB: the clustering pass over ``n_clustered`` samples, then ``per_draw`` units per draw and per
+    sample computed ahead and never drawn (``ahead_draws``)."""
     return Charge(
         clustering=int(n_clustered),
         cold_start=int(cold_draws) * int(per_draw),
         draws=int(ucb_draws) * int(per_draw),
         per_draw=int(per_draw),
         validation=validation,
+        ahead=int(ahead_draws) * int(per_draw),
     )
 
 

@@ -79,9 +79,10 @@ class ClusterUCBResult:
 
     ``drawn`` (N_drawn,) sample indices in draw order and ``influences`` (N_drawn,) theirs;
     ``selected`` (keep,) the kept indices, best first, and ``selected_influences``;
-    ``n_computations == len(drawn) <= budget``; ``pulls_per_cluster`` (K,) samples drawn per cluster
-    (cold start included), ``cold_start_per_cluster`` (K,) the cold-start part; ``history`` one
-    :class:`UCBRound` per influence_fn call.
+    ``n_computations == len(drawn) <= budget``; ``n_evaluated`` samples passed to influence_fn
+    (``n_computations`` plus those computed ahead by ``lookahead`` and never drawn); ``pulls_per_cluster``
+    (K,) samples drawn per cluster (cold start included), ``cold_start_per_cluster`` (K,) the cold-start
+    part; ``history`` one :class:`UCBRound` per pull (the cold start: one per cluster).
     """
 
     drawn: np.ndarray
@@ -96,6 +97,11 @@ class ClusterUCBResult:
     history: list[UCBRound]
     estimator: str
     exploration: float
+    n_evaluated: int = -1  # -1: n_computations (a result built without lookahead's count)
+
+    def __post_init__(self) -> None:
+        if self.n_evaluated < 0:
+            self.n_evaluated = self.n_computations
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (lists; NaN becomes ``None``) for writing the run and plotting it."""
@@ -110,6 +116,7 @@ class ClusterUCBResult:
             "exploration": self.exploration,
             "budget": self.budget,
             "n_computations": self.n_computations,
+            "n_evaluated": self.n_evaluated,
             "cluster_sizes": _list(self.cluster_sizes),
             "pulls_per_cluster": _list(self.pulls_per_cluster),
             "cold_start_per_cluster": _list(self.cold_start_per_cluster),
@@ -255,6 +262,8 @@ class ClusterUCB:
       and it is live while ``taken[j] < sizes[j]``;
     * ``arms``: running mean, std, max (and sorted rewards for ``thresh_*``) of the influences recorded
       per cluster, from which :func:`_arm_indices` computes the indices;
+    * ``ahead[j]``: influences of ``order[j][taken[j]:]`` computed before they are drawn (``lookahead``);
+      ``evaluated`` samples passed to influence_fn so far (drawn or ahead);
     * ``drawn``, ``rewards``, ``history``: every draw in order; ``spent`` computations so far;
     * ``top``: a min-heap of the best ``keep`` influences so far (``kept_mean`` of each round).
     """
@@ -269,14 +278,18 @@ class ClusterUCB:
         threshold_p: float,
         keep: int,
         seed: int,
+        lookahead: int = 1,
     ) -> None:
         self.estimator, self.exploration, self.threshold_p, self.keep = estimator, exploration, threshold_p, keep
+        self.lookahead = lookahead
         self.sizes = np.bincount(labels, minlength=k)
         rng = np.random.default_rng(seed)
         by_cluster = np.argsort(labels, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(self.sizes)])
         self.order = [rng.permutation(by_cluster[bounds[j] : bounds[j + 1]]) for j in range(k)]
         self.taken = np.zeros(k, dtype=np.int64)
+        self.ahead = [np.empty(0) for _ in range(k)]
+        self.evaluated = 0
         self.cold = np.zeros(k, dtype=np.int64)
         self.arms = _Arms(k, track_sorted=estimator.startswith("thresh"))
         self.drawn: list[np.ndarray] = []
@@ -298,18 +311,34 @@ class ClusterUCB:
         """Draw ``per_cluster[j]`` samples of every cluster j in one influence_fn call (one batch)."""
         idx = [self.order[j][: per_cluster[j]] for j in range(len(per_cluster))]
         vals = _evaluate(influence_fn, np.concatenate(idx))
+        self.evaluated += vals.size
         for j, (ij, vj) in enumerate(zip(idx, np.split(vals, np.cumsum(per_cluster)[:-1]), strict=True)):
             self._record(j, ij, vj, "cold_start", None, None, False)
         self.cold = np.asarray(per_cluster, dtype=np.int64).copy()
 
-    def pull_best(self, m: int, influence_fn: Callable[[np.ndarray], np.ndarray]) -> None:
-        """Draw up to ``m`` unseen samples from the live cluster with the largest index."""
+    def pull_best(self, m: int, influence_fn: Callable[[np.ndarray], np.ndarray], budget_left: int) -> None:
+        """Draw up to ``m`` unseen samples from the live cluster with the largest index.
+
+        Their influences come from ``ahead`` when computed there; else one influence_fn call computes the
+        cluster's next ``max(m, min(lookahead, budget_left))`` samples of its fixed order (at most what the
+        cluster has left) and keeps those past ``m`` for its later pulls. The order is fixed up front and
+        an influence does not depend on when it is computed, so the bandit sees the same rewards at the
+        same draws at any ``lookahead``; only samples computed ahead and never drawn cost more.
+        """
         values, j, threshold, fallback = _arm_indices(
             self.arms, self.live(), self.estimator, self.exploration, self.threshold_p
         )
         m = int(min(m, self.sizes[j] - self.taken[j]))
         idx = self.order[j][self.taken[j] : self.taken[j] + m]
-        self._record(j, idx, _evaluate(influence_fn, idx), "ucb", values, threshold, fallback)
+        have = self.ahead[j]
+        if have.size < m:
+            start = self.taken[j] + have.size
+            stop = min(self.sizes[j], self.taken[j] + max(m, min(self.lookahead, budget_left)))
+            new = _evaluate(influence_fn, self.order[j][start:stop])
+            self.evaluated += new.size
+            have = np.concatenate([have, new])
+        self.ahead[j] = have[m:]
+        self._record(j, idx, have[:m], "ucb", values, threshold, fallback)
 
     def _record(
         self,
@@ -357,6 +386,7 @@ class ClusterUCB:
             selected=all_drawn[best],
             selected_influences=all_vals[best],
             n_computations=int(all_drawn.size),
+            n_evaluated=self.evaluated,
             budget=budget,
             pulls_per_cluster=self.taken.copy(),
             cold_start_per_cluster=self.cold.copy(),
@@ -376,6 +406,7 @@ def cluster_ucb(
     exploration: float,
     keep: int,
     draw_size: int = 1,
+    lookahead: int = 1,
     estimator: str = "mean_std",
     seed: int,
     n_clusters: int | None = None,
@@ -395,7 +426,13 @@ def cluster_ucb(
     2. Until ``budget`` computations are spent or every sample is drawn: compute each live cluster's
        index from the influences recorded in it, draw ``min(draw_size, budget left, unseen in j)``
        unseen samples from the cluster with the largest index (ties: lower id), record their
-       influences. A cluster whose samples are all drawn drops out.
+       influences. A cluster whose samples are all drawn drops out. ``lookahead`` (ours; default 1,
+       the reference's one influence call a pull): a pull that finds its samples not yet computed
+       computes the cluster's next ``min(lookahead, budget left)`` in one call, in the cluster's fixed
+       draw order, and later pulls of that cluster take them; the draws, rewards and selection equal
+       ``lookahead = 1``'s (the order is fixed up front), the gradients are batched (one projector
+       launch for many samples), and the samples computed but never drawn (at most K (lookahead - 1))
+       are counted in ``n_evaluated``.
     3. Keep the ``keep`` drawn samples with the highest influence (ties: earlier draw first).
 
     Arm indices, with ``mu_j``, ``sigma_j`` the mean and population std (ddof 0) of cluster j's
@@ -457,6 +494,7 @@ def cluster_ucb(
     budget = int_param(budget, "budget", minimum=1)
     keep = int_param(keep, "keep", minimum=1)
     draw_size = int_param(draw_size, "draw_size", minimum=1)
+    lookahead = int_param(lookahead, "lookahead", minimum=1)
     c = finite_float(exploration, "exploration")
     if c < 0:
         raise InputError(f"exploration must be >= 0, got {c}")
@@ -491,8 +529,11 @@ def cluster_ucb(
     if keep > n:
         raise InputError(f"keep {keep} exceeds the pool of {n} samples")
 
-    bandit = ClusterUCB(labels, k, estimator=estimator, exploration=c, threshold_p=p, keep=keep, seed=seed)
+    bandit = ClusterUCB(
+        labels, k, estimator=estimator, exploration=c, threshold_p=p, keep=keep, seed=seed, lookahead=lookahead
+    )
     bandit.cold_start(cold, influence_fn)
     while bandit.spent < budget and bandit.live().any():
-        bandit.pull_best(min(draw_size, budget - bandit.spent), influence_fn)
+        left = budget - bandit.spent
+        bandit.pull_best(min(draw_size, left), influence_fn, left)
     return bandit.result(budget)

@@ -115,6 +115,16 @@ def _cold(result: ClusterUCBResult) -> int:
     return int(result.cold_start_per_cluster.sum())
 
 
+def _ahead(result: ClusterUCBResult) -> int:
+    """Samples computed ahead of the draws (selection.lookahead) and never drawn."""
+    return result.n_evaluated - result.n_computations
+
+
+def _lookahead(params: dict[str, Any]) -> dict[str, int]:
+    """The on-demand runs' lookahead (selections equal at any value; the ablation and curve leave it at 1)."""
+    return {"lookahead": int(params.get("lookahead", 1))}
+
+
 def _dynamic(
     inputs: SelectionInputs,
     labels: np.ndarray,
@@ -124,21 +134,24 @@ def _dynamic(
     seed: int,
     on_demand: OnDemand | None,
 ) -> tuple[list[dict[str, Any]], int, int]:
-    """Dynamic-ClusterUCB: a selection per checkpoint; returns them, draws charged, gradients measured."""
-    epochs, charged, measured = [], 0, 0
+    """Dynamic-ClusterUCB: a selection per checkpoint; returns them, draws charged, samples computed ahead and
+    never drawn, gradients measured."""
+    epochs, charged, ahead, measured = [], 0, 0, 0
     for c in range(inputs.n_checkpoints):
         s = inputs.checkpoint_scores(c)
         if c == inputs.covered:
             picked = select_full(s, keep)  # the clustering pass's gradients: full LESS, no new ones
         else:
             fn = on_demand([c]) if on_demand else (lambda i, s=s: s[i])
-            picked = cluster_ucb(labels, fn, budget=draws, keep=keep, seed=seed, **kwargs).selected
+            r = cluster_ucb(labels, fn, budget=draws, keep=keep, seed=seed, **kwargs)
+            picked = r.selected
             charged += draws
-            measured += getattr(fn, "gradient_computations", draws)
+            ahead += _ahead(r)
+            measured += getattr(fn, "gradient_computations", r.n_evaluated)
         epochs.append(
             {"checkpoint": c, "selected": picked, "overlap_with_checkpoint_full": overlap(picked, select_full(s, keep))}
         )
-    return epochs, charged, measured
+    return epochs, charged, ahead, measured
 
 
 def select_for_target(
@@ -171,9 +184,9 @@ def select_for_target(
 
     add("full", full, full_cost)
     fn = on_demand(None) if on_demand else (lambda i: scores[i])
-    ucb = cluster_ucb(inputs.labels, fn, budget=draws, keep=keep, seed=seed, **kwargs)
-    charge = clusterucb_charge(n, _cold(ucb), ucb.n_computations - _cold(ucb), per_draw, val)
-    measured = n + getattr(fn, "gradient_computations", ucb.n_computations * per_draw)
+    ucb = cluster_ucb(inputs.labels, fn, budget=draws, keep=keep, seed=seed, **kwargs, **_lookahead(params))
+    charge = clusterucb_charge(n, _cold(ucb), ucb.n_computations - _cold(ucb), per_draw, val, _ahead(ucb))
+    measured = n + getattr(fn, "gradient_computations", ucb.n_evaluated * per_draw)
     if measured != charge.total:
         raise RuntimeError(f"ClusterUCB computed {measured} per-sample gradients but is charged {charge.total}")
     add(
@@ -185,12 +198,15 @@ def select_for_target(
         pulls_per_cluster=ucb.pulls_per_cluster.tolist(),
     )
     for name, labels in inputs.compare.items():
-        r = cluster_ucb(labels, lambda i: scores[i], budget=draws, keep=keep, seed=seed, **kwargs)
-        charge = clusterucb_charge(n, _cold(r), r.n_computations - _cold(r), n_ckpt, inputs.n_validation * n_ckpt)
+        r = cluster_ucb(labels, lambda i: scores[i], budget=draws, keep=keep, seed=seed, **kwargs, **_lookahead(params))
+        charge = clusterucb_charge(
+            n, _cold(r), r.n_computations - _cold(r), n_ckpt, inputs.n_validation * n_ckpt, _ahead(r)
+        )
         add(f"clusterucb_{name}", r.selected, charge)
     if params.get("dynamic", False):
-        epochs, charged, measured = _dynamic(inputs, inputs.labels, keep, draws, kwargs, seed, on_demand)
-        charge = clusterucb_charge(n, 0, charged, 1, inputs.n_validation * (n_ckpt + (inputs.covered is None)))
+        lookahead = {**kwargs, **_lookahead(params)}
+        epochs, charged, ahead, measured = _dynamic(inputs, inputs.labels, keep, draws, lookahead, seed, on_demand)
+        charge = clusterucb_charge(n, 0, charged, 1, inputs.n_validation * (n_ckpt + (inputs.covered is None)), ahead)
         for e in epochs:
             e["selected"] = e["selected"].tolist()
         add(

@@ -160,9 +160,13 @@ def test_gpu_projector_memory_and_time_follow_trak():
     # all 8 rows (2 x 8 d p half FLOPs) and draws each of the d p entries once in registers (4 integer ops).
     assert fast.backend == "fast_jl" and fast.device_bytes == 4 * 8 * 132 * 8192 == 34_603_008
     assert fast.flops == 2 * 8 * d * 8192 and fast.dtype == "float16" and fast.int_ops == 4 * d * 8192
-    # 20 rows: launches of 16 (LESS's max_batch_size), two of them, each drawing the matrix again.
+    # 20 rows: one launch of 32 (TRAK's max_batch_size; LESS's 16 would launch twice), the matrix drawn once;
+    # 40 rows: two launches of 32 (64 rows multiplied), each drawing the matrix again.
     twenty = gpu_projector(d, p, 20, True, 132)
-    assert twenty.flops == 2 * 32 * d * 8192 and twenty.int_ops == 2 * 4 * d * 8192
+    assert twenty.flops == 2 * 32 * d * 8192 and twenty.int_ops == 4 * d * 8192
+    forty = gpu_projector(d, p, 40, True, 132)
+    assert forty.flops == 2 * 64 * d * 8192 and forty.int_ops == 2 * 4 * d * 8192
+    assert forty.device_bytes == 4 * 64 * 132 * 8192
     stage = _stage(GIB, 0.0)
     stage.projector_calls["projector"] = (fast, 10)
     h100 = devices.gpu("H100-80GB")
@@ -382,14 +386,19 @@ def test_plan_job_counts_its_baseline_children():
     assert host.measure_rademacher_rate(size=2**16, seconds=0.02) > 1e5
 
 
-def test_selection_stage_runs_the_drawn_samples_influence(plan_inputs):
+@pytest.mark.parametrize("lookahead", [1, 3])
+def test_selection_stage_runs_the_drawn_samples_influence(plan_inputs, lookahead):
     """select_data computes ClusterUCB's draws on demand (gs.selection.on_demand): the plan runs the gradient step
-    on budget_fraction of the pool, pull by pull, plus the largest validation set at every checkpoint, by hand."""
+    on budget_fraction of the pool, pull by pull, plus the largest validation set at every checkpoint, by hand;
+    with a lookahead, pulls of that many and, at most, k (lookahead - 1) samples computed and never drawn."""
+    import copy
     import math
 
     from gs.plan.stages import Planner
 
     config, hf = plan_inputs
+    config = copy.deepcopy(config)
+    config["selection"]["lookahead"] = lookahead
     planner = Planner(config, hf)
     sel = next(s for s in planner.stages() if s.rule == "select_data")
     n, gb = planner.n_pool, int(config["gradients"]["batch_size"])
@@ -400,9 +409,12 @@ def test_selection_stage_runs_the_drawn_samples_influence(plan_inputs):
         int(parts[config["targets"][t]["validation"]["part"]]["validation"]["n"])
         for t in config["selection"]["targets"]
     )
-    # A pull asks for draw_size samples and batches them alone (gs.selection.on_demand): ceil(size / batch) a pull.
-    size = int(config["selection"].get("draw_size", 1))
-    pulls = [min(size, drawn - start) for start in range(0, drawn, size)]
+    # A pull asks for max(draw_size, lookahead) samples and batches them alone (gs.selection.on_demand):
+    # ceil(size / batch) a pull.
+    size = max(int(config["selection"].get("draw_size", 1)), lookahead)
+    k = int(config["selection"]["ucb_clustering"]["k"])
+    computed = min(n, drawn + k * (size - int(config["selection"].get("draw_size", 1))))
+    pulls = [min(size, computed - start) for start in range(0, computed, size)]
     batches = sum(math.ceil(p / gb) for p in pulls) + math.ceil(val / gb)
     assert sel.work and sel.work[0].repeats == {"gradient": ckpts * batches}
     assert sel.host_extra["influence scores"] == 8 * (ckpts + 1) * len(config["selection"]["targets"]) * n

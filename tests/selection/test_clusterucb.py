@@ -111,6 +111,78 @@ def test_zero_cold_start_is_the_reference_first_visit_of_every_arm():
     assert set(REFERENCE_NAMES) == {"ucb_beta", "ucb1", "ucb_threshhard", "ucb_threshnormal"}
 
 
+@pytest.mark.parametrize("estimator", ["ucb_beta", "ucb1", "ucb_threshhard", "ucb_threshnormal"])
+@pytest.mark.parametrize(("draw_size", "lookahead"), [(1, 4), (1, 9), (3, 5)])
+def test_lookahead_draws_what_one_call_a_pull_draws_and_charges_what_it_computes_ahead(estimator, draw_size, lookahead):
+    """Computing a cluster's next samples ahead changes nothing the bandit sees: the same draws, rewards and
+    selection as one influence call a pull. Counted from the calls themselves: each call after the cold
+    start is a run of one cluster, no sample is computed twice, and those never drawn are at most
+    K (max(draw_size, lookahead) - draw_size)."""
+    rng = np.random.default_rng(7)
+    n, k = 90, 5
+    labels = rng.integers(0, k, n)
+    scores = rng.standard_normal(n) + 0.5 * labels  # clusters differ, so the bandit switches arms
+    kw = {"budget": 50, "cold_start": 1, "exploration": 1.0, "keep": 10, "seed": 3, "estimator": estimator}
+    one = cluster_ucb(labels, lambda i: scores[i], draw_size=draw_size, **kw)
+    calls: list[np.ndarray] = []
+
+    def record(i: np.ndarray) -> np.ndarray:
+        calls.append(i.copy())
+        return scores[i]
+
+    ahead = cluster_ucb(labels, record, draw_size=draw_size, lookahead=lookahead, **kw)
+    np.testing.assert_array_equal(ahead.drawn, one.drawn)
+    np.testing.assert_array_equal(ahead.influences, one.influences)
+    np.testing.assert_array_equal(ahead.selected, one.selected)
+    assert [r.cluster for r in ahead.history] == [r.cluster for r in one.history]
+    computed = np.concatenate(calls)
+    assert computed.size == len(set(computed.tolist())) == ahead.n_evaluated
+    assert set(ahead.drawn.tolist()) <= set(computed.tolist())
+    assert all(len(set(labels[c].tolist())) == 1 for c in calls[1:])  # calls[0]: the cold start, every cluster
+    assert len(calls) < len(one.history)  # fewer, larger calls
+    unused = ahead.n_evaluated - ahead.n_computations
+    assert 0 <= unused <= k * (max(draw_size, lookahead) - draw_size)
+    assert one.n_evaluated == one.n_computations == 50
+
+
+def test_lookahead_is_capped_by_the_budget_and_the_cluster_counted_by_hand():
+    # Cluster 0 (6 samples) always wins (influence 1 against 0). Cold start: one call of 2 (one per cluster).
+    # Budget 8, lookahead 4: the first pull computes cluster 0's next 4 (budget left 6), the next three take
+    # them, the fifth (budget left 2) computes the last 1 of cluster 0, which is then exhausted, and the
+    # sixth computes 1 of cluster 1: calls of 2, 4, 1, 1; nothing computed and left undrawn.
+    labels = np.array([0] * 6 + [1] * 6)
+    scores = (labels == 0).astype(float)
+    sizes: list[int] = []
+    r = cluster_ucb(
+        labels,
+        lambda i: (sizes.append(i.size), scores[i])[1],
+        budget=8,
+        cold_start=1,
+        exploration=1.0,
+        keep=2,
+        seed=0,
+        lookahead=4,
+    )
+    assert sizes == [2, 4, 1, 1]
+    assert (r.n_computations, r.n_evaluated) == (8, 8)
+    assert r.pulls_per_cluster.tolist() == [6, 2]
+    # Budget 4 (left 2 after the cold start): the first pull computes 2, not 4.
+    sizes.clear()
+    r = cluster_ucb(
+        labels,
+        lambda i: (sizes.append(i.size), scores[i])[1],
+        budget=4,
+        cold_start=1,
+        exploration=1.0,
+        keep=2,
+        seed=0,
+        lookahead=4,
+    )
+    assert sizes == [2, 2] and r.n_evaluated == 4
+    with pytest.raises(InputError, match="lookahead"):
+        cluster_ucb(labels, lambda i: scores[i], budget=4, cold_start=1, exploration=1.0, keep=2, seed=0, lookahead=0)
+
+
 def test_budget_curve_is_infeasible_below_the_clustering_pass_and_charges_draws():
     rng = np.random.default_rng(1)
     n = 40
@@ -156,6 +228,16 @@ def test_select_for_target_charges_without_a_model():
     assert m["clusterucb_dynamic"]["computations"] == 48 + 24  # full LESS at the covered one, bandit at the other
     assert m["random"]["computations"] == 0
     assert {row["rule"] for row in r["ablation"]} == set(REFERENCE_NAMES)
+    # lookahead: the same selections; the samples computed ahead and never drawn are charged on top
+    # (at most 6 clusters x 3 at each of the checkpoints a draw needs).
+    ahead = select_for_target(inputs, {**params, "lookahead": 4}, 0)["methods"]
+    for name in ("clusterucb", "clusterucb_gradientspace", "clusterucb_dynamic"):
+        assert ahead[name]["selected"] == m[name]["selected"], name
+        extra = ahead[name]["charge"]["ahead"]
+        assert ahead[name]["computations"] == m[name]["computations"] + extra, name
+        assert m[name]["charge"]["ahead"] == 0
+    assert 0 <= ahead["clusterucb"]["charge"]["ahead"] <= 6 * 3
+    assert ahead["clusterucb_gradientspace"]["charge"]["ahead"] % 2 == 0  # 2 units a sample (no covered checkpoint)
 
 
 def test_select_for_target_takes_the_subtask_max_after_the_checkpoint_sum():
@@ -223,9 +305,9 @@ def full_pass(tiny_model_dir, warmup):
     return compute_influence(str(tiny_model_dir), str(warmup), POOL, {"math": VALIDATION}, GRAD_PARAMS, seed=0)
 
 
-@pytest.mark.parametrize("covered", [None, 0])
+@pytest.mark.parametrize(("covered", "lookahead"), [(None, 1), (0, 1), (None, 3)])
 def test_on_demand_influence_equals_the_full_pass_and_its_count_equals_the_charge(
-    tiny_model_dir, warmup, full_pass, covered
+    tiny_model_dir, warmup, full_pass, covered, lookahead
 ):
     from gs.selection.on_demand import OnDemandInfluence
 
@@ -233,15 +315,18 @@ def test_on_demand_influence_equals_the_full_pass_and_its_count_equals_the_charg
     known = {} if covered is None else {covered: per_ckpt[covered]}
     fn = OnDemandInfluence(str(tiny_model_dir), str(warmup), POOL, VALIDATION, GRAD_PARAMS, seed=0, known=known)
     labels = np.array([0, 1, 2, 0, 1, 0, 2, 1])
-    r = cluster_ucb(labels, fn, budget=5, cold_start=1, exploration=1.0, keep=2, seed=3)
+    r = cluster_ucb(labels, fn, budget=5, cold_start=1, exploration=1.0, keep=2, seed=3, lookahead=lookahead)
     # Each drawn influence is the full pass's value for that sample.
     np.testing.assert_allclose(r.influences, full_pass["scores"][0][r.drawn], rtol=1e-4, atol=1e-6)
-    # 5 drawn samples, at 2 checkpoints, or at 1 when the other is known (the clustering pass's).
-    assert fn.gradient_computations == 5 * (2 if covered is None else 1)
-    assert fn.validation_computations == len(VALIDATION) * (2 if covered is None else 1)
+    # 5 drawn samples (and any computed ahead), at 2 checkpoints, or at 1 when the other is known (the
+    # clustering pass's).
+    per_draw = 2 if covered is None else 1
+    assert r.n_computations == 5 and 5 <= r.n_evaluated <= 5 + 3 * (lookahead - 1)
+    assert fn.gradient_computations == r.n_evaluated * per_draw
+    assert fn.validation_computations == len(VALIDATION) * per_draw
     # The charge the selection step reports for this run, from gs.selection.accounting.
     cold = int(r.cold_start_per_cluster.sum())
-    charge = clusterucb_charge(len(POOL), cold, r.n_computations - cold, 2 - (covered is not None), 0)
+    charge = clusterucb_charge(len(POOL), cold, r.n_computations - cold, per_draw, 0, r.n_evaluated - 5)
     assert charge.total == len(POOL) + fn.gradient_computations
 
 
