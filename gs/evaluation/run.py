@@ -94,6 +94,7 @@ SYSTEM_KEYS = (
 #: Keys of the evaluation settings (``--params``); see :func:`evaluate_system`.
 PARAM_KEYS = (
     "batch_size",
+    "batch_size_by_mode",
     "fluency",
     "dtype",
     "device",
@@ -109,6 +110,13 @@ LIKELIHOOD_ARGS = {
     "max_answer_tokens": "max_answer_tokens",
     "chunk_tokens": "likelihood_chunk_tokens",
 }
+
+
+def generation_batch_size(system: dict[str, Any], params: dict[str, Any]) -> int:
+    """Prompts generated for at once: ``batch_size_by_mode[mode]`` for the system's mode, else ``batch_size``
+    (default :data:`DEFAULT_BATCH_SIZE`). An ensemble holds every expert's cache a prompt, so it may need less."""
+    by_mode = params.get("batch_size_by_mode") or {}
+    return int(by_mode.get(system.get("mode", "base"), params.get("batch_size", DEFAULT_BATCH_SIZE)))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -479,7 +487,8 @@ def evaluate_system(
 
     ``system``: ``{"name", "mode", "model_dir", ...paths, "params"}`` (:data:`SYSTEM_KEYS`).
     ``targets``: the config's ``targets`` entries to score (:func:`gs.evaluation.tasks.task_specs`).
-    ``params`` (the evaluation settings): ``batch_size`` (generation batch, default 8), ``fluency``
+    ``params`` (the evaluation settings): ``batch_size`` (generation batch, default 8; ``batch_size_by_mode``
+    overrides it for the system's mode), ``fluency``
     (default true: the ``fluency: true`` tasks get it), ``dtype``/``device`` (defaults for systems that
     name none), ``inference`` (RoutedLM parameters shared by all systems), ``run_code_without_bubblewrap``
     (default false: see :func:`code_execution_policy`). ``limit``: examples per task (the first ones).
@@ -560,7 +569,7 @@ def evaluate_system(
             # accepts) so that the per-request routing it records can be read back afterwards.
             lm = get_model(MODEL_NAME).create_from_arg_obj(
                 model_args,
-                {"batch_size": params.get("batch_size", DEFAULT_BATCH_SIZE), "device": device},
+                {"batch_size": generation_batch_size(system, params), "device": device},
             )
             load_s = time.perf_counter() - t0
             t0 = time.perf_counter()

@@ -833,7 +833,6 @@ class Planner:
         lik = ev.get("likelihood", {})
         lb = int(lik.get("batch_size", ev.get("batch_size", 8)))
         cap = lik.get("max_answer_tokens")
-        b = int(ev.get("batch_size", 8))
         chunk = lik.get("chunk_tokens")
         lora = c["experts"]["lora"]
         dtype = _dtype(ev, c, self.auto_dtype)
@@ -854,7 +853,9 @@ class Planner:
             systems = [f"select-{t}-{s}" for s in ("clusterucb", "full", "random")]
             groups.append(("multitask", f"evaluation (select-{t})", systems, by_target[t]))
         out = []
+        by_mode = ev.get("batch_size_by_mode") or {}
         for mode, name, systems, tasks in groups:
+            b = int(by_mode.get(mode, ev.get("batch_size", 8)))  # gs.evaluation.run.generation_batch_size
             streams = {"elrea": int(inf["top_m"] or k), "uniform": k}.get(mode, 1)
             adapters = 0 if mode == "base" else (1 if mode == "multitask" else k + (mode == "elrea"))
             use_lora = lora if adapters else None

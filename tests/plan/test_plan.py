@@ -438,6 +438,33 @@ def test_cpu_evaluation_in_another_dtype_counts_the_prepared_folder_read(plan_in
         assert stages and all(s.host_extra.get(key) == expected for s in stages), eval_dtype
 
 
+def test_evaluation_batch_size_by_mode_is_planned_per_mode(plan_inputs):
+    """evaluation.batch_size_by_mode sets one mode's generation batch (gs.evaluation.run.generation_batch_size):
+    its decode steps are ceil(n / b) x max_gen_toks a task at that b, the other modes' at batch_size."""
+    import copy
+    import math
+
+    from gs.evaluation.run import generation_batch_size
+    from gs.plan.stages import Planner
+    from gs.plan.tasks import target_work
+
+    config, hf = plan_inputs
+    config = copy.deepcopy(config)
+    config["evaluation"]["modes"] = {"gradientspace": ["single", "uniform"]}
+    config["evaluation"].update(batch_size=4, batch_size_by_mode={"uniform": 1})
+    params = config["evaluation"]
+    assert generation_batch_size({"mode": "uniform"}, params) == 1
+    assert generation_batch_size({"mode": "single"}, params) == 4
+    assert generation_batch_size({}, {}) == 8  # the schema's "absent: 8"
+    planner = Planner(config, hf)
+    stages = {s.stage: s for s in planner.stages() if s.rule == "evaluate_system"}
+    gen = [w for t in config["targets"] for w in target_work(config, [t], planner.prompt) if w.kind == "generate_until"]
+    assert gen
+    for mode, b in (("uniform", 1), ("single", 4)):
+        decode = stages[f"evaluation ({mode})"].work[0].repeats["decode"]
+        assert decode == sum(math.ceil(w.n / b) * w.max_gen_toks for w in gen), mode
+
+
 def test_import_baselines_are_measured_once_per_environment(tmp_path, monkeypatch):
     """The second plan in one environment reads the baselines the first measured; a changed
     environment (another installed version) measures again; GS_PLAN_CACHE=0 keeps nothing."""
