@@ -152,35 +152,24 @@ def test_lookahead_is_capped_by_the_budget_and_the_cluster_counted_by_hand():
     # sixth computes 1 of cluster 1: calls of 2, 4, 1, 1; nothing computed and left undrawn.
     labels = np.array([0] * 6 + [1] * 6)
     scores = (labels == 0).astype(float)
-    sizes: list[int] = []
-    r = cluster_ucb(
-        labels,
-        lambda i: (sizes.append(i.size), scores[i])[1],
-        budget=8,
-        cold_start=1,
-        exploration=1.0,
-        keep=2,
-        seed=0,
-        lookahead=4,
-    )
+    kw = {"cold_start": 1, "exploration": 1.0, "keep": 2, "seed": 0}
+
+    def run(budget: int, lookahead: int) -> tuple[list[int], object]:
+        sizes: list[int] = []
+        r = cluster_ucb(
+            labels, lambda i: (sizes.append(i.size), scores[i])[1], budget=budget, lookahead=lookahead, **kw
+        )
+        return sizes, r
+
+    sizes, r = run(8, 4)
     assert sizes == [2, 4, 1, 1]
     assert (r.n_computations, r.n_evaluated) == (8, 8)
     assert r.pulls_per_cluster.tolist() == [6, 2]
     # Budget 4 (left 2 after the cold start): the first pull computes 2, not 4.
-    sizes.clear()
-    r = cluster_ucb(
-        labels,
-        lambda i: (sizes.append(i.size), scores[i])[1],
-        budget=4,
-        cold_start=1,
-        exploration=1.0,
-        keep=2,
-        seed=0,
-        lookahead=4,
-    )
+    sizes, r = run(4, 4)
     assert sizes == [2, 2] and r.n_evaluated == 4
     with pytest.raises(InputError, match="lookahead"):
-        cluster_ucb(labels, lambda i: scores[i], budget=4, cold_start=1, exploration=1.0, keep=2, seed=0, lookahead=0)
+        run(4, 0)
 
 
 def test_budget_curve_is_infeasible_below_the_clustering_pass_and_charges_draws():
