@@ -133,7 +133,7 @@ def _dynamic(
     kwargs: dict[str, Any],
     seed: int,
     on_demand: OnDemand | None,
-) -> tuple[list[dict[str, Any]], int, int]:
+) -> tuple[list[dict[str, Any]], int, int, int]:
     """Dynamic-ClusterUCB: a selection per checkpoint; returns them, draws charged, samples computed ahead and
     never drawn, gradients measured."""
     epochs, charged, ahead, measured = [], 0, 0, 0
@@ -204,8 +204,10 @@ def select_for_target(
         )
         add(f"clusterucb_{name}", r.selected, charge)
     if params.get("dynamic", False):
-        lookahead = {**kwargs, **_lookahead(params)}
-        epochs, charged, ahead, measured = _dynamic(inputs, inputs.labels, keep, draws, lookahead, seed, on_demand)
+        on_demand_kwargs = {**kwargs, **_lookahead(params)}
+        epochs, charged, ahead, measured = _dynamic(
+            inputs, inputs.labels, keep, draws, on_demand_kwargs, seed, on_demand
+        )
         charge = clusterucb_charge(n, 0, charged, 1, inputs.n_validation * (n_ckpt + (inputs.covered is None)), ahead)
         for e in epochs:
             e["selected"] = e["selected"].tolist()
