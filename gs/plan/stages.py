@@ -164,6 +164,15 @@ def experts_per_method(config: dict[str, Any]) -> int:
     return int(config["cluster"]["auto_k"]["k_max"]) if k == "auto" else int(k)
 
 
+def bandit_arms(config: dict[str, Any]) -> int:
+    """ClusterUCB's arms: ``selection.ucb_clustering.k`` for its own clusters, else a cluster method's
+    (:func:`experts_per_method`, an upper bound for ``auto``)."""
+    sel = config["selection"]
+    if sel["clusters"] == "clusterucb":
+        return int(sel["ucb_clustering"]["k"])
+    return experts_per_method(config)
+
+
 def _dtype(section: dict[str, Any], config: dict[str, Any], auto: str = "float32") -> str:
     """The weights' dtype as the stage's code reads it: a section's own ``dtype`` (evaluation, latency),
     else ``model.dtype``, the default of :func:`gs.models.load.load_model` (the prepared folder's setting);
@@ -585,7 +594,7 @@ class Planner:
         # k (lookahead - 1), planned at that bound.
         draw_size = int(c["selection"].get("draw_size", 1))
         pull = max(draw_size, int(c["selection"].get("lookahead", 1)))
-        ahead = int(c["selection"].get("ucb_clustering", {}).get("k", 1)) * (pull - draw_size)
+        ahead = bandit_arms(c) * (pull - draw_size)
         evaluated = min(n, drawn + ahead)
         # The computed samples' lengths: a seeded draw of the pool's (the bandit's draws follow its clusters).
         draw = np.random.default_rng(int(c["seed"])).choice(self.lengths.lengths, size=evaluated, replace=False)

@@ -97,11 +97,7 @@ class ClusterUCBResult:
     history: list[UCBRound]
     estimator: str
     exploration: float
-    n_evaluated: int = -1  # -1: n_computations (a result built without lookahead's count)
-
-    def __post_init__(self) -> None:
-        if self.n_evaluated < 0:
-            self.n_evaluated = self.n_computations
+    n_evaluated: int
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (lists; NaN becomes ``None``) for writing the run and plotting it."""
@@ -263,7 +259,7 @@ class ClusterUCB:
     * ``arms``: running mean, std, max (and sorted rewards for ``thresh_*``) of the influences recorded
       per cluster, from which :func:`_arm_indices` computes the indices;
     * ``ahead[j]``: influences of ``order[j][taken[j]:]`` computed before they are drawn (``lookahead``);
-      ``evaluated`` samples passed to influence_fn so far (drawn or ahead);
+      every sample passed to influence_fn is drawn or ahead, so ``spent`` plus the ``ahead`` sizes counts them;
     * ``drawn``, ``rewards``, ``history``: every draw in order; ``spent`` computations so far;
     * ``top``: a min-heap of the best ``keep`` influences so far (``kept_mean`` of each round).
     """
@@ -289,7 +285,6 @@ class ClusterUCB:
         self.order = [rng.permutation(by_cluster[bounds[j] : bounds[j + 1]]) for j in range(k)]
         self.taken = np.zeros(k, dtype=np.int64)
         self.ahead = [np.empty(0) for _ in range(k)]
-        self.evaluated = 0
         self.cold = np.zeros(k, dtype=np.int64)
         self.arms = _Arms(k, track_sorted=estimator.startswith("thresh"))
         self.drawn: list[np.ndarray] = []
@@ -311,7 +306,6 @@ class ClusterUCB:
         """Draw ``per_cluster[j]`` samples of every cluster j in one influence_fn call (one batch)."""
         idx = [self.order[j][: per_cluster[j]] for j in range(len(per_cluster))]
         vals = _evaluate(influence_fn, np.concatenate(idx))
-        self.evaluated += vals.size
         for j, (ij, vj) in enumerate(zip(idx, np.split(vals, np.cumsum(per_cluster)[:-1]), strict=True)):
             self._record(j, ij, vj, "cold_start", None, None, False)
         self.cold = np.asarray(per_cluster, dtype=np.int64).copy()
@@ -334,9 +328,7 @@ class ClusterUCB:
         if have.size < m:
             start = self.taken[j] + have.size
             stop = min(self.sizes[j], self.taken[j] + max(m, min(self.lookahead, budget_left)))
-            new = _evaluate(influence_fn, self.order[j][start:stop])
-            self.evaluated += new.size
-            have = np.concatenate([have, new])
+            have = np.concatenate([have, _evaluate(influence_fn, self.order[j][start:stop])])
         self.ahead[j] = have[m:]
         self._record(j, idx, have[:m], "ucb", values, threshold, fallback)
 
@@ -386,7 +378,7 @@ class ClusterUCB:
             selected=all_drawn[best],
             selected_influences=all_vals[best],
             n_computations=int(all_drawn.size),
-            n_evaluated=self.evaluated,
+            n_evaluated=self.spent + sum(a.size for a in self.ahead),
             budget=budget,
             pulls_per_cluster=self.taken.copy(),
             cold_start_per_cluster=self.cold.copy(),

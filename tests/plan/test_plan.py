@@ -386,11 +386,12 @@ def test_plan_job_counts_its_baseline_children():
     assert host.measure_rademacher_rate(size=2**16, seconds=0.02) > 1e5
 
 
-@pytest.mark.parametrize("lookahead", [1, 3])
-def test_selection_stage_runs_the_drawn_samples_influence(plan_inputs, lookahead):
+@pytest.mark.parametrize(("lookahead", "arms"), [(1, "clusterucb"), (3, "clusterucb"), (3, "gradientspace")])
+def test_selection_stage_runs_the_drawn_samples_influence(plan_inputs, lookahead, arms):
     """select_data computes ClusterUCB's draws on demand (gs.selection.on_demand): the plan runs the gradient step
     on budget_fraction of the pool, pull by pull, plus the largest validation set at every checkpoint, by hand;
-    with a lookahead, pulls of that many and, at most, k (lookahead - 1) samples computed and never drawn."""
+    with a lookahead, pulls of that many and, at most, k (lookahead - 1) samples computed and never drawn, k the
+    arms' count (ClusterUCB's own k, or the cluster method's)."""
     import copy
     import math
 
@@ -398,7 +399,7 @@ def test_selection_stage_runs_the_drawn_samples_influence(plan_inputs, lookahead
 
     config, hf = plan_inputs
     config = copy.deepcopy(config)
-    config["selection"]["lookahead"] = lookahead
+    config["selection"].update(lookahead=lookahead, clusters=arms)
     planner = Planner(config, hf)
     sel = next(s for s in planner.stages() if s.rule == "select_data")
     n, gb = planner.n_pool, int(config["gradients"]["batch_size"])
@@ -412,7 +413,8 @@ def test_selection_stage_runs_the_drawn_samples_influence(plan_inputs, lookahead
     # A pull asks for max(draw_size, lookahead) samples and batches them alone (gs.selection.on_demand):
     # ceil(size / batch) a pull.
     size = max(int(config["selection"].get("draw_size", 1)), lookahead)
-    k = int(config["selection"]["ucb_clustering"]["k"])
+    k = int(config["selection"]["ucb_clustering"]["k"] if arms == "clusterucb" else config["cluster"]["k"])
+    assert k != int(config["cluster"]["k"] if arms == "clusterucb" else config["selection"]["ucb_clustering"]["k"])
     computed = min(n, drawn + k * (size - int(config["selection"].get("draw_size", 1))))
     pulls = [min(size, computed - start) for start in range(0, computed, size)]
     batches = sum(math.ceil(p / gb) for p in pulls) + math.ceil(val / gb)
