@@ -293,7 +293,9 @@ def test_hub_readers_are_local_rules():
 # -- SLURM submissions, with sbatch and sacct replaced by a recorder that fails every job --------------
 
 FAKE = {
-    "sbatch": '#!/bin/bash\nexec 9>"$FAKE_SLURM/lock"; flock 9\nn=$(( $(ls "$FAKE_SLURM/calls" | wc -l) + 1 ))\n'
+    # A counter file under the lock numbers the calls (never a count of the files written so far).
+    "sbatch": '#!/bin/bash\nexec 9>"$FAKE_SLURM/lock"; flock 9\n'
+    'n=$(( $(cat "$FAKE_SLURM/count" 2>/dev/null || echo 0) + 1 ))\necho "$n" > "$FAKE_SLURM/count"\n'
     '{ echo "ARGS: $*"; cat; } > "$FAKE_SLURM/calls/$n.txt"\necho "$((1000 + n))"\n',
     "sacct": '#!/bin/bash\nfor f in "$FAKE_SLURM"/calls/*.txt; do [ -e "$f" ] || continue\n'
     'n=$(basename "$f" .txt); echo "$((1000 + n))|FAILED"; done\n',
@@ -346,9 +348,15 @@ def test_slurm_submits_gpu_jobs_side_by_side_and_retries_with_more_memory_and_ti
         env=env,
         timeout=400,
     )
-    assert result.returncode != 0  # every job failed
+    # What Snakemake said of submissions, failures and restarts, for an assertion's message.
+    said = "\n".join(
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if re.search(r"submitted|Error in rule|restart|Exiting|Exception|Traceback|status", line)
+    )[-4000:]
+    assert result.returncode != 0, said  # every job failed
     calls = [p.read_text().splitlines()[0] for p in sorted((fake / "calls").glob("*.txt"), key=lambda p: int(p.stem))]
-    assert len(calls) == 9, calls
+    assert len(calls) == 9, f"{len(calls)} sbatch calls; Snakemake said:\n{said}"
     rule = [re.search(r"--comment (\S+)", c).group(1) for c in calls]
     attempt = [int(re.search(r"--attempt (\d+)", c).group(1)) for c in calls]
     assert attempt[:3] == [1, 1, 1] and len(set(rule[:3])) == 3, "the three GPU jobs go out together"
