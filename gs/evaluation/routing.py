@@ -192,7 +192,7 @@ def elrea_prompt_features(
         try:
             grads = per_sample_lora_gradients(model, collate(enc, pad_id))  # (b, d)
         except SampleGradientError as e:
-            raise InputError(f"ELREA gradient of prompt(s) {[s + i for i in e.positions]}: {e}") from None
+            raise InputError(f"ELREA gradient of prompt(s) {[s + i for i in e.positions]}: {e.problem}") from None
         if grads.shape[1] != projector.d:
             raise InputError(
                 f"warm-up adapter gives gradients of dimension {grads.shape[1]}, the projector expects "

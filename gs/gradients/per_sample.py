@@ -41,11 +41,12 @@ NonFinite = Literal["raise", "zero"]
 
 
 class SampleGradientError(InputError):
-    """An :class:`InputError` about given samples of a batch; ``positions`` are their batch indices."""
+    """An :class:`InputError` about given samples of a batch: ``problem`` says what is wrong, ``positions`` are
+    their batch indices (a caller that batched its records in another order names the records instead)."""
 
-    def __init__(self, message: str, positions: Sequence[int]):
-        super().__init__(message)
-        self.positions = list(positions)
+    def __init__(self, problem: str, positions: Sequence[int]):
+        self.problem, self.positions = problem, list(positions)
+        super().__init__(f"{problem}: sample(s) at batch position(s) {self.positions}")
 
 
 # --------------------------------------------------------------------------- LoRA parameters
@@ -109,9 +110,7 @@ def _check_labels(labels: torch.Tensor) -> torch.Tensor:
     counts = (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
     empty = (counts == 0).nonzero().flatten().tolist()
     if empty:
-        raise SampleGradientError(
-            f"sample(s) at batch position(s) {empty} have no labelled tokens to take the loss on", empty
-        )
+        raise SampleGradientError("no labelled tokens to take the loss on", empty)
     return counts
 
 
@@ -266,10 +265,7 @@ def per_sample_lora_gradients(
         grads[bad] = 0.0
         return grads, bad
     if bool(bad.any()):
-        positions = bad.nonzero().flatten().tolist()
-        raise SampleGradientError(
-            f"non-finite (NaN/inf) gradient for sample(s) at batch position(s) {positions}", positions
-        )
+        raise SampleGradientError("non-finite (NaN/inf) gradient", bad.nonzero().flatten().tolist())
     return grads
 
 
@@ -398,9 +394,9 @@ def iter_gradients(
             for rows in batches:
                 try:
                     grads = per_sample_lora_gradients(model, collate([encoded[i] for i in rows.tolist()], pad_id))
-                except SampleGradientError as e:
+                except SampleGradientError as e:  # positions in the length-sorted batch: name the records
                     named = ", ".join(repr(ids[int(rows[p])]) for p in e.positions)
-                    raise InputError(f"{e} (record id(s) {named})") from None
+                    raise InputError(f"{e.problem}: record id(s) {named}") from None
                 if not on_device:
                     grads = grads.cpu()
                 if len(batches) == 1:  # the whole window, in order (rows ascending): no copy
