@@ -557,9 +557,7 @@ class Planner:
         out: list[Stage] = []
         if "ucb_clustering" in c["selection"]:
             # gs.selection.ucb_clustering: the influence pipeline at one checkpoint (pool and targets), features (n, p).
-            ucb = Stage(
-                "ClusterUCB arms", "clusterucb_clusters", ["clusterucb_clusters"], ("gs.selection.ucb_clustering",)
-            )
+            ucb = Stage("ClusterUCB arms", "clusterucb_clusters", ["clusters"], ("gs.selection.ucb_clustering",))
             ucb.work = [
                 self._gradients(warm["lora"], gb, gt, gdtype, 0, [self.lengths.lengths, *self._validation(n_val, gt)])
             ]

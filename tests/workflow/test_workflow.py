@@ -335,6 +335,14 @@ def test_end_to_end_on_the_tiny_config(tmp_path):
     assert (paired.loc[includes_zero, "reading"] == "no difference detected at this scale").all()
     compute = pd.read_csv(res / "tables" / "compute.csv")
     assert "extract_gradient_features" in set(compute["rule"])
+    # Every benchmarked job of a planned rule finds its plan row (gs.plan.compare pairs them by rule and job).
+    from gs.plan.compare import compare, read_benchmarks
+
+    plan = pd.read_csv(res / "plan" / "plan.csv")
+    table = compare(plan, read_benchmarks(work / "benchmarks"))
+    unpaired = table[table["rule"].isin(set(plan["rule"])) & table["stage"].isna()]
+    assert unpaired.empty, unpaired[["rule", "job"]].to_dict("records")
+    assert "clusterucb_clusters" in set(table["rule"])
     # dtype: auto was measured once by the plan, logged on one line, and is the dtype the evaluations ran in;
     # compute.md names the CPU and that choice.
     chosen = json.loads((res / "plan" / "cpu_dtype.json").read_text())
